@@ -1,0 +1,308 @@
+/*
+ * abase.h: the on-disk log format and the C core's API.
+ *
+ * This header is shared by the write path (log.c) and the recovery path, so
+ * the format constants live in exactly one place. A format change updates
+ * this comment in the same commit and bumps ABASE_FORMAT_VERSION.
+ *
+ * ON-DISK FORMAT (version 1). All integers are little-endian.
+ *
+ *   log/NNNNNNNN.seg      one segment; NNNNNNNN is the segment number in
+ *                         decimal, zero-padded to 8 digits. Numbers of the
+ *                         live segments are consecutive.
+ *
+ *   segment  := header record* zero-tail?
+ *   header   := (64 bytes)
+ *       magic        8 bytes  "ABLOGSEG"
+ *       version      u32      ABASE_FORMAT_VERSION
+ *       header_len   u32      64
+ *       segment_no   u64      the NNNNNNNN of the file name
+ *       node_id      u32      node that created the segment
+ *       reserved     u32      0
+ *       created_hlc  u64      HLC when the segment was created
+ *       reserved     16 bytes 0
+ *       header_crc   u32      masked crc32c of bytes [0, 60)
+ *   record   := (at an offset that is a multiple of 8)
+ *       crc          u32      masked crc32c of bytes [4, length) of the record
+ *       length       u32      40 + key_len + value_len  (0 here: end of data)
+ *       prev         u64      address of the previous record of the same key
+ *                             in append order, 0 if none (see "address")
+ *       hlc          u64      hybrid logical clock: physical_ms << 16 | logical
+ *       node_id      u32      node that issued hlc (the LWW tiebreak)
+ *       namespace    u32      namespace id; 0xFFFFFFFF = namespace definitions
+ *       op           u8       1 put, 2 delete, 3 merge
+ *       flags        u8       bit0 DOMINANT: (hlc, node_id) was greater than
+ *                                  every earlier version of the key, in the
+ *                                  log and in the store, when appended
+ *                             bit1 BATCH: part of a multi-record batch
+ *                             bit2 BATCH_END: last record of that batch
+ *       key_len      u16      <= ABASE_MAX_KEY
+ *       value_len    u32      <= ABASE_MAX_VALUE (0 for a delete)
+ *       key          key_len bytes
+ *       value        value_len bytes
+ *       padding      zero bytes up to the next multiple of 8 (not in crc)
+ *   zero-tail := zero bytes to the end of the file (segments are
+ *                preallocated; a length of 0 marks the end of the data)
+ *
+ *   address  := segment_no << 32 | byte offset of the record in the segment.
+ *               Addresses grow in append order. An address in a segment
+ *               that compaction has freed means "no longer in the log".
+ *
+ *   masked crc := ((crc >> 15) | (crc << 17)) + 0xa282ead8, so that a crc
+ *                 of bytes that themselves contain crcs is not degenerate.
+ *
+ * Recovery reads every live segment in order. A record whose length is 0,
+ * or whose bytes fail the crc, ends the data of the NEWEST segment (a torn
+ * write): the bytes from there on are zeroed and reported as dropped. The
+ * same in any other segment is corruption (ABASE_ECORRUPT, with the file and
+ * the offset). A batch is all or nothing: records of a batch whose
+ * BATCH_END record is missing are dropped with the torn tail. A length field
+ * is never trusted before the crc of its record has been checked against
+ * bounds that lie inside the file.
+ *
+ * THREADS. An abase_db may be used from many threads at once: appends and
+ * index changes hold its write lock, reads hold its read lock, and syncs
+ * (group commit) serialize on a separate mutex without holding either.
+ * abase_hlc and abase_scan are not thread-safe: guard them yourself.
+ */
+#ifndef ABASE_H
+#define ABASE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ABASE_FORMAT_VERSION 1u
+#define ABASE_SEG_HEADER_SIZE 64u
+#define ABASE_REC_HEADER_SIZE 40u
+#define ABASE_MAX_KEY 511u
+#define ABASE_MAX_VALUE (256u * 1024u * 1024u)
+#define ABASE_NS_DEFS 0xFFFFFFFFu
+#define ABASE_LOGICAL_BITS 16
+/* physical ms below 2^47 keeps a packed hlc positive as an int64_t */
+#define ABASE_MAX_PHYSICAL_MS ((UINT64_C(1) << 47) - 1)
+
+/* ops */
+#define ABASE_OP_PUT 1
+#define ABASE_OP_DELETE 2
+#define ABASE_OP_MERGE 3
+
+/* record flags */
+#define ABASE_F_DOMINANT 0x01u
+#define ABASE_F_BATCH 0x02u
+#define ABASE_F_BATCH_END 0x04u
+
+/* durability levels */
+#define ABASE_DUR_NONE 0
+#define ABASE_DUR_PROCESS 1
+#define ABASE_DUR_SYNC 2
+
+/* read modes */
+#define ABASE_MODE_LWW 0
+#define ABASE_MODE_MERGE 1
+
+/* Status codes: 0 is success, every failure is negative. */
+#define ABASE_OK 0
+#define ABASE_NOTFOUND (-1)   /* the key has no version in the log */
+#define ABASE_DELETED (-2)    /* the visible version in the log is a tombstone */
+#define ABASE_NEEDBASE (-3)   /* the log alone cannot decide: consult the store */
+#define ABASE_ETOOSMALL (-4)  /* output buffer too small; needed size reported */
+#define ABASE_EINVAL (-5)     /* bad argument */
+#define ABASE_EIO (-6)        /* an OS call failed; errno in the error info */
+#define ABASE_ENOMEM (-7)
+#define ABASE_ECORRUPT (-8)   /* bad bytes on disk; file + offset in error info */
+#define ABASE_EVERSION (-9)   /* unknown format version */
+#define ABASE_EKEYSIZE (-10)
+#define ABASE_EVALSIZE (-11)
+#define ABASE_ESKEW (-12)     /* remote clock too far ahead */
+#define ABASE_EAGAIN (-13)    /* logical clock exhausted for this ms: read the clock again */
+#define ABASE_ERANGE (-14)    /* a clock reading is out of the representable range */
+
+/* ---- the part below is also given to cffi (see _build_ffi.py) ---- */
+
+/* A hybrid logical clock. `last` is the last packed hlc issued or seen. */
+typedef struct abase_hlc {
+    uint64_t last;
+} abase_hlc;
+
+/* Details of the last failure of an abase_db call (set under its lock). */
+typedef struct abase_error {
+    int status;
+    int sys_errno;
+    uint64_t offset;
+    char file[1024];
+    char message[256];
+} abase_error;
+
+/* What recovery found. */
+typedef struct abase_recovery {
+    uint32_t segments;       /* live segments opened */
+    uint64_t records;        /* records indexed */
+    uint64_t bytes;          /* bytes of valid records read */
+    uint64_t dropped_bytes;  /* torn tail dropped from the newest segment */
+    uint64_t dropped_offset; /* where the torn tail started */
+    uint64_t max_hlc;        /* greatest hlc seen (raises the clock) */
+} abase_recovery;
+
+/* Outcome of a read that did not return a plain value (see abase_get). */
+typedef struct abase_getinfo {
+    uint64_t hlc;       /* timestamp of the winner (LWW) */
+    uint32_t node;
+    uint32_t op;        /* op of the winner (LWW) */
+    uint64_t needed;    /* bytes needed when ABASE_ETOOSMALL */
+    uint32_t nrecords;  /* records written to the buffer (merge mode) */
+    uint32_t complete;  /* 1: the log alone decided; 0: fold over the store's base */
+} abase_getinfo;
+
+typedef struct abase_stats {
+    uint64_t live_keys;       /* entries in the index */
+    uint64_t index_bytes;     /* bytes held by the index tables */
+    uint64_t index_capacity;
+    uint64_t log_bytes;       /* bytes of records in live segments */
+    uint64_t log_bytes_written;
+    uint64_t records_appended;
+    uint32_t segments;
+    uint32_t first_segment;
+    uint32_t active_segment;
+    uint32_t rehashing;
+    uint64_t syncs;           /* fdatasync calls made by group commit */
+    uint64_t synced_writes;   /* writes acknowledged after a sync */
+} abase_stats;
+
+typedef struct abase_segstat {
+    uint32_t no;
+    uint32_t sealed;
+    uint64_t used;
+    uint64_t max_hlc;
+    uint32_t max_node;
+    uint32_t records;
+} abase_segstat;
+
+typedef struct abase_db abase_db;
+typedef struct abase_scan abase_scan;
+
+/* crc32c of data, continuing from crc (start with 0). */
+uint32_t abase_crc32c(uint32_t crc, const uint8_t *data, size_t len);
+/* the portable table version, for tests against the hardware one */
+uint32_t abase_crc32c_portable(uint32_t crc, const uint8_t *data, size_t len);
+int abase_crc32c_hardware(void);
+uint32_t abase_crc_mask(uint32_t crc);
+uint32_t abase_crc_unmask(uint32_t masked);
+uint64_t abase_hash(uint32_t ns, const uint8_t *key, size_t klen);
+
+/* clock: wall_ms < 0 reads CLOCK_REALTIME; >= 0 is an injected reading */
+int abase_hlc_now(abase_hlc *clk, int64_t wall_ms, uint64_t *out);
+int abase_hlc_update(abase_hlc *clk, uint64_t remote, int64_t wall_ms,
+                     uint64_t max_skew_ms, uint64_t *out);
+void abase_hlc_observe(abase_hlc *clk, uint64_t seen);
+
+/* Lifecycle. abase_db_new allocates; abase_db_recover opens the segments
+ * numbered >= first_live in dir/log and rebuilds the index; abase_db_free
+ * unmaps and closes everything (no sync). */
+int abase_db_new(const char *dir, uint32_t node_id, uint64_t segment_size,
+                 int durability, abase_db **out);
+int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep);
+void abase_db_free(abase_db *db);
+void abase_db_error(abase_db *db, abase_error *out);
+void abase_db_stats(abase_db *db, abase_stats *out);
+uint64_t abase_db_clock(abase_db *db);
+int abase_db_clock_now(abase_db *db, int64_t wall_ms, uint64_t *out);
+int abase_db_clock_update(abase_db *db, uint64_t remote, int64_t wall_ms,
+                          uint64_t max_skew_ms, uint64_t *out);
+
+/* A local put or delete in one call: issues the timestamp, appends, indexes,
+ * and (durability sync) waits for the group commit. Returns the packed hlc
+ * (> 0) or a negative status. value may be NULL when vlen is 0. */
+int64_t abase_put(abase_db *db, uint32_t ns, int op, const uint8_t *key,
+                  size_t klen, const uint8_t *value, size_t vlen,
+                  int64_t wall_ms);
+
+/* Append n records as one atomic batch.
+ *   ops[i], nss[i]: op and namespace of record i
+ *   blob, lens: key i then value i, concatenated; lens[2i] = key length,
+ *               lens[2i+1] = value length
+ *   hlcs, nodes: NULL for local writes (timestamps are issued in order);
+ *               else the records' own timestamps (replication)
+ *   base_hlcs, base_nodes: with hlcs, the timestamp of the key's version in
+ *               the store (0, 0: none), used to decide dominance
+ *   modes: with hlcs, per record ABASE_MODE_LWW (skip a record that is not
+ *          newer than the key's visible version) or ABASE_MODE_MERGE (skip
+ *          only an exact duplicate)
+ *   out_status: with hlcs, per record 1 appended, 0 skipped
+ * Returns the last hlc issued or appended (> 0), 0 if all were skipped, or a
+ * negative status. */
+int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
+                          const uint32_t *nss, const uint8_t *blob,
+                          const uint32_t *lens, const uint64_t *hlcs,
+                          const uint32_t *nodes, const uint64_t *base_hlcs,
+                          const uint32_t *base_nodes, const uint8_t *modes,
+                          uint8_t *out_status, int64_t wall_ms);
+
+/* Wait until everything appended so far is on disk (fdatasync, shared by
+ * concurrent callers). */
+int abase_sync(abase_db *db);
+
+/* Read the visible version of (ns, key) as of (at_hlc, at_node) (0, 0:
+ * latest).
+ * LWW mode: returns the value length (>= 0) and copies the value into buf
+ *   when the winner is a put decided by the log alone; ABASE_DELETED for a
+ *   tombstone decided by the log; ABASE_NOTFOUND when the log has no
+ *   version; ABASE_NEEDBASE when the store's version may be newer: the
+ *   log's best candidate is in info and buf (value length in info->needed).
+ * MERGE mode: copies the versions needed to resolve the key into buf as
+ *   entries of [u8 op][u8 flags][u16 0][u32 vlen][u64 hlc][u32 node]
+ *   [u32 0][value, padded to 8], newest first, ending after a DOMINANT
+ *   delete (info->complete = 1) or at the end of the log's versions
+ *   (complete = 0: fold over the store's base); returns the bytes used and
+ *   sets info->nrecords.
+ * ABASE_ETOOSMALL sets info->needed. */
+int64_t abase_get(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
+                  uint64_t at_hlc, uint32_t at_node, int mode, uint8_t *buf,
+                  size_t cap, abase_getinfo *info);
+
+/* Newest record timestamp of (ns, key) in the log, any op: 1 found, 0 not. */
+int abase_newest(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
+                 uint64_t *hlc, uint32_t *node);
+
+/* Key-ordered scans of the keys the log holds for one namespace.
+ * abase_scan_open copies the keys in [start, stop) (NULL: unbounded) that
+ * begin with prefix into a sorted private list. abase_scan_next resolves
+ * up to max_items of them into buf as entries of
+ *   [u32 klen][u32 vlen][i32 status][u32 0][u64 hlc][u32 node][u32 op]
+ *   [key][value], each padded to 8
+ * where status is the abase_get LWW result for the key (>= 0: a value;
+ * ABASE_DELETED, ABASE_NOTFOUND, ABASE_NEEDBASE); in MERGE mode values are
+ * left out (vlen 0) and status is ABASE_NEEDBASE for every key. Returns
+ * bytes used, 0 at the end. */
+int abase_scan_open(abase_db *db, uint32_t ns, const uint8_t *start,
+                    size_t start_len, int has_start, const uint8_t *stop,
+                    size_t stop_len, int has_stop, const uint8_t *prefix,
+                    size_t prefix_len, int reverse, abase_scan **out);
+int64_t abase_scan_next(abase_scan *scan, uint64_t at_hlc, uint32_t at_node,
+                        int mode, uint32_t max_items, uint8_t *buf,
+                        size_t cap, uint32_t *count);
+uint64_t abase_scan_count(abase_scan *scan);
+void abase_scan_free(abase_scan *scan);
+
+/* Segments, for the compactor. */
+int abase_seal(abase_db *db);  /* seal the active segment if it holds records */
+uint32_t abase_segments(abase_db *db, abase_segstat *out, uint32_t cap);
+/* Copy whole records of sealed segment seg_no from *offset into buf, raw
+ * as on disk (40-byte header, key, value, padding); advances *offset.
+ * Returns bytes copied, 0 at the end of the segment. */
+int64_t abase_segment_read(abase_db *db, uint32_t seg_no, uint64_t *offset,
+                           uint8_t *buf, size_t cap);
+/* Mark every segment numbered <= seg_no as compacted: reads stop seeing
+ * versions in them at once. Then abase_retire_step removes index entries
+ * whose newest version was in those segments, about `budget` records per
+ * call (returns 1 while there is more to do), and abase_segment_drop unmaps
+ * and unlinks the files. */
+int abase_compacted_through(abase_db *db, uint32_t seg_no);
+int abase_retire_step(abase_db *db, uint32_t seg_no, uint64_t *offset,
+                      uint32_t budget);
+int abase_segment_drop(abase_db *db, uint32_t seg_no);
+
+/* Walk every live record and check crcs and index agreement; returns the
+ * number of problems found, details of the first in the error info. */
+int64_t abase_check(abase_db *db);
+
+#endif /* ABASE_H */

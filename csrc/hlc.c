@@ -1,0 +1,96 @@
+/*
+ * hlc.c: hybrid logical clock (Kulkarni et al., 2014), packed in 64 bits as
+ * physical_ms << 16 | logical.
+ *
+ * The packed form orders exactly as (physical, logical), so "greater" is a
+ * plain integer comparison. The caller serializes access (the engine holds
+ * its write lock; the Python HLC wrapper holds a lock).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "abase.h"
+
+#include <time.h>
+
+#define LOGICAL_MASK ((UINT64_C(1) << ABASE_LOGICAL_BITS) - 1)
+
+static int64_t real_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return -1;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int read_clock(int64_t wall_ms, uint64_t *pt)
+{
+    int64_t ms = wall_ms >= 0 ? wall_ms : real_ms();
+    if (ms < 0 || (uint64_t)ms > ABASE_MAX_PHYSICAL_MS)
+        return ABASE_ERANGE;
+    *pt = (uint64_t)ms;
+    return ABASE_OK;
+}
+
+/* The next packed value after floor, given the physical reading pt. When the
+ * logical counter of floor's millisecond is exhausted, the caller must wait
+ * for the clock to pass that millisecond rather than wrap the counter. */
+static int advance(uint64_t floor, uint64_t pt, int64_t wall_ms, uint64_t *out)
+{
+    for (;;) {
+        if (pt > (floor >> ABASE_LOGICAL_BITS)) {
+            *out = pt << ABASE_LOGICAL_BITS;
+            return ABASE_OK;
+        }
+        if ((floor & LOGICAL_MASK) != LOGICAL_MASK) {
+            *out = floor + 1;
+            return ABASE_OK;
+        }
+        if (wall_ms >= 0)
+            return ABASE_EAGAIN; /* injected clock: the caller advances it */
+        struct timespec pause = {0, 100000}; /* 0.1 ms */
+        nanosleep(&pause, NULL);
+        int rc = read_clock(-1, &pt);
+        if (rc != ABASE_OK)
+            return rc;
+    }
+}
+
+int abase_hlc_now(abase_hlc *clk, int64_t wall_ms, uint64_t *out)
+{
+    uint64_t pt;
+    int rc = read_clock(wall_ms, &pt);
+    if (rc != ABASE_OK)
+        return rc;
+    uint64_t next;
+    rc = advance(clk->last, pt, wall_ms, &next);
+    if (rc != ABASE_OK)
+        return rc;
+    clk->last = next;
+    *out = next;
+    return ABASE_OK;
+}
+
+int abase_hlc_update(abase_hlc *clk, uint64_t remote, int64_t wall_ms,
+                     uint64_t max_skew_ms, uint64_t *out)
+{
+    uint64_t pt;
+    int rc = read_clock(wall_ms, &pt);
+    if (rc != ABASE_OK)
+        return rc;
+    uint64_t remote_pt = remote >> ABASE_LOGICAL_BITS;
+    if (remote_pt > pt && remote_pt - pt > max_skew_ms)
+        return ABASE_ESKEW; /* refused: the clock does not move */
+    uint64_t floor = clk->last > remote ? clk->last : remote;
+    uint64_t next;
+    rc = advance(floor, pt, wall_ms, &next);
+    if (rc != ABASE_OK)
+        return rc;
+    clk->last = next;
+    *out = next;
+    return ABASE_OK;
+}
+
+void abase_hlc_observe(abase_hlc *clk, uint64_t seen)
+{
+    if (seen > clk->last)
+        clk->last = seen;
+}

@@ -1,0 +1,1598 @@
+/*
+ * log.c: segments, appends, group commit, reads, scans and recovery.
+ *
+ * The format is documented in abase.h. Segments are preallocated files
+ * mapped MAP_SHARED: an append is a memcpy into the page cache, so a write
+ * survives the death of the process as soon as the call returns (durability
+ * "process") without a system call; durability "sync" adds an fdatasync
+ * shared by every writer waiting at the same time (group commit).
+ *
+ * Crash windows, named:
+ *   W1 mid-append: a torn record at the tail of the newest segment; recovery
+ *      drops it (crc) and zeroes the rest of the file.
+ *   W2 mid-batch: a batch without its BATCH_END record; recovery drops the
+ *      whole batch.
+ *   W3 mid-roll: a new segment file with a zero or partial header; recovery
+ *      rewrites it when it is the newest, empty segment.
+ *   W4 after the store commit, before the segment files are unlinked: the
+ *      caller passes first_live, and recovery unlinks older segments.
+ */
+#define _GNU_SOURCE
+#include "abase.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bytes.h"
+#include "index.h"
+
+static const uint8_t SEG_MAGIC[8] = {'A', 'B', 'L', 'O', 'G', 'S', 'E', 'G'};
+
+typedef struct segment {
+    uint32_t no;
+    int fd;
+    int sealed;
+    int synced;       /* 1 once fdatasync covered every byte of a sealed segment */
+    uint8_t *base;    /* mapping of `mapped` bytes */
+    uint64_t mapped;
+    uint64_t used;    /* end of the last record (header included) */
+    uint64_t max_hlc; /* greatest timestamp in the segment */
+    uint32_t max_node;
+    uint32_t records;
+} segment;
+
+struct abase_db {
+    pthread_rwlock_t lock;  /* segments, index, clock, stats */
+    pthread_mutex_t sync_mu;/* group commit */
+    char *dir;
+    char *logdir;
+    uint32_t node_id;
+    uint64_t seg_size;
+    int durability;
+    segment *segs;          /* consecutive numbers, oldest first */
+    uint32_t nsegs;
+    uint32_t segs_cap;
+    uint32_t live_first;    /* segments numbered below are compacted */
+    uint32_t next_no;       /* number of the next segment to create */
+    abase_index ix;
+    abase_hlc clock;
+    abase_error err;
+    /* group commit, under sync_mu */
+    uint64_t synced_addr;   /* every address below is on disk */
+    int sync_fd;            /* dup of the active segment's fd */
+    uint32_t sync_fd_no;
+    uint64_t sealed_synced; /* under lock: end address of the last segment synced at seal */
+    /* stats, under lock */
+    uint64_t log_bytes_written;
+    uint64_t records_appended;
+    uint64_t syncs;
+    uint64_t synced_writes;
+};
+
+struct abase_scan {
+    abase_db *db;
+    uint32_t ns;
+    uint8_t *keys;     /* arena of key bytes, in order */
+    uint64_t *offs;    /* count + 1 offsets into keys */
+    uint64_t count;
+    uint64_t pos;
+    int reverse;
+};
+
+/* ---------------------------------------------------------------- helpers */
+
+static uint64_t align8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
+
+static uint64_t make_addr(uint32_t no, uint64_t off) { return ((uint64_t)no << 32) | off; }
+
+static void set_error(abase_db *db, int status, int sys_errno, const char *file,
+                      uint64_t offset, const char *fmt, ...)
+{
+    db->err.status = status;
+    db->err.sys_errno = sys_errno;
+    db->err.offset = offset;
+    snprintf(db->err.file, sizeof(db->err.file), "%s", file ? file : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(db->err.message, sizeof(db->err.message), fmt, ap);
+    va_end(ap);
+}
+
+static void seg_path(const abase_db *db, uint32_t no, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/%08u.seg", db->logdir, no);
+}
+
+static segment *seg_by_no(abase_db *db, uint32_t no)
+{
+    if (db->nsegs == 0 || no < db->segs[0].no)
+        return NULL;
+    uint32_t i = no - db->segs[0].no;
+    return i < db->nsegs ? &db->segs[i] : NULL;
+}
+
+static segment *active_seg(abase_db *db)
+{
+    if (db->nsegs == 0)
+        return NULL;
+    segment *s = &db->segs[db->nsegs - 1];
+    return s->sealed ? NULL : s;
+}
+
+/* The record at addr if it lies wholly inside a mapped segment, else NULL.
+ * Used by the index for key comparison, so it also answers for segments
+ * that are compacted but not yet unmapped. */
+static const uint8_t *rec_mapped(void *ctx, uint64_t addr)
+{
+    abase_db *db = ctx;
+    segment *s = seg_by_no(db, (uint32_t)(addr >> 32));
+    uint64_t off = addr & 0xffffffffu;
+    if (!s || off < ABASE_SEG_HEADER_SIZE || off + ABASE_REC_HEADER_SIZE > s->used)
+        return NULL;
+    const uint8_t *r = s->base + off;
+    uint32_t len = ld32(r + R_LEN);
+    if (len < ABASE_REC_HEADER_SIZE || off + len > s->used)
+        return NULL;
+    if ((uint64_t)ABASE_REC_HEADER_SIZE + ld16(r + R_KLEN) + ld32(r + R_VLEN) != len)
+        return NULL;
+    return r;
+}
+
+/* The record at addr if it is still live (not compacted), else NULL. */
+static const uint8_t *rec_live(abase_db *db, uint64_t addr)
+{
+    if (addr == 0 || addr < make_addr(db->live_first, 0))
+        return NULL;
+    return rec_mapped(db, addr);
+}
+
+static int ts_greater(uint64_t h1, uint32_t n1, uint64_t h2, uint32_t n2)
+{
+    return h1 > h2 || (h1 == h2 && n1 > n2);
+}
+
+/* Next older version of the key, or 0; addresses must strictly decrease so
+ * a walk always ends, whatever the bytes say. */
+static uint64_t rec_prev(const uint8_t *r, uint64_t addr)
+{
+    uint64_t prev = ld64(r + R_PREV);
+    return prev < addr ? prev : 0;
+}
+
+/* ------------------------------------------------------------- segments */
+
+static int write_seg_header(uint8_t *p, uint32_t no, uint32_t node, uint64_t hlc)
+{
+    memset(p, 0, ABASE_SEG_HEADER_SIZE);
+    memcpy(p, SEG_MAGIC, 8);
+    st32(p + 8, ABASE_FORMAT_VERSION);
+    st32(p + 12, ABASE_SEG_HEADER_SIZE);
+    st64(p + 16, no);
+    st32(p + 24, node);
+    st64(p + 32, hlc);
+    st32(p + 60, abase_crc_mask(abase_crc32c(0, p, 60)));
+    return ABASE_OK;
+}
+
+static int fsync_dir(abase_db *db)
+{
+    int fd = open(db->logdir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return ABASE_EIO;
+    int rc = fsync(fd);
+    close(fd);
+    return rc == 0 ? ABASE_OK : ABASE_EIO;
+}
+
+static int grow_seg_array(abase_db *db)
+{
+    if (db->nsegs < db->segs_cap)
+        return ABASE_OK;
+    uint32_t cap = db->segs_cap ? db->segs_cap * 2 : 8;
+    segment *n = realloc(db->segs, cap * sizeof(segment));
+    if (!n)
+        return ABASE_ENOMEM;
+    db->segs = n;
+    db->segs_cap = cap;
+    return ABASE_OK;
+}
+
+/* Seal the active segment: shrink the file to its data and, for durability
+ * "sync", put it on disk before any later segment exists. Write lock held. */
+static int seal_locked(abase_db *db)
+{
+    segment *s = active_seg(db);
+    if (!s)
+        return ABASE_OK;
+    char path[1100];
+    seg_path(db, s->no, path, sizeof(path));
+    /* Pages past `used` are never touched again, so shrinking the file under
+     * the mapping is safe. */
+    if (ftruncate(s->fd, (off_t)s->used) != 0) {
+        set_error(db, ABASE_EIO, errno, path, s->used, "ftruncate at seal failed");
+        return ABASE_EIO;
+    }
+    if (db->durability == ABASE_DUR_SYNC) {
+        if (fdatasync(s->fd) != 0) { /* fsync point: sealed segment */
+            set_error(db, ABASE_EIO, errno, path, 0, "fdatasync at seal failed");
+            return ABASE_EIO;
+        }
+        s->synced = 1;
+        db->sealed_synced = make_addr(s->no, s->used);
+    }
+    s->sealed = 1;
+    return ABASE_OK;
+}
+
+/* Create, preallocate and map a new active segment of at least `need` bytes
+ * of records. Write lock held. */
+static int new_segment(abase_db *db, uint64_t need)
+{
+    int rc = grow_seg_array(db);
+    if (rc != ABASE_OK)
+        return rc;
+    uint64_t size = db->seg_size;
+    if (size < ABASE_SEG_HEADER_SIZE + need)
+        size = align8(ABASE_SEG_HEADER_SIZE + need);
+    uint32_t no = db->next_no;
+    char path[1100];
+    seg_path(db, no, path, sizeof(path));
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        set_error(db, ABASE_EIO, errno, path, 0, "cannot create segment");
+        return ABASE_EIO;
+    }
+    /* Reserve the blocks now: a write through the mapping into a hole that
+     * cannot be allocated would kill the process with SIGBUS. */
+    int frc = posix_fallocate(fd, 0, (off_t)size);
+    if (frc != 0) {
+        close(fd);
+        unlink(path);
+        set_error(db, ABASE_EIO, frc, path, 0, "cannot preallocate %llu bytes",
+                  (unsigned long long)size);
+        return ABASE_EIO;
+    }
+    uint8_t *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        int e = errno;
+        close(fd);
+        unlink(path);
+        set_error(db, ABASE_EIO, e, path, 0, "mmap failed");
+        return ABASE_EIO;
+    }
+    write_seg_header(base, no, db->node_id, db->clock.last);
+    if (db->durability == ABASE_DUR_SYNC) {
+        /* fsync point: the new file's header and its name in the directory */
+        if (fdatasync(fd) != 0 || fsync_dir(db) != ABASE_OK) {
+            int e = errno;
+            munmap(base, size);
+            close(fd);
+            unlink(path);
+            set_error(db, ABASE_EIO, e, path, 0, "cannot sync new segment");
+            return ABASE_EIO;
+        }
+    }
+    segment *s = &db->segs[db->nsegs++];
+    memset(s, 0, sizeof(*s));
+    s->no = no;
+    s->fd = fd;
+    s->base = base;
+    s->mapped = size;
+    s->used = ABASE_SEG_HEADER_SIZE;
+    db->next_no = no + 1;
+    return ABASE_OK;
+}
+
+/* An active segment with room for `need` more bytes. Write lock held. */
+static int room_for(abase_db *db, uint64_t need, segment **out)
+{
+    segment *s = active_seg(db);
+    if (s && s->used + need <= s->mapped) {
+        *out = s;
+        return ABASE_OK;
+    }
+    int rc = seal_locked(db);
+    if (rc != ABASE_OK)
+        return rc;
+    rc = new_segment(db, need);
+    if (rc != ABASE_OK)
+        return rc;
+    *out = &db->segs[db->nsegs - 1];
+    return ABASE_OK;
+}
+
+/* Encode one record at the end of s (room already checked). */
+static uint64_t append_rec(abase_db *db, segment *s, uint32_t ns, int op,
+                           uint8_t flags, const uint8_t *key, size_t klen,
+                           const uint8_t *val, size_t vlen, uint64_t hlc,
+                           uint32_t node, uint64_t prev)
+{
+    uint64_t off = s->used;
+    uint8_t *p = s->base + off;
+    uint32_t len = (uint32_t)(ABASE_REC_HEADER_SIZE + klen + vlen);
+    st32(p + R_LEN, len);
+    st64(p + R_PREV, prev);
+    st64(p + R_HLC, hlc);
+    st32(p + R_NODE, node);
+    st32(p + R_NS, ns);
+    p[R_OP] = (uint8_t)op;
+    p[R_FLAGS] = flags;
+    st16(p + R_KLEN, (uint16_t)klen);
+    st32(p + R_VLEN, (uint32_t)vlen);
+    if (klen)
+        memcpy(p + ABASE_REC_HEADER_SIZE, key, klen);
+    if (vlen)
+        memcpy(p + ABASE_REC_HEADER_SIZE + klen, val, vlen);
+    uint64_t padded = align8(len);
+    memset(p + len, 0, padded - len);
+    st32(p + R_CRC, abase_crc_mask(abase_crc32c(0, p + 4, len - 4)));
+    s->used += padded;
+    s->records++;
+    if (ts_greater(hlc, node, s->max_hlc, s->max_node)) {
+        s->max_hlc = hlc;
+        s->max_node = node;
+    }
+    db->log_bytes_written += padded;
+    db->records_appended++;
+    return make_addr(s->no, off);
+}
+
+static void rewrite_flags(uint8_t *p, uint8_t flags)
+{
+    p[R_FLAGS] = flags;
+    st32(p + R_CRC, abase_crc_mask(abase_crc32c(0, p + 4, ld32(p + R_LEN) - 4)));
+}
+
+/* ------------------------------------------------------------- lifecycle */
+
+int abase_db_new(const char *dir, uint32_t node_id, uint64_t segment_size,
+                 int durability, abase_db **out)
+{
+    if (!dir || !out || durability < ABASE_DUR_NONE || durability > ABASE_DUR_SYNC ||
+        segment_size < 4096 || segment_size > (UINT64_C(1) << 31))
+        return ABASE_EINVAL;
+    abase_db *db = calloc(1, sizeof(*db));
+    if (!db)
+        return ABASE_ENOMEM;
+    size_t dl = strlen(dir);
+    db->dir = malloc(dl + 1);
+    db->logdir = malloc(dl + 5);
+    if (!db->dir || !db->logdir) {
+        free(db->dir);
+        free(db->logdir);
+        free(db);
+        return ABASE_ENOMEM;
+    }
+    memcpy(db->dir, dir, dl + 1);
+    snprintf(db->logdir, dl + 5, "%s/log", dir);
+    db->node_id = node_id;
+    db->seg_size = segment_size;
+    db->durability = durability;
+    db->sync_fd = -1;
+    pthread_rwlock_init(&db->lock, NULL);
+    pthread_mutex_init(&db->sync_mu, NULL);
+    ix_init(&db->ix, rec_mapped, db);
+    *out = db;
+    return ABASE_OK;
+}
+
+void abase_db_free(abase_db *db)
+{
+    if (!db)
+        return;
+    for (uint32_t i = 0; i < db->nsegs; i++) {
+        segment *s = &db->segs[i];
+        if (!s->sealed && s->used < s->mapped) {
+            /* keep the preallocated tail: reopening continues in it */
+        }
+        munmap(s->base, s->mapped);
+        close(s->fd);
+    }
+    if (db->sync_fd >= 0)
+        close(db->sync_fd);
+    ix_free(&db->ix);
+    free(db->segs);
+    free(db->dir);
+    free(db->logdir);
+    pthread_rwlock_destroy(&db->lock);
+    pthread_mutex_destroy(&db->sync_mu);
+    free(db);
+}
+
+void abase_db_error(abase_db *db, abase_error *out)
+{
+    pthread_rwlock_rdlock(&db->lock);
+    *out = db->err;
+    pthread_rwlock_unlock(&db->lock);
+}
+
+void abase_db_stats(abase_db *db, abase_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    pthread_rwlock_rdlock(&db->lock);
+    out->live_keys = ix_count(&db->ix);
+    out->index_bytes = ix_bytes(&db->ix);
+    out->index_capacity = db->ix.cur.cap + db->ix.old.cap;
+    for (uint32_t i = 0; i < db->nsegs; i++)
+        if (db->segs[i].no >= db->live_first)
+            out->log_bytes += db->segs[i].used - ABASE_SEG_HEADER_SIZE;
+    out->log_bytes_written = db->log_bytes_written;
+    out->records_appended = db->records_appended;
+    out->segments = db->nsegs;
+    out->first_segment = db->nsegs ? db->segs[0].no : db->next_no;
+    out->active_segment = active_seg(db) ? active_seg(db)->no : 0;
+    out->rehashing = db->ix.old.cap != 0;
+    out->syncs = db->syncs;
+    out->synced_writes = db->synced_writes;
+    pthread_rwlock_unlock(&db->lock);
+}
+
+uint64_t abase_db_clock(abase_db *db)
+{
+    pthread_rwlock_rdlock(&db->lock);
+    uint64_t v = db->clock.last;
+    pthread_rwlock_unlock(&db->lock);
+    return v;
+}
+
+int abase_db_clock_now(abase_db *db, int64_t wall_ms, uint64_t *out)
+{
+    pthread_rwlock_wrlock(&db->lock);
+    int rc = abase_hlc_now(&db->clock, wall_ms, out);
+    pthread_rwlock_unlock(&db->lock);
+    return rc;
+}
+
+int abase_db_clock_update(abase_db *db, uint64_t remote, int64_t wall_ms,
+                          uint64_t max_skew_ms, uint64_t *out)
+{
+    pthread_rwlock_wrlock(&db->lock);
+    int rc = abase_hlc_update(&db->clock, remote, wall_ms, max_skew_ms, out);
+    pthread_rwlock_unlock(&db->lock);
+    return rc;
+}
+
+/* -------------------------------------------------------------- recovery */
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Segment numbers of dir/log, sorted; older-than-first_live files unlinked
+ * (crash window W4). */
+static int list_segments(abase_db *db, uint32_t first_live, uint32_t **out, uint32_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    DIR *d = opendir(db->logdir);
+    if (!d) {
+        if (errno == ENOENT) {
+            if (mkdir(db->logdir, 0755) != 0 && errno != EEXIST) {
+                set_error(db, ABASE_EIO, errno, db->logdir, 0, "cannot create log directory");
+                return ABASE_EIO;
+            }
+            return ABASE_OK;
+        }
+        set_error(db, ABASE_EIO, errno, db->logdir, 0, "cannot read log directory");
+        return ABASE_EIO;
+    }
+    uint32_t cap = 16, cnt = 0;
+    uint32_t *nums = malloc(cap * sizeof(uint32_t));
+    if (!nums) {
+        closedir(d);
+        return ABASE_ENOMEM;
+    }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *nm = e->d_name;
+        if (strlen(nm) != 12 || strcmp(nm + 8, ".seg") != 0)
+            continue;
+        uint32_t v = 0;
+        int ok = 1;
+        for (int i = 0; i < 8; i++) {
+            if (nm[i] < '0' || nm[i] > '9') {
+                ok = 0;
+                break;
+            }
+            v = v * 10 + (uint32_t)(nm[i] - '0');
+        }
+        if (!ok)
+            continue;
+        if (v < first_live) {
+            char path[1100];
+            seg_path(db, v, path, sizeof(path));
+            unlink(path); /* compacted before the crash (W4) */
+            continue;
+        }
+        if (cnt == cap) {
+            cap *= 2;
+            uint32_t *nn = realloc(nums, cap * sizeof(uint32_t));
+            if (!nn) {
+                free(nums);
+                closedir(d);
+                return ABASE_ENOMEM;
+            }
+            nums = nn;
+        }
+        nums[cnt++] = v;
+    }
+    closedir(d);
+    qsort(nums, cnt, sizeof(uint32_t), cmp_u32);
+    *out = nums;
+    *n = cnt;
+    return ABASE_OK;
+}
+
+static int all_zero(const uint8_t *p, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+/* Why the record at off is not valid, or NULL if it is. */
+static const char *check_record(const uint8_t *base, uint64_t off, uint64_t end)
+{
+    if (off + ABASE_REC_HEADER_SIZE > end)
+        return "record header runs past the end of the segment";
+    const uint8_t *p = base + off;
+    uint32_t len = ld32(p + R_LEN);
+    if (len < ABASE_REC_HEADER_SIZE || len > end - off)
+        return "record length out of bounds";
+    if (abase_crc_unmask(ld32(p + R_CRC)) != abase_crc32c(0, p + 4, len - 4))
+        return "record checksum mismatch";
+    uint32_t klen = ld16(p + R_KLEN), vlen = ld32(p + R_VLEN);
+    if ((uint64_t)ABASE_REC_HEADER_SIZE + klen + vlen != len || klen > ABASE_MAX_KEY)
+        return "record key/value lengths disagree with its length";
+    uint8_t op = p[R_OP];
+    if (op < ABASE_OP_PUT || op > ABASE_OP_MERGE)
+        return "unknown record op";
+    return NULL;
+}
+
+static int index_record(abase_db *db, segment *s, uint64_t off)
+{
+    const uint8_t *p = s->base + off;
+    uint32_t ns = ld32(p + R_NS);
+    uint32_t klen = ld16(p + R_KLEN);
+    uint64_t h = abase_hash(ns, p + ABASE_REC_HEADER_SIZE, klen);
+    uint64_t hlc = ld64(p + R_HLC);
+    uint32_t node = ld32(p + R_NODE);
+    if (ts_greater(hlc, node, s->max_hlc, s->max_node)) {
+        s->max_hlc = hlc;
+        s->max_node = node;
+    }
+    s->records++;
+    return ix_set(&db->ix, h, ns, p + ABASE_REC_HEADER_SIZE, klen, make_addr(s->no, off));
+}
+
+/* Open, map and index one segment. `newest`: a torn tail is cut, not an
+ * error. */
+static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery *rep)
+{
+    char path[1100];
+    seg_path(db, no, path, sizeof(path));
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        set_error(db, ABASE_EIO, errno, path, 0, "cannot open segment");
+        return ABASE_EIO;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        set_error(db, ABASE_EIO, errno, path, 0, "cannot stat segment");
+        return ABASE_EIO;
+    }
+    uint64_t size = (uint64_t)st.st_size;
+    if (size > (UINT64_C(1) << 32)) {
+        close(fd);
+        set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment larger than 4 GiB");
+        return ABASE_ECORRUPT;
+    }
+    uint64_t map_size = size;
+    if (newest && map_size < ABASE_SEG_HEADER_SIZE) {
+        /* W3: created but never written. Give it a full preallocation. */
+        map_size = db->seg_size;
+        if (posix_fallocate(fd, 0, (off_t)map_size) != 0) {
+            close(fd);
+            set_error(db, ABASE_EIO, errno, path, 0, "cannot preallocate segment");
+            return ABASE_EIO;
+        }
+        size = map_size;
+    }
+    if (size < ABASE_SEG_HEADER_SIZE) {
+        close(fd);
+        set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment shorter than its header");
+        return ABASE_ECORRUPT;
+    }
+    uint8_t *base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        close(fd);
+        set_error(db, ABASE_EIO, errno, path, 0, "cannot map segment");
+        return ABASE_EIO;
+    }
+    int rc = grow_seg_array(db);
+    if (rc != ABASE_OK) {
+        munmap(base, map_size);
+        close(fd);
+        return rc;
+    }
+    segment *s = &db->segs[db->nsegs++];
+    memset(s, 0, sizeof(*s));
+    s->no = no;
+    s->fd = fd;
+    s->base = base;
+    s->mapped = map_size;
+    s->used = ABASE_SEG_HEADER_SIZE;
+    s->sealed = !newest;
+
+    /* header */
+    if (newest && all_zero(base, ABASE_SEG_HEADER_SIZE)) {
+        write_seg_header(base, no, db->node_id, db->clock.last); /* W3 */
+    } else {
+        if (memcmp(base, SEG_MAGIC, 8) != 0 ||
+            abase_crc_unmask(ld32(base + 60)) != abase_crc32c(0, base, 60)) {
+            set_error(db, ABASE_ECORRUPT, 0, path, 0, "bad segment header");
+            return ABASE_ECORRUPT;
+        }
+        if (ld32(base + 8) != ABASE_FORMAT_VERSION) {
+            set_error(db, ABASE_EVERSION, 0, path, 8, "segment format version %u, this build reads %u",
+                      ld32(base + 8), ABASE_FORMAT_VERSION);
+            return ABASE_EVERSION;
+        }
+        if (ld64(base + 16) != no) {
+            set_error(db, ABASE_ECORRUPT, 0, path, 16, "segment number does not match its file name");
+            return ABASE_ECORRUPT;
+        }
+    }
+
+    uint64_t off = ABASE_SEG_HEADER_SIZE;
+    uint64_t batch_start = 0; /* offset of the first record of an open batch */
+    const char *why = NULL;
+    while (off + 8 <= size) {
+        uint32_t len = ld32(base + off + R_LEN);
+        if (len == 0 && ld32(base + off) == 0)
+            break; /* zero tail */
+        why = check_record(base, off, size);
+        if (why)
+            break;
+        uint8_t flags = base[off + R_FLAGS];
+        uint64_t next = off + align8(len);
+        if (next > size)
+            next = size;
+        if (flags & ABASE_F_BATCH) {
+            if (batch_start == 0)
+                batch_start = off;
+            if (flags & ABASE_F_BATCH_END) {
+                for (uint64_t o = batch_start; o < next;) {
+                    rc = index_record(db, s, o);
+                    if (rc != ABASE_OK)
+                        return rc;
+                    rep->records++;
+                    o += align8(ld32(base + o + R_LEN));
+                }
+                batch_start = 0;
+            }
+        } else {
+            if (batch_start != 0) {
+                why = "batch interrupted by a record outside it";
+                break;
+            }
+            rc = index_record(db, s, off);
+            if (rc != ABASE_OK)
+                return rc;
+            rep->records++;
+        }
+        off = next;
+    }
+    uint64_t end = batch_start ? batch_start : off; /* W2: an unfinished batch is dropped */
+    if (!newest) {
+        if (why || batch_start || (off < size && !all_zero(base + off, size - off))) {
+            set_error(db, ABASE_ECORRUPT, 0, path, why ? off : end, "%s",
+                      why ? why : "unfinished batch or garbage after the end of a sealed segment");
+            return ABASE_ECORRUPT;
+        }
+    } else if (end < size && !all_zero(base + end, size - end)) {
+        /* W1/W2: torn tail. Count what is dropped, then zero it, so that
+         * stale bytes can never be read as records after later appends. */
+        uint64_t last = size;
+        while (last > end && base[last - 1] == 0)
+            last--;
+        rep->dropped_bytes += last - end;
+        rep->dropped_offset = end;
+        memset(base + end, 0, last - end);
+        if (msync(base, map_size, MS_SYNC) != 0) { /* fsync point: the cut */
+            set_error(db, ABASE_EIO, errno, path, end, "cannot sync the truncated tail");
+            return ABASE_EIO;
+        }
+    }
+    s->used = end;
+    rep->bytes += end - ABASE_SEG_HEADER_SIZE;
+    if (ts_greater(s->max_hlc, s->max_node, rep->max_hlc, 0))
+        rep->max_hlc = s->max_hlc;
+    return ABASE_OK;
+}
+
+int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep)
+{
+    memset(rep, 0, sizeof(*rep));
+    pthread_rwlock_wrlock(&db->lock);
+    uint32_t *nums = NULL, n = 0;
+    int rc = list_segments(db, first_live, &nums, &n);
+    db->live_first = first_live;
+    db->next_no = first_live;
+    for (uint32_t i = 0; rc == ABASE_OK && i < n; i++) {
+        if (nums[i] != first_live + i) {
+            char path[1100];
+            seg_path(db, first_live + i, path, sizeof(path));
+            set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment missing from the log");
+            rc = ABASE_ECORRUPT;
+            break;
+        }
+        rc = recover_segment(db, nums[i], i + 1 == n, rep);
+        db->next_no = nums[i] + 1;
+    }
+    free(nums);
+    rep->segments = db->nsegs;
+    abase_hlc_observe(&db->clock, rep->max_hlc);
+    pthread_rwlock_unlock(&db->lock);
+    return rc;
+}
+
+/* ------------------------------------------------------------ group commit */
+
+/* Make every address below `target` durable. Callers that arrive while a
+ * sync runs wait for it and usually find their write covered (group
+ * commit). Holds neither the read nor the write lock while syncing. */
+static int sync_upto(abase_db *db, uint64_t target, int all_segments)
+{
+    pthread_mutex_lock(&db->sync_mu);
+    if (!all_segments && db->synced_addr >= target) {
+        pthread_mutex_unlock(&db->sync_mu);
+        return ABASE_OK;
+    }
+    int rc = ABASE_OK;
+    pthread_rwlock_rdlock(&db->lock);
+    if (all_segments) {
+        for (uint32_t i = 0; i < db->nsegs; i++) {
+            segment *s = &db->segs[i];
+            if (s->sealed && !s->synced) {
+                if (fdatasync(s->fd) != 0) { /* fsync point: db.sync() */
+                    rc = ABASE_EIO;
+                    break;
+                }
+                s->synced = 1;
+            }
+        }
+    }
+    segment *s = active_seg(db);
+    uint64_t end = 0;
+    if (s) {
+        end = make_addr(s->no, s->used);
+        if (db->sync_fd_no != s->no || db->sync_fd < 0) {
+            if (db->sync_fd >= 0)
+                close(db->sync_fd);
+            db->sync_fd = dup(s->fd);
+            db->sync_fd_no = s->no;
+        }
+    } else if (db->sealed_synced > end) {
+        end = db->sealed_synced;
+    }
+    int fd = s ? db->sync_fd : -1;
+    pthread_rwlock_unlock(&db->lock);
+    if (rc == ABASE_OK && fd >= 0) {
+        if (fdatasync(fd) != 0) /* fsync point: group commit */
+            rc = ABASE_EIO;
+    } else if (rc == ABASE_OK && s && fd < 0) {
+        rc = ABASE_EIO;
+    }
+    if (rc == ABASE_OK && end > db->synced_addr)
+        db->synced_addr = end;
+    pthread_mutex_unlock(&db->sync_mu);
+    if (rc != ABASE_OK) {
+        pthread_rwlock_wrlock(&db->lock);
+        set_error(db, ABASE_EIO, errno, db->logdir, 0, "fdatasync failed");
+        pthread_rwlock_unlock(&db->lock);
+    } else {
+        pthread_rwlock_wrlock(&db->lock);
+        db->syncs++;
+        pthread_rwlock_unlock(&db->lock);
+    }
+    return rc;
+}
+
+int abase_sync(abase_db *db)
+{
+    return sync_upto(db, UINT64_MAX, 1);
+}
+
+/* ------------------------------------------------------------------ writes */
+
+static int check_sizes(size_t klen, size_t vlen)
+{
+    if (klen > ABASE_MAX_KEY)
+        return ABASE_EKEYSIZE;
+    if (vlen > ABASE_MAX_VALUE)
+        return ABASE_EVALSIZE;
+    return ABASE_OK;
+}
+
+int64_t abase_put(abase_db *db, uint32_t ns, int op, const uint8_t *key,
+                  size_t klen, const uint8_t *value, size_t vlen, int64_t wall_ms)
+{
+    int rc = check_sizes(klen, vlen);
+    if (rc != ABASE_OK)
+        return rc;
+    if ((op != ABASE_OP_PUT && op != ABASE_OP_DELETE) || (klen && !key) || (vlen && !value))
+        return ABASE_EINVAL;
+    uint64_t need = align8(ABASE_REC_HEADER_SIZE + klen + vlen);
+    pthread_rwlock_wrlock(&db->lock);
+    segment *s;
+    rc = room_for(db, need, &s);
+    uint64_t hlc = 0, end = 0;
+    if (rc == ABASE_OK)
+        rc = ix_reserve(&db->ix, 1); /* so that indexing cannot fail after the append */
+    if (rc == ABASE_OK)
+        rc = abase_hlc_now(&db->clock, wall_ms, &hlc);
+    if (rc == ABASE_OK) {
+        uint64_t h = abase_hash(ns, key, klen);
+        uint64_t *slot = ix_find(&db->ix, h, ns, key, klen);
+        uint64_t prev = slot ? *slot : 0;
+        /* A local timestamp is above every timestamp the engine holds (the
+         * clock is raised past each one at recovery and on receive), so a
+         * local write dominates. */
+        uint64_t addr = append_rec(db, s, ns, op, ABASE_F_DOMINANT, key, klen, value, vlen,
+                                   hlc, db->node_id, prev);
+        if (slot)
+            *slot = addr;
+        else
+            ix_set(&db->ix, h, ns, key, klen, addr); /* room reserved above */
+        end = make_addr(s->no, s->used);
+    }
+    pthread_rwlock_unlock(&db->lock);
+    if (rc != ABASE_OK)
+        return rc;
+    if (db->durability == ABASE_DUR_SYNC) {
+        rc = sync_upto(db, end, 0);
+        if (rc != ABASE_OK)
+            return rc;
+    }
+    return (int64_t)hlc;
+}
+
+/* Greatest timestamp among the key's log versions and the store's base,
+ * walking newest first and stopping at a DOMINANT record; also reports
+ * whether a record with exactly (hlc, node) exists. Write lock held. */
+static void newest_version(abase_db *db, uint64_t head, uint64_t base_hlc,
+                           uint32_t base_node, uint64_t hlc, uint32_t node,
+                           uint64_t *max_hlc, uint32_t *max_node, int *dup)
+{
+    uint64_t mh = base_hlc;
+    uint32_t mn = base_node;
+    *dup = (base_hlc == hlc && base_node == node && hlc != 0);
+    for (uint64_t a = head; a;) {
+        const uint8_t *r = rec_live(db, a);
+        if (!r)
+            break;
+        uint64_t rh = ld64(r + R_HLC);
+        uint32_t rn = ld32(r + R_NODE);
+        if (rh == hlc && rn == node)
+            *dup = 1;
+        if (ts_greater(rh, rn, mh, mn)) {
+            mh = rh;
+            mn = rn;
+        }
+        if ((r[R_FLAGS] & ABASE_F_DOMINANT) && ts_greater(hlc, node, rh, rn))
+            break; /* everything older is older still */
+        a = rec_prev(r, a);
+    }
+    *max_hlc = mh;
+    *max_node = mn;
+}
+
+int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
+                          const uint32_t *nss, const uint8_t *blob,
+                          const uint32_t *lens, const uint64_t *hlcs,
+                          const uint32_t *nodes, const uint64_t *base_hlcs,
+                          const uint32_t *base_nodes, const uint8_t *modes,
+                          uint8_t *out_status, int64_t wall_ms)
+{
+    if (n == 0)
+        return 0;
+    if (!ops || !nss || !lens || (!blob && n) ||
+        (hlcs && (!nodes || !base_hlcs || !base_nodes || !modes || !out_status)))
+        return ABASE_EINVAL;
+    uint64_t need = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        int rc = check_sizes(lens[2 * i], lens[2 * i + 1]);
+        if (rc != ABASE_OK)
+            return rc;
+        if (ops[i] < ABASE_OP_PUT || ops[i] > ABASE_OP_MERGE)
+            return ABASE_EINVAL;
+        if (hlcs && hlcs[i] >> ABASE_LOGICAL_BITS > ABASE_MAX_PHYSICAL_MS)
+            return ABASE_ERANGE;
+        need += align8(ABASE_REC_HEADER_SIZE + (uint64_t)lens[2 * i] + lens[2 * i + 1]);
+    }
+    pthread_rwlock_wrlock(&db->lock);
+    segment *s;
+    /* The whole batch goes into one segment, reserved before anything is
+     * written, so it cannot fail half-way. */
+    int rc = room_for(db, need, &s);
+    if (rc == ABASE_OK)
+        rc = ix_reserve(&db->ix, n);
+    if (rc != ABASE_OK) {
+        pthread_rwlock_unlock(&db->lock);
+        return rc;
+    }
+    uint64_t *issued = NULL;
+    if (!hlcs) {
+        issued = malloc(n * sizeof(uint64_t));
+        if (!issued) {
+            pthread_rwlock_unlock(&db->lock);
+            return ABASE_ENOMEM;
+        }
+        abase_hlc saved = db->clock;
+        for (uint32_t i = 0; i < n && rc == ABASE_OK; i++)
+            rc = abase_hlc_now(&db->clock, wall_ms, &issued[i]);
+        if (rc != ABASE_OK) {
+            db->clock = saved;
+            free(issued);
+            pthread_rwlock_unlock(&db->lock);
+            return rc;
+        }
+    }
+    uint8_t batch_flag = n > 1 ? ABASE_F_BATCH : 0;
+    uint64_t last_addr = 0, last_hlc = 0;
+    uint32_t appended = 0;
+    const uint8_t *p = blob;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t klen = lens[2 * i], vlen = lens[2 * i + 1];
+        const uint8_t *key = p, *val = p + klen;
+        p += (uint64_t)klen + vlen;
+        uint64_t h = abase_hash(nss[i], key, klen);
+        uint64_t *slot = ix_find(&db->ix, h, nss[i], key, klen);
+        uint64_t prev = slot ? *slot : 0;
+        uint64_t hlc;
+        uint32_t node;
+        uint8_t flags = batch_flag;
+        if (hlcs) {
+            hlc = hlcs[i];
+            node = nodes[i];
+            uint64_t mh;
+            uint32_t mn;
+            int dup;
+            newest_version(db, prev, base_hlcs[i], base_nodes[i], hlc, node, &mh, &mn, &dup);
+            int newer = ts_greater(hlc, node, mh, mn);
+            if (dup || (modes[i] == ABASE_MODE_LWW && !newer)) {
+                out_status[i] = 0; /* changes nothing: idempotent receive */
+                continue;
+            }
+            if (newer)
+                flags |= ABASE_F_DOMINANT;
+            out_status[i] = 1;
+        } else {
+            hlc = issued[i];
+            node = db->node_id;
+            flags |= ABASE_F_DOMINANT;
+        }
+        uint64_t addr = append_rec(db, s, nss[i], ops[i], flags, key, klen, val, vlen, hlc,
+                                   node, prev);
+        if (slot)
+            *slot = addr;
+        else
+            ix_set(&db->ix, h, nss[i], key, klen, addr); /* room reserved above */
+        last_addr = addr;
+        if (ts_greater(hlc, 0, last_hlc, 0))
+            last_hlc = hlc;
+        appended++;
+    }
+    free(issued);
+    if (appended > 0 && batch_flag) {
+        uint8_t *last = s->base + (last_addr & 0xffffffffu);
+        if (appended == 1)
+            rewrite_flags(last, last[R_FLAGS] & (uint8_t)~ABASE_F_BATCH);
+        else
+            rewrite_flags(last, last[R_FLAGS] | ABASE_F_BATCH_END);
+    }
+    uint64_t end = make_addr(s->no, s->used);
+    pthread_rwlock_unlock(&db->lock);
+    if (appended > 0 && db->durability == ABASE_DUR_SYNC) {
+        rc = sync_upto(db, end, 0);
+        if (rc != ABASE_OK)
+            return rc;
+    }
+    return (int64_t)last_hlc;
+}
+
+/* ------------------------------------------------------------------- reads */
+
+static void put_entry(uint8_t *b, const uint8_t *r)
+{
+    uint32_t klen = ld16(r + R_KLEN), vlen = ld32(r + R_VLEN);
+    b[0] = r[R_OP];
+    b[1] = r[R_FLAGS];
+    st16(b + 2, 0);
+    st32(b + 4, vlen);
+    st64(b + 8, ld64(r + R_HLC));
+    st32(b + 16, ld32(r + R_NODE));
+    st32(b + 20, 0);
+    memcpy(b + 24, r + ABASE_REC_HEADER_SIZE + klen, vlen);
+    memset(b + 24 + vlen, 0, align8(vlen) - vlen);
+}
+
+static int visible_at(uint64_t h, uint32_t n, uint64_t at_hlc, uint32_t at_node)
+{
+    if (at_hlc == 0 && at_node == 0)
+        return 1;
+    return !ts_greater(h, n, at_hlc, at_node);
+}
+
+/* LWW resolution over the log versions of one key. Read lock held. Sets
+ * *winner (or NULL) and *complete. */
+static void lww_resolve(abase_db *db, uint64_t head, uint64_t at_hlc, uint32_t at_node,
+                        const uint8_t **winner, int *complete)
+{
+    const uint8_t *best = NULL;
+    *complete = 0;
+    for (uint64_t a = head; a;) {
+        const uint8_t *r = rec_live(db, a);
+        if (!r)
+            break;
+        uint64_t rh = ld64(r + R_HLC);
+        uint32_t rn = ld32(r + R_NODE);
+        if (visible_at(rh, rn, at_hlc, at_node)) {
+            if (!best || ts_greater(rh, rn, ld64(best + R_HLC), ld32(best + R_NODE)))
+                best = r;
+            if (r[R_FLAGS] & ABASE_F_DOMINANT) {
+                *complete = 1;
+                break;
+            }
+        }
+        a = rec_prev(r, a);
+    }
+    *winner = best;
+}
+
+static int64_t lww_get_locked(abase_db *db, uint64_t head, uint64_t at_hlc, uint32_t at_node,
+                              uint8_t *buf, size_t cap, abase_getinfo *info)
+{
+    const uint8_t *w;
+    int complete;
+    lww_resolve(db, head, at_hlc, at_node, &w, &complete);
+    info->complete = (uint32_t)complete;
+    if (!w) {
+        info->op = 0;
+        info->needed = 0;
+        return complete ? ABASE_NOTFOUND : (head ? ABASE_NEEDBASE : ABASE_NOTFOUND);
+    }
+    uint32_t klen = ld16(w + R_KLEN), vlen = ld32(w + R_VLEN);
+    info->hlc = ld64(w + R_HLC);
+    info->node = ld32(w + R_NODE);
+    info->op = w[R_OP];
+    info->needed = vlen;
+    if (complete && w[R_OP] == ABASE_OP_DELETE)
+        return ABASE_DELETED;
+    if (vlen > cap)
+        return ABASE_ETOOSMALL;
+    memcpy(buf, w + ABASE_REC_HEADER_SIZE + klen, vlen);
+    return complete ? (int64_t)vlen : ABASE_NEEDBASE;
+}
+
+static int64_t merge_get_locked(abase_db *db, uint64_t head, uint64_t at_hlc, uint32_t at_node,
+                                uint8_t *buf, size_t cap, abase_getinfo *info)
+{
+    uint64_t used = 0;
+    uint32_t nrec = 0;
+    int complete = 0, fits = 1;
+    for (uint64_t a = head; a;) {
+        const uint8_t *r = rec_live(db, a);
+        if (!r)
+            break;
+        uint64_t rh = ld64(r + R_HLC);
+        uint32_t rn = ld32(r + R_NODE);
+        if (visible_at(rh, rn, at_hlc, at_node)) {
+            uint64_t sz = 24 + align8(ld32(r + R_VLEN));
+            if (fits && used + sz <= cap)
+                put_entry(buf + used, r);
+            else
+                fits = 0;
+            used += sz;
+            nrec++;
+            /* In a merge namespace a put joins like an operand; only a
+             * dominant delete hides everything older. */
+            if ((r[R_FLAGS] & ABASE_F_DOMINANT) && r[R_OP] == ABASE_OP_DELETE) {
+                complete = 1;
+                break;
+            }
+        }
+        a = rec_prev(r, a);
+    }
+    info->nrecords = nrec;
+    info->complete = (uint32_t)complete;
+    info->needed = used;
+    if (!fits)
+        return ABASE_ETOOSMALL;
+    if (nrec == 0 && !head)
+        return ABASE_NOTFOUND;
+    return (int64_t)used;
+}
+
+int64_t abase_get(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
+                  uint64_t at_hlc, uint32_t at_node, int mode, uint8_t *buf,
+                  size_t cap, abase_getinfo *info)
+{
+    if (klen > ABASE_MAX_KEY)
+        return ABASE_EKEYSIZE;
+    if ((klen && !key) || !info || (cap && !buf))
+        return ABASE_EINVAL;
+    uint64_t h = abase_hash(ns, key, klen);
+    pthread_rwlock_rdlock(&db->lock);
+    uint64_t *slot = ix_find(&db->ix, h, ns, key, klen);
+    uint64_t head = slot && rec_live(db, *slot) ? *slot : 0;
+    int64_t rc;
+    if (mode == ABASE_MODE_MERGE)
+        rc = merge_get_locked(db, head, at_hlc, at_node, buf, cap, info);
+    else
+        rc = lww_get_locked(db, head, at_hlc, at_node, buf, cap, info);
+    pthread_rwlock_unlock(&db->lock);
+    return rc;
+}
+
+int abase_newest(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
+                 uint64_t *hlc, uint32_t *node)
+{
+    if (klen > ABASE_MAX_KEY || (klen && !key))
+        return 0;
+    uint64_t h = abase_hash(ns, key, klen);
+    pthread_rwlock_rdlock(&db->lock);
+    uint64_t *slot = ix_find(&db->ix, h, ns, key, klen);
+    int found = 0;
+    if (slot) {
+        uint64_t mh = 0;
+        uint32_t mn = 0;
+        int dup;
+        newest_version(db, *slot, 0, 0, 0, 0, &mh, &mn, &dup);
+        if (mh || mn) {
+            *hlc = mh;
+            *node = mn;
+            found = 1;
+        }
+    }
+    pthread_rwlock_unlock(&db->lock);
+    return found;
+}
+
+/* ------------------------------------------------------------------- scans */
+
+typedef struct collect {
+    abase_db *db;
+    uint32_t ns;
+    const uint8_t *start, *stop, *prefix;
+    size_t start_len, stop_len, prefix_len;
+    int has_start, has_stop;
+    uint64_t *addrs;
+    uint64_t n, cap;
+    uint64_t key_bytes;
+    int oom;
+} collect;
+
+static int key_cmp(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
+{
+    size_t m = al < bl ? al : bl;
+    int c = m ? memcmp(a, b, m) : 0;
+    if (c)
+        return c;
+    return al < bl ? -1 : al > bl;
+}
+
+static int collect_one(void *arg, uint64_t addr)
+{
+    collect *c = arg;
+    const uint8_t *r = rec_mapped(c->db, addr);
+    if (!r || ld32(r + R_NS) != c->ns)
+        return 0;
+    const uint8_t *k = r + ABASE_REC_HEADER_SIZE;
+    size_t kl = ld16(r + R_KLEN);
+    if (c->has_start && key_cmp(k, kl, c->start, c->start_len) < 0)
+        return 0;
+    if (c->has_stop && key_cmp(k, kl, c->stop, c->stop_len) >= 0)
+        return 0;
+    if (c->prefix_len && (kl < c->prefix_len || memcmp(k, c->prefix, c->prefix_len) != 0))
+        return 0;
+    if (c->n == c->cap) {
+        uint64_t cap = c->cap ? c->cap * 2 : 256;
+        uint64_t *na = realloc(c->addrs, cap * sizeof(uint64_t));
+        if (!na) {
+            c->oom = 1;
+            return 1;
+        }
+        c->addrs = na;
+        c->cap = cap;
+    }
+    c->addrs[c->n++] = addr;
+    c->key_bytes += kl;
+    return 0;
+}
+
+static int addr_key_cmp(abase_db *db, uint64_t a, uint64_t b)
+{
+    const uint8_t *ra = rec_mapped(db, a), *rb = rec_mapped(db, b);
+    return key_cmp(ra + ABASE_REC_HEADER_SIZE, ld16(ra + R_KLEN),
+                   rb + ABASE_REC_HEADER_SIZE, ld16(rb + R_KLEN));
+}
+
+/* Bottom-up merge sort of addresses by key (qsort has no context pointer). */
+static int sort_addrs(abase_db *db, uint64_t *a, uint64_t n)
+{
+    if (n < 2)
+        return ABASE_OK;
+    uint64_t *tmp = malloc(n * sizeof(uint64_t));
+    if (!tmp)
+        return ABASE_ENOMEM;
+    /* insertion sort runs of 16 */
+    const uint64_t RUN = 16;
+    for (uint64_t lo = 0; lo < n; lo += RUN) {
+        uint64_t hi = lo + RUN < n ? lo + RUN : n;
+        for (uint64_t i = lo + 1; i < hi; i++) {
+            uint64_t v = a[i];
+            uint64_t j = i;
+            while (j > lo && addr_key_cmp(db, a[j - 1], v) > 0) {
+                a[j] = a[j - 1];
+                j--;
+            }
+            a[j] = v;
+        }
+    }
+    uint64_t *src = a, *dst = tmp;
+    for (uint64_t w = RUN; w < n; w *= 2) {
+        for (uint64_t lo = 0; lo < n; lo += 2 * w) {
+            uint64_t mid = lo + w < n ? lo + w : n;
+            uint64_t hi = lo + 2 * w < n ? lo + 2 * w : n;
+            uint64_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi)
+                dst[k++] = addr_key_cmp(db, src[i], src[j]) <= 0 ? src[i++] : src[j++];
+            while (i < mid)
+                dst[k++] = src[i++];
+            while (j < hi)
+                dst[k++] = src[j++];
+        }
+        uint64_t *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != a)
+        memcpy(a, src, n * sizeof(uint64_t));
+    free(tmp);
+    return ABASE_OK;
+}
+
+int abase_scan_open(abase_db *db, uint32_t ns, const uint8_t *start,
+                    size_t start_len, int has_start, const uint8_t *stop,
+                    size_t stop_len, int has_stop, const uint8_t *prefix,
+                    size_t prefix_len, int reverse, abase_scan **out)
+{
+    if (!out || (has_start && start_len && !start) || (has_stop && stop_len && !stop) ||
+        (prefix_len && !prefix))
+        return ABASE_EINVAL;
+    collect c;
+    memset(&c, 0, sizeof(c));
+    c.db = db;
+    c.ns = ns;
+    c.start = start;
+    c.start_len = start_len;
+    c.has_start = has_start;
+    c.stop = stop;
+    c.stop_len = stop_len;
+    c.has_stop = has_stop;
+    c.prefix = prefix;
+    c.prefix_len = prefix_len;
+    abase_scan *sc = calloc(1, sizeof(*sc));
+    if (!sc)
+        return ABASE_ENOMEM;
+    pthread_rwlock_rdlock(&db->lock);
+    ix_foreach(&db->ix, collect_one, &c);
+    int rc = c.oom ? ABASE_ENOMEM : sort_addrs(db, c.addrs, c.n);
+    if (rc == ABASE_OK) {
+        sc->keys = malloc(c.key_bytes ? c.key_bytes : 1);
+        sc->offs = malloc((c.n + 1) * sizeof(uint64_t));
+        if (!sc->keys || !sc->offs)
+            rc = ABASE_ENOMEM;
+    }
+    if (rc == ABASE_OK) {
+        uint64_t o = 0;
+        for (uint64_t i = 0; i < c.n; i++) {
+            const uint8_t *r = rec_mapped(db, c.addrs[i]);
+            uint32_t kl = ld16(r + R_KLEN);
+            sc->offs[i] = o;
+            memcpy(sc->keys + o, r + ABASE_REC_HEADER_SIZE, kl);
+            o += kl;
+        }
+        sc->offs[c.n] = o;
+    }
+    pthread_rwlock_unlock(&db->lock);
+    free(c.addrs);
+    if (rc != ABASE_OK) {
+        abase_scan_free(sc);
+        return rc;
+    }
+    sc->db = db;
+    sc->ns = ns;
+    sc->count = c.n;
+    sc->reverse = reverse;
+    *out = sc;
+    return ABASE_OK;
+}
+
+int64_t abase_scan_next(abase_scan *sc, uint64_t at_hlc, uint32_t at_node,
+                        int mode, uint32_t max_items, uint8_t *buf, size_t cap,
+                        uint32_t *count)
+{
+    *count = 0;
+    if (!sc || !buf)
+        return ABASE_EINVAL;
+    abase_db *db = sc->db;
+    uint64_t used = 0;
+    int64_t rc = 0;
+    pthread_rwlock_rdlock(&db->lock);
+    while (sc->pos < sc->count && *count < max_items) {
+        uint64_t i = sc->reverse ? sc->count - 1 - sc->pos : sc->pos;
+        const uint8_t *key = sc->keys + sc->offs[i];
+        uint32_t klen = (uint32_t)(sc->offs[i + 1] - sc->offs[i]);
+        uint64_t h = abase_hash(sc->ns, key, klen);
+        uint64_t *slot = ix_find(&db->ix, h, sc->ns, key, klen);
+        uint64_t head = slot && rec_live(db, *slot) ? *slot : 0;
+        int status = ABASE_NEEDBASE;
+        const uint8_t *w = NULL;
+        if (mode != ABASE_MODE_MERGE) {
+            int complete;
+            lww_resolve(db, head, at_hlc, at_node, &w, &complete);
+            if (!w)
+                status = (complete || !head) ? ABASE_NOTFOUND : ABASE_NEEDBASE;
+            else if (!complete)
+                status = ABASE_NEEDBASE;
+            else if (w[R_OP] == ABASE_OP_DELETE)
+                status = ABASE_DELETED;
+            else
+                status = 0;
+        }
+        uint32_t vlen = w ? ld32(w + R_VLEN) : 0;
+        uint64_t sz = 40 + align8(klen) + align8(vlen);
+        if (used + sz > cap) {
+            if (*count == 0)
+                rc = ABASE_ETOOSMALL;
+            break;
+        }
+        uint8_t *b = buf + used;
+        st32(b, klen);
+        st32(b + 4, vlen);
+        st32(b + 8, (uint32_t)status);
+        st32(b + 12, 0);
+        st64(b + 16, w ? ld64(w + R_HLC) : 0);
+        st32(b + 24, w ? ld32(w + R_NODE) : 0);
+        st32(b + 28, w ? w[R_OP] : 0);
+        st64(b + 32, 0);
+        memcpy(b + 40, key, klen);
+        memset(b + 40 + klen, 0, align8(klen) - klen);
+        if (vlen)
+            memcpy(b + 40 + align8(klen), w + ABASE_REC_HEADER_SIZE + ld16(w + R_KLEN), vlen);
+        memset(b + 40 + align8(klen) + vlen, 0, align8(vlen) - vlen);
+        used += sz;
+        (*count)++;
+        sc->pos++;
+    }
+    pthread_rwlock_unlock(&db->lock);
+    return rc < 0 ? rc : (int64_t)used;
+}
+
+uint64_t abase_scan_count(abase_scan *sc)
+{
+    return sc ? sc->count : 0;
+}
+
+void abase_scan_free(abase_scan *sc)
+{
+    if (!sc)
+        return;
+    free(sc->keys);
+    free(sc->offs);
+    free(sc);
+}
+
+/* -------------------------------------------------------------- compaction */
+
+int abase_seal(abase_db *db)
+{
+    pthread_rwlock_wrlock(&db->lock);
+    segment *s = active_seg(db);
+    int rc = ABASE_OK;
+    if (s && s->used > ABASE_SEG_HEADER_SIZE)
+        rc = seal_locked(db);
+    pthread_rwlock_unlock(&db->lock);
+    return rc;
+}
+
+uint32_t abase_segments(abase_db *db, abase_segstat *out, uint32_t cap)
+{
+    pthread_rwlock_rdlock(&db->lock);
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < db->nsegs; i++) {
+        segment *s = &db->segs[i];
+        if (s->no < db->live_first)
+            continue;
+        if (n < cap && out) {
+            out[n].no = s->no;
+            out[n].sealed = (uint32_t)s->sealed;
+            out[n].used = s->used;
+            out[n].max_hlc = s->max_hlc;
+            out[n].max_node = s->max_node;
+            out[n].records = s->records;
+        }
+        n++;
+    }
+    pthread_rwlock_unlock(&db->lock);
+    return n;
+}
+
+int64_t abase_segment_read(abase_db *db, uint32_t seg_no, uint64_t *offset,
+                           uint8_t *buf, size_t cap)
+{
+    if (!offset || !buf)
+        return ABASE_EINVAL;
+    pthread_rwlock_rdlock(&db->lock);
+    segment *s = seg_by_no(db, seg_no);
+    int64_t rc = 0;
+    if (!s || !s->sealed) {
+        rc = ABASE_EINVAL;
+    } else {
+        uint64_t off = *offset < ABASE_SEG_HEADER_SIZE ? ABASE_SEG_HEADER_SIZE : *offset;
+        uint64_t start = off;
+        while (off < s->used) {
+            uint64_t sz = align8(ld32(s->base + off + R_LEN));
+            if (sz == 0 || off + sz > s->used) {
+                sz = s->used - off; /* cannot happen for a recovered segment */
+                break;
+            }
+            if (off - start + sz > cap) {
+                if (off == start) {
+                    rc = ABASE_ETOOSMALL;
+                }
+                break;
+            }
+            off += sz;
+        }
+        if (rc == 0) {
+            memcpy(buf, s->base + start, off - start);
+            rc = (int64_t)(off - start);
+            *offset = off;
+        }
+    }
+    pthread_rwlock_unlock(&db->lock);
+    return rc;
+}
+
+int abase_compacted_through(abase_db *db, uint32_t seg_no)
+{
+    pthread_rwlock_wrlock(&db->lock);
+    segment *s = seg_by_no(db, seg_no);
+    int rc = ABASE_OK;
+    if (!s || !s->sealed)
+        rc = ABASE_EINVAL;
+    else if (seg_no + 1 > db->live_first)
+        db->live_first = seg_no + 1;
+    pthread_rwlock_unlock(&db->lock);
+    return rc;
+}
+
+int abase_retire_step(abase_db *db, uint32_t seg_no, uint64_t *offset, uint32_t budget)
+{
+    pthread_rwlock_wrlock(&db->lock);
+    segment *s = seg_by_no(db, seg_no);
+    int more = 0;
+    if (s && seg_no < db->live_first) {
+        uint64_t off = *offset < ABASE_SEG_HEADER_SIZE ? ABASE_SEG_HEADER_SIZE : *offset;
+        uint64_t limit = make_addr(db->live_first, 0);
+        while (off < s->used && budget-- > 0) {
+            const uint8_t *r = s->base + off;
+            uint32_t len = ld32(r + R_LEN);
+            if (len < ABASE_REC_HEADER_SIZE)
+                break;
+            uint32_t ns = ld32(r + R_NS), klen = ld16(r + R_KLEN);
+            uint64_t h = abase_hash(ns, r + ABASE_REC_HEADER_SIZE, klen);
+            ix_remove_below(&db->ix, h, ns, r + ABASE_REC_HEADER_SIZE, klen, limit);
+            off += align8(len);
+        }
+        *offset = off;
+        more = off < s->used;
+    }
+    pthread_rwlock_unlock(&db->lock);
+    return more;
+}
+
+int abase_segment_drop(abase_db *db, uint32_t seg_no)
+{
+    pthread_rwlock_wrlock(&db->lock);
+    int rc = ABASE_OK;
+    if (db->nsegs == 0 || db->segs[0].no != seg_no || seg_no >= db->live_first) {
+        rc = ABASE_EINVAL;
+    } else {
+        segment *s = &db->segs[0];
+        char path[1100];
+        seg_path(db, seg_no, path, sizeof(path));
+        munmap(s->base, s->mapped);
+        close(s->fd);
+        if (unlink(path) != 0 && errno != ENOENT) {
+            set_error(db, ABASE_EIO, errno, path, 0, "cannot unlink compacted segment");
+            rc = ABASE_EIO;
+        }
+        memmove(&db->segs[0], &db->segs[1], (db->nsegs - 1) * sizeof(segment));
+        db->nsegs--;
+    }
+    pthread_rwlock_unlock(&db->lock);
+    return rc;
+}
+
+/* ------------------------------------------------------------------- check */
+
+typedef struct check_ctx {
+    abase_db *db;
+    int64_t problems;
+} check_ctx;
+
+static int check_entry(void *arg, uint64_t addr)
+{
+    check_ctx *c = arg;
+    const uint8_t *r = rec_mapped(c->db, addr);
+    if (!r) {
+        if (c->problems++ == 0)
+            set_error(c->db, ABASE_ECORRUPT, 0, c->db->logdir, addr,
+                      "index entry points at no record");
+        return 0;
+    }
+    uint32_t ns = ld32(r + R_NS), kl = ld16(r + R_KLEN);
+    uint64_t h = abase_hash(ns, r + ABASE_REC_HEADER_SIZE, kl);
+    uint64_t *slot = ix_find(&c->db->ix, h, ns, r + ABASE_REC_HEADER_SIZE, kl);
+    if (!slot || *slot != addr) {
+        if (c->problems++ == 0)
+            set_error(c->db, ABASE_ECORRUPT, 0, c->db->logdir, addr,
+                      "index entry not found by its own key");
+    }
+    return 0;
+}
+
+int64_t abase_check(abase_db *db)
+{
+    pthread_rwlock_wrlock(&db->lock);
+    check_ctx c = {db, 0};
+    for (uint32_t i = 0; i < db->nsegs; i++) {
+        segment *s = &db->segs[i];
+        if (s->no < db->live_first)
+            continue;
+        for (uint64_t off = ABASE_SEG_HEADER_SIZE; off < s->used;) {
+            const char *why = check_record(s->base, off, s->used);
+            if (why) {
+                if (c.problems++ == 0) {
+                    char path[1100];
+                    seg_path(db, s->no, path, sizeof(path));
+                    set_error(db, ABASE_ECORRUPT, 0, path, off, "%s", why);
+                }
+                break;
+            }
+            off += align8(ld32(s->base + off + R_LEN));
+        }
+    }
+    ix_foreach(&db->ix, check_entry, &c);
+    pthread_rwlock_unlock(&db->lock);
+    return c.problems;
+}

@@ -1,0 +1,52 @@
+"""Build script of the C core: cffi API (out-of-line) mode.
+
+``setup.py`` names ``ffi`` here in ``cffi_modules``. The cdef is taken from
+``csrc/abase.h`` itself (the part after the cffi marker), so the header is the
+single source of the API; the values of the constants are left to the C
+compiler (``#define NAME ...``). Set ``ABASE_SANITIZE=1`` to build with
+AddressSanitizer and UndefinedBehaviorSanitizer.
+"""
+
+import os
+import re
+
+from cffi import FFI
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.normpath(os.path.join(_HERE, "..", ".."))
+_CSRC = os.path.join(_ROOT, "csrc")
+_MARKER = "/* ---- the part below is also given to cffi"
+
+
+def _cdef_from_header(text: str) -> str:
+    names = re.findall(r"^#define\s+(ABASE_[A-Z0-9_]+)\s+\S", text, flags=re.M)
+    skip = {"ABASE_H"}
+    consts = "".join(f"#define {n} ...\n" for n in names if n not in skip)
+    body = text[text.index(_MARKER):]
+    body = body[body.index("\n") + 1:]
+    body = body[: body.rindex("#endif")]
+    return consts + body
+
+
+with open(os.path.join(_CSRC, "abase.h")) as _f:
+    _HEADER = _f.read()
+
+_extra_compile = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
+_extra_link = ["-lpthread"]
+if os.environ.get("ABASE_SANITIZE"):
+    _extra_compile += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
+    _extra_link += ["-fsanitize=address,undefined"]
+
+ffi = FFI()
+ffi.cdef(_cdef_from_header(_HEADER))
+ffi.set_source(
+    "abase_engine._abase",
+    '#include "abase.h"\n',
+    sources=[os.path.relpath(os.path.join(_CSRC, n), _ROOT) for n in ("crc32c.c", "hlc.c", "index.c", "log.c")],
+    include_dirs=[os.path.relpath(_CSRC, _ROOT)],
+    extra_compile_args=_extra_compile,
+    extra_link_args=_extra_link,
+)
+
+if __name__ == "__main__":
+    ffi.compile(verbose=True)

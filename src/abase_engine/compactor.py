@@ -1,0 +1,271 @@
+"""The compactor: folds sealed log segments into the store, then frees them.
+
+One step takes the oldest sealed segment, folds every key's versions in it
+over the key's stored version with the namespace's merge operator, and
+writes the results together with the marker "compacted through segment N"
+and the HLC high-water mark in ONE LMDB write transaction. Only after that
+commit is on disk does it tell the log that the segment is compacted (reads
+then go to the store), drop the index entries whose newest version was in
+it, and delete the file. A crash anywhere in between leaves either the
+segment live and the store unchanged, or the store committed and the
+segment ignored (and deleted) at the next open: merge operands are never
+folded twice.
+
+A segment that holds versions newer than an open snapshot waits until the
+snapshot closes, so ``get(at=...)`` keeps seeing the history it needs.
+
+Thread-safety: one compaction pass runs at a time (``_pass_lock``); the
+thread and ``Engine.compact(wait=True)`` share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .merge import MergeOperator
+from .record import Op
+from .store import STATE, TOMBSTONE, VALUE, Stored, encode
+
+__all__ = ["Compactor", "fold_lww", "fold_merge"]
+
+_log = logging.getLogger("abase_engine.compactor")
+
+_PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
+
+#: (op, hlc, node, value) of one log version.
+Version = Tuple[int, int, int, bytes]
+
+
+def fold_lww(base: Optional[Stored], versions: Sequence[Version]) -> Optional[Stored]:
+    """The LWW result of a stored version and log versions: the greatest (hlc, node)."""
+    best = None
+    for op, hlc, node, value in versions:
+        if best is None or (hlc, node) > (best[1], best[2]):
+            best = (op, hlc, node, value)
+    if base is not None and (best is None or (base[1], base[2]) >= (best[1], best[2])):
+        return base
+    if best is None:
+        return None
+    op, hlc, node, value = best
+    if op == _DELETE:
+        return (TOMBSTONE, hlc, node, 0, 0, b"")
+    return (VALUE, hlc, node, 0, 0, value)
+
+
+def fold_merge(operator: MergeOperator, base: Optional[Stored], versions: Sequence[Version]) -> Optional[Stored]:
+    """The merge-namespace result of a stored version and log versions.
+
+    The anchor is the newest delete; every put or merge operand newer than it
+    is joined (a put joins like an operand: a CRDT state is its own delta).
+    Returns a STATE (with its anchor), a TOMBSTONE, or None.
+    """
+    anchor = (0, 0)
+    for op, hlc, node, _v in versions:
+        if op == _DELETE and (hlc, node) > anchor:
+            anchor = (hlc, node)
+    if base is not None:
+        kind, bh, bn, ah, an, _bv = base
+        if kind == TOMBSTONE and (bh, bn) > anchor:
+            anchor = (bh, bn)
+        elif kind != TOMBSTONE and (ah, an) > anchor:
+            anchor = (ah, an)
+    operands: List[bytes] = []
+    newest = anchor
+    if base is not None and base[0] != TOMBSTONE and (base[1], base[2]) > anchor:
+        operands.append(base[5])
+        newest = max(newest, (base[1], base[2]))
+    for op, hlc, node, value in sorted(versions, key=lambda v: (v[1], v[2])):
+        if op != _DELETE and (hlc, node) > anchor:
+            operands.append(value)
+            newest = max(newest, (hlc, node))
+    if not operands:
+        if anchor == (0, 0):
+            return None
+        return (TOMBSTONE, anchor[0], anchor[1], 0, 0, b"")
+    state = operands[0] if len(operands) == 1 else operator.full_merge(None, operands)
+    return (STATE, newest[0], newest[1], anchor[0], anchor[1], state)
+
+
+class Compactor:
+    """Background folding of sealed segments into the store.
+
+    :param engine: the owning Engine (its ``_log``, ``_store``, namespaces,
+        pins and options are used).
+    :param interval: seconds between checks for sealed segments; None: only
+        explicit :meth:`run_pass` calls compact (no thread).
+    """
+
+    def __init__(self, engine, interval: Optional[float]) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._pass_lock = threading.Lock()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self.passes = 0
+        self.segments_compacted = 0
+        self.errors: List[BaseException] = []
+        self._thread: Optional[threading.Thread] = None
+        if interval is not None:
+            self._thread = threading.Thread(target=self._run, name="abase-compactor", daemon=True)
+            self._thread.start()
+
+    def wake(self) -> None:
+        """Ask the thread to look for work now."""
+        with self._wake:
+            self._wake.notify()
+
+    def stop(self) -> None:
+        """Stop the thread after its current step and wait for it."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                if self._stopping:
+                    return
+                self._wake.wait(self._interval)
+                if self._stopping:
+                    return
+            try:
+                self.run_pass(seal=False)
+            except BaseException as exc:  # reported, never kills the engine
+                self.errors.append(exc)
+                _log.exception("compaction pass failed")
+
+    def run_pass(self, seal: bool) -> int:
+        """Fold every eligible sealed segment, oldest first; returns how many.
+
+        ``seal=True`` first seals the active segment so the pass covers every
+        write acknowledged so far (``Engine.compact(wait=True)``).
+        """
+        eng = self._engine
+        with self._pass_lock:
+            if seal:
+                eng._log.seal()
+            done = 0
+            for seg in eng._log.segments():
+                if not seg["sealed"]:
+                    break
+                pin = eng._oldest_pin()
+                if pin is not None and (seg["max_hlc"], seg["max_node"]) > pin:
+                    break  # an open snapshot still needs these versions
+                self._fold_segment(seg)
+                done += 1
+            self._purge_tombstones()
+            self.passes += 1
+            self.segments_compacted += done
+            return done
+
+    def _fold_segment(self, seg: dict) -> None:
+        eng = self._engine
+        log, store = eng._log, eng._store
+        no = seg["no"]
+        groups: Dict[Tuple[int, bytes], List[Version]] = {}
+        defs: List[Tuple[bytes, bytes]] = []
+        max_ts = 0
+        for ns, key, op, _flags, hlc, node, value in log.segment_records(no):
+            if hlc > max_ts:
+                max_ts = hlc
+            if ns == eng._NS_DEFS:
+                defs.append((key, value))
+                continue
+            groups.setdefault((ns, key), []).append((op, hlc, node, value))
+        written = [0]
+        for ns in {ns for ns, _k in groups}:
+            store.db(ns)  # open handles before the write txn (LMDB has one writer)
+
+        def work(txn) -> None:
+            written[0] = 0
+            for name, value in defs:
+                txn.put(b"ns:" + name, value, db=store.meta)
+            for (ns, key), versions in groups.items():
+                operator = eng._operator_of(ns)
+                dbi = store.db(ns)
+                raw = txn.get(key, db=dbi)
+                base = None if raw is None else _decode(raw, store.path)
+                if operator is None:
+                    new = fold_lww(base, versions)
+                else:
+                    new = fold_merge(operator, base, versions)
+                if new is None or new is base:
+                    continue
+                kind, hlc, node, ah, an, val = new
+                enc = encode(kind, hlc, node, val, (ah, an))
+                txn.put(key, enc, db=dbi)
+                written[0] += len(key) + len(enc)
+                if kind == TOMBSTONE:
+                    txn.put(store.tomb_key(hlc, node, ns, key), b"", db=store.tombs)
+            store.put_meta_u64(txn, b"compacted_through", no)
+            hw = store.meta_u64(b"hlc_high_water", 0)
+            store.put_meta_u64(txn, b"hlc_high_water", max(hw, max_ts, log.clock()))
+
+        # Apply() reads stored versions to decide what a remote record
+        # changes; it must not see the store and the log disagree.
+        with eng._fold_lock:
+            store.write(work)
+            log.compacted_through(no)
+        store.bytes_written += written[0]
+        log.retire(no)
+        self._engine._after_compaction(no)
+
+    def _purge_tombstones(self) -> None:
+        """Delete stored tombstones older than ``tombstone_grace`` (and, with
+        replication slots, older than every slot's position)."""
+        eng = self._engine
+        store = eng._store
+        grace_ms = eng._options["tombstone_grace_ms"]
+        now_ms = eng._wall_ms_now()
+        cutoff = ((now_ms - grace_ms) << 16) if now_ms > grace_ms else 0
+        limit = eng._tombstone_floor()
+        if limit is not None:
+            cutoff = min(cutoff, limit)
+        if cutoff <= 0:
+            return
+
+        def work(txn) -> int:
+            purged = 0
+            cur = txn.cursor(db=store.tombs)
+            expired = []
+            if cur.first():
+                for tk, _ in cur:
+                    hlc, node, ns, key = store.split_tomb_key(tk)
+                    if hlc >= cutoff or len(expired) >= 10000:
+                        break
+                    expired.append((tk, hlc, node, ns, key))
+            for tk, hlc, node, ns, key in expired:
+                dbi = store.db(ns)
+                raw = txn.get(key, db=dbi)
+                if raw is not None:
+                    cur_v = _decode(raw, store.path)
+                    if cur_v[0] == TOMBSTONE and (cur_v[1], cur_v[2]) == (hlc, node):
+                        txn.delete(key, db=dbi)
+                        purged += 1
+                txn.delete(tk, db=store.tombs)
+            return purged
+
+        with store.env.begin(db=store.tombs) as txn:
+            cur = txn.cursor()
+            if not cur.first() or store.split_tomb_key(cur.key())[0] >= cutoff:
+                return
+            namespaces = set()
+            for tk in cur.iternext(keys=True, values=False):
+                if store.split_tomb_key(tk)[0] >= cutoff or len(namespaces) > 64:
+                    break
+                namespaces.add(store.split_tomb_key(tk)[2])
+        for ns in namespaces:
+            store.db(ns)
+        with eng._fold_lock:
+            store.write(work)
+
+
+def _decode(raw: bytes, where: str) -> Stored:
+    from .store import decode
+
+    return decode(raw, where)

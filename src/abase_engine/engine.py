@@ -1,0 +1,959 @@
+"""The Engine facade: what ``abase_engine.open()`` returns.
+
+An :class:`Engine` ties the layers together: local writes go to the log (C)
+with an HLC timestamp, reads consult the log's index and fall back to, or
+fold over, the store (LMDB), and a compactor thread moves sealed segments
+into the store. Namespaces give each group of keys its own merge operator.
+
+Guarantees (see docs/architecture.md):
+
+* durability ``"none"``: writes land in memory-mapped segments; nothing is
+  promised on a crash (in practice the page cache keeps them across a
+  process kill). ``"process"``: an acknowledged write survives SIGKILL of the
+  process. ``"sync"``: it survives power loss (fdatasync before the call
+  returns; concurrent writers share one sync). ``sync()`` forces everything
+  acknowledged so far to disk at any level.
+* a batch is all or nothing after any crash;
+* the visible value of a key is a pure function of its set of records.
+
+Thread-safety: an Engine, its Namespaces and Snapshots are safe to share
+between threads; a Batch is not (build it in one thread). ``close()`` must
+not race with other calls on the same Engine.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+from . import store as _store
+from .compactor import Compactor, fold_lww, fold_merge
+from .errors import (
+    AbaseError,
+    EngineClosedError,
+    InvalidOptionError,
+    KeyTooLargeError,
+    LockedError,
+    MergeOperandError,
+    MergeOperatorMismatch,
+    SnapshotTooOldError,
+    ValueTooLargeError,
+)
+from .log import DELETED, MAX_KEY, MAX_VALUE, NEEDBASE, NOTFOUND, NS_DEFS, Log
+from .merge import LWW, MergeOperator
+from .record import MAX_NODE_ID, Change, Op, Timestamp
+from .store import STATE, TOMBSTONE, VALUE, Store
+
+__all__ = ["Engine", "Namespace", "Batch", "Snapshot", "open", "DEFAULT_OPTIONS"]
+
+#: Every option open() takes, with its default and unit. Unknown keys are refused.
+DEFAULT_OPTIONS: Dict[str, Any] = {
+    "segment_size": 64 << 20,          # bytes of log per segment before it is sealed
+    "max_clock_skew_ms": 500,          # ms a remote timestamp may be ahead of ours
+    "tombstone_grace_ms": 24 * 3600 * 1000,  # ms a delete is kept in the store
+    "compact_interval": 0.5,           # s between compactor checks; None: no thread
+    "map_size": 1 << 40,               # bytes of address space for LMDB (grows if full)
+    "max_namespaces": 4096,
+    "clock": None,                     # callable -> wall ms (tests); None: real clock
+}
+
+_PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
+_OPEN_PATHS: Dict[str, "Engine"] = {}
+_OPEN_LOCK = threading.Lock()
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def _key(key: Any) -> bytes:
+    if type(key) is bytes:
+        if len(key) > MAX_KEY:
+            raise KeyTooLargeError(f"key of {len(key)} bytes; the maximum is {MAX_KEY}")
+        return key
+    if isinstance(key, _BYTES_LIKE):
+        return _key(bytes(key))
+    raise TypeError(f"keys must be bytes-like, not {type(key).__name__}")
+
+
+def _value(value: Any) -> bytes:
+    if type(value) is bytes:
+        if len(value) > MAX_VALUE:
+            raise ValueTooLargeError(f"value of {len(value)} bytes; the maximum is {MAX_VALUE}")
+        return value
+    if isinstance(value, _BYTES_LIKE):
+        return _value(bytes(value))
+    raise TypeError(f"values must be bytes-like, not {type(value).__name__}")
+
+
+def _ts(hlc: int, node: int) -> Timestamp:
+    return Timestamp._from_packed(hlc, node)
+
+
+class Namespace:
+    """A group of keys with its own merge operator; the Engine's default one is ``""``.
+
+    All methods are also available on :class:`Engine` (for the default
+    namespace). Thread-safety: safe.
+    """
+
+    def __init__(self, engine: "Engine", name: str, ns_id: int, operator: Optional[MergeOperator]) -> None:
+        self._engine = engine
+        self.name = name
+        self._id = ns_id
+        #: None for LWW (resolved by timestamp in C), else the merge operator.
+        self._operator = operator
+        self.merge_operator: MergeOperator = operator if operator is not None else LWW()
+
+    def __repr__(self) -> str:
+        return f"<Namespace {self.name!r} merge={self.merge_operator!r}>"
+
+    # -- writes -----------------------------------------------------------
+    def put(self, key: bytes, value: bytes) -> Timestamp:
+        """Store ``value`` under ``key``; returns the write's timestamp.
+
+        In a merge namespace a put joins ``value`` (an encoded state) like an
+        operand. Runtime complexity: O(len(key) + len(value)).
+
+        :raises TypeError: key or value is not bytes-like.
+        :raises KeyTooLargeError: key longer than 511 bytes.
+        :raises ValueTooLargeError: value longer than 256 MiB.
+        :raises EngineClosedError: the engine is closed.
+        """
+        eng = self._engine
+        if eng._closed:
+            raise EngineClosedError("put on a closed engine")
+        if self._operator is not None:
+            self._operator.check_operand(_value(value))
+        return _ts(eng._log.put(self._id, _PUT, _key(key), _value(value), eng._wall()), eng.node_id)
+
+    def delete(self, key: bytes) -> Timestamp:
+        """Delete ``key`` (writes a tombstone); returns its timestamp.
+
+        It is not an error if the key does not exist.
+        """
+        eng = self._engine
+        if eng._closed:
+            raise EngineClosedError("delete on a closed engine")
+        return _ts(eng._log.put(self._id, _DELETE, _key(key), b"", eng._wall()), eng.node_id)
+
+    def merge(self, key: bytes, operation: Any) -> Timestamp:
+        """Apply a merge operation (e.g. ``PNCounter.increment(5)``) to ``key``.
+
+        The operator turns the operation into an operand; when it needs the
+        key's current state (an observed-remove, a counter's own entry) the
+        engine reads it under a lock, so concurrent local merges of one key
+        never lose each other. On an LWW namespace, merge behaves as put.
+
+        :raises MergeOperandError: the operation does not fit the operator.
+        """
+        eng = self._engine
+        if eng._closed:
+            raise EngineClosedError("merge on a closed engine")
+        b = Batch(eng)
+        b.merge(key, operation, namespace=self)
+        return b.commit()
+
+    # -- reads ------------------------------------------------------------
+    def get(self, key: bytes, default: Any = None, *, at: Optional[Timestamp] = None) -> Any:
+        """The visible value of ``key``, or ``default`` if it has none.
+
+        ``at``: the value as of that timestamp, while the versions are still
+        held. In a merge namespace the value is the operator's Python value
+        (``to_value``). Runtime complexity: O(versions of the key in the log).
+
+        :raises SnapshotTooOldError: compaction already discarded the history
+            ``at`` needs.
+        """
+        eng = self._engine
+        if eng._closed:
+            raise EngineClosedError("get on a closed engine")
+        key = _key(key)
+        if self._operator is None:
+            r = self._get_lww(key, at)
+            return default if r is None else r
+        state = self._get_state(key, at)
+        return default if state is None else self._operator.to_value(state)
+
+    def get_raw(self, key: bytes, *, at: Optional[Timestamp] = None) -> Optional[bytes]:
+        """The encoded state (merge namespace) or value (LWW) of ``key``, or None."""
+        eng = self._engine
+        if eng._closed:
+            raise EngineClosedError("get_raw on a closed engine")
+        key = _key(key)
+        if self._operator is None:
+            return self._get_lww(key, at)
+        return self._get_state(key, at)
+
+    def _get_lww(self, key: bytes, at: Optional[Timestamp]) -> Optional[bytes]:
+        eng = self._engine
+        at_h, at_n = (at._hlc, at._node) if at is not None else (0, 0)
+        status, value, hlc, node, op = eng._log.get_lww(self._id, key, at_h, at_n)
+        if status >= 0:
+            return value
+        if status == DELETED:
+            return None
+        base = eng._store.get(self._id, key)  # after the log: see architecture.md
+        if base is not None and at is not None and (base[1], base[2]) > (at_h, at_n):
+            raise SnapshotTooOldError(f"history of {key!r} before {at!r} was compacted")
+        if status == NEEDBASE and value is not None:
+            if base is None or (hlc, node) > (base[1], base[2]):
+                return None if op == _DELETE else value
+        if base is None or base[0] == TOMBSTONE:
+            return None
+        return base[5]
+
+    def _get_state(self, key: bytes, at: Optional[Timestamp]) -> Optional[bytes]:
+        eng = self._engine
+        at_h, at_n = (at._hlc, at._node) if at is not None else (0, 0)
+        complete, versions = eng._log.get_versions(self._id, key, at_h, at_n)
+        base = None
+        if not complete:
+            base = eng._store.get(self._id, key)
+            if base is not None and at is not None and (base[1], base[2]) > (at_h, at_n):
+                raise SnapshotTooOldError(f"history of {key!r} before {at!r} was compacted")
+        if not versions:
+            if base is None or base[0] == TOMBSTONE:
+                return None
+            return base[5]
+        folded = fold_merge(self._operator, base, [(op, h, n, v) for op, _f, h, n, v in versions])
+        if folded is None or folded[0] == TOMBSTONE:
+            return None
+        return folded[5]
+
+    def scan(self, start: Optional[bytes] = None, stop: Optional[bytes] = None, prefix: Optional[bytes] = None,
+             reverse: bool = False, *, at: Optional[Timestamp] = None) -> Iterator[Tuple[bytes, Any]]:
+        """Iterate ``(key, value)`` in key order over ``[start, stop)`` and ``prefix``.
+
+        The scan sees the engine as of its first step (a snapshot), merging
+        the log's keys with a store cursor. Runtime complexity: O(k log k)
+        to start, k = keys the log holds in the namespace, then O(1) per item.
+        """
+        eng = self._engine
+        if eng._closed:
+            raise EngineClosedError("scan on a closed engine")
+        start = None if start is None else _key(start)
+        stop = None if stop is None else _key(stop)
+        prefix = None if prefix is None else _key(prefix)
+        return eng._scan(self, start, stop, prefix, reverse, at)
+
+    def keys(self, **kw) -> Iterator[bytes]:
+        """Keys in order (same arguments as :meth:`scan`)."""
+        return (k for k, _ in self.scan(**kw))
+
+    def __len__(self) -> int:
+        """Number of visible keys. Runtime complexity: O(n) (a key scan)."""
+        return sum(1 for _ in self.scan())
+
+    def __getitem__(self, key: bytes) -> Any:
+        v = self.get(key, _MISSING)
+        if v is _MISSING:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key: bytes) -> None:
+        """Delete ``key``; KeyError if it has no visible value (as a dict does)."""
+        if self.get(key, _MISSING) is _MISSING:
+            raise KeyError(key)
+        self.delete(key)
+
+    def __contains__(self, key: bytes) -> bool:
+        return self.get(key, _MISSING) is not _MISSING
+
+
+_MISSING = object()
+
+
+class Batch:
+    """An atomic group of writes: all of them survive a crash, or none.
+
+    Use as ``with db.batch() as b: b.put(...)``; the writes are applied when
+    the block exits without an exception, and discarded otherwise. Records
+    get consecutive timestamps. Thread-safety: not safe; build a batch in
+    one thread.
+    """
+
+    def __init__(self, engine: "Engine") -> None:
+        self._engine = engine
+        self._ops = bytearray()
+        self._nss: List[int] = []
+        self._parts: List[bytes] = []
+        self._merges: List[Tuple[int, Namespace, Any]] = []  # (index, ns, operation)
+        self._done = False
+
+    def _ns(self, namespace: Union[None, str, Namespace]) -> Namespace:
+        if namespace is None:
+            return self._engine._default
+        if isinstance(namespace, Namespace):
+            if namespace._engine is not self._engine:
+                raise ValueError("namespace belongs to another engine")
+            return namespace
+        if isinstance(namespace, str):
+            return self._engine.namespace(namespace)
+        raise TypeError(f"namespace must be a Namespace, a str or None, not {type(namespace).__name__}")
+
+    def put(self, key: bytes, value: bytes, namespace: Union[None, str, Namespace] = None) -> None:
+        """Add a put. :raises TypeError, KeyTooLargeError, ValueTooLargeError:"""
+        ns = self._ns(namespace)
+        k, v = _key(key), _value(value)
+        if ns._operator is not None:
+            ns._operator.check_operand(v)
+        self._ops.append(_PUT)
+        self._nss.append(ns._id)
+        self._parts += (k, v)
+
+    def delete(self, key: bytes, namespace: Union[None, str, Namespace] = None) -> None:
+        """Add a delete."""
+        ns = self._ns(namespace)
+        self._ops.append(_DELETE)
+        self._nss.append(ns._id)
+        self._parts += (_key(key), b"")
+
+    def merge(self, key: bytes, operation: Any, namespace: Union[None, str, Namespace] = None) -> None:
+        """Add a merge operation; its operand is built when the batch commits."""
+        ns = self._ns(namespace)
+        k = _key(key)
+        if ns._operator is None:
+            self._ops.append(_PUT)  # merge on LWW: the operand is the new value
+            self._nss.append(ns._id)
+            self._parts += (k, _value(operation))
+            return
+        if isinstance(operation, _BYTES_LIKE):
+            ns._operator.check_operand(bytes(operation))
+        self._merges.append((len(self._ops), ns, operation))
+        self._ops.append(_MERGE)
+        self._nss.append(ns._id)
+        self._parts += (k, b"")
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def commit(self) -> Optional[Timestamp]:
+        """Apply the batch atomically; returns the last record's timestamp."""
+        if self._done:
+            raise AbaseError("batch already committed or discarded")
+        self._done = True
+        eng = self._engine
+        if eng._closed:
+            raise EngineClosedError("batch commit on a closed engine")
+        if not self._ops:
+            return None
+        if not self._merges:
+            last, _ = eng._log.write_batch(bytes(self._ops), self._nss, self._parts, eng._wall())
+            return _ts(last, eng.node_id)
+        return eng._commit_with_merges(self)
+
+    def __enter__(self) -> "Batch":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self._done = True
+
+
+class Snapshot:
+    """A fixed view of the engine as of one timestamp.
+
+    While a snapshot is open the compactor keeps every segment holding newer
+    versions, so reads through it never raise SnapshotTooOldError for keys
+    written since. Close it promptly (it holds compaction back).
+    Thread-safety: safe.
+    """
+
+    def __init__(self, engine: "Engine") -> None:
+        self._engine = engine
+        self.timestamp = _ts(engine._log.clock(), MAX_NODE_ID)
+        engine._add_pin(self.timestamp)
+        self._closed = False
+
+    def get(self, key: bytes, default: Any = None, namespace: Union[None, str, Namespace] = None) -> Any:
+        """The value of ``key`` as of the snapshot."""
+        self._check()
+        return self._ns(namespace).get(key, default, at=self.timestamp)
+
+    def scan(self, start=None, stop=None, prefix=None, reverse=False, namespace=None):
+        """A scan as of the snapshot (see :meth:`Namespace.scan`)."""
+        self._check()
+        return self._ns(namespace).scan(start, stop, prefix, reverse, at=self.timestamp)
+
+    def _ns(self, namespace):
+        if namespace is None:
+            return self._engine._default
+        return namespace if isinstance(namespace, Namespace) else self._engine.namespace(namespace)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise EngineClosedError("snapshot is closed")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._engine._remove_pin(self.timestamp)
+
+    def __enter__(self) -> "Snapshot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Engine(Namespace):
+    """An open engine directory. Create it with :func:`abase_engine.open`.
+
+    Options (all keyword; unknown ones raise InvalidOptionError):
+
+    * ``segment_size`` (bytes, default 64 MiB): log segment size; a sealed
+      segment is what the compactor folds.
+    * ``max_clock_skew_ms`` (ms, default 500): a remote timestamp further
+      ahead is refused with ClockSkewError.
+    * ``tombstone_grace_ms`` (ms, default 24 h): how long the store keeps a
+      delete, so a late, older write from a replica cannot resurrect the key.
+    * ``compact_interval`` (s, default 0.5): how often the compactor thread
+      looks for sealed segments; None runs no thread (compact() only).
+    * ``map_size`` (bytes, default 1 TiB of address space): LMDB map size.
+    * ``clock``: a callable returning wall-clock ms, for tests.
+
+    It is an error to open the same directory twice at once, in this
+    process or another (LockedError).
+    """
+
+    _NS_DEFS = NS_DEFS
+
+    def __init__(self, path: str, node_id: int = 1, durability: str = "process", **options: Any) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+        if not isinstance(node_id, int) or isinstance(node_id, bool) or not 0 <= node_id <= MAX_NODE_ID:
+            raise InvalidOptionError(f"node_id must be an int in 0..{MAX_NODE_ID}, got {node_id!r}")
+        if durability not in ("none", "process", "sync"):
+            raise InvalidOptionError(f"durability must be 'none', 'process' or 'sync', not {durability!r}")
+        unknown = set(options) - set(DEFAULT_OPTIONS)
+        if unknown:
+            raise InvalidOptionError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        opts = dict(DEFAULT_OPTIONS, **options)
+        seg = opts["segment_size"]
+        if not isinstance(seg, int) or not 4096 <= seg <= (1 << 31):
+            raise InvalidOptionError("segment_size must be an int in 4096..2**31 bytes")
+        self._options = opts
+        self.path = os.path.realpath(os.fspath(path))
+        self.node_id = node_id
+        self.durability = durability
+        self._closed = True
+        self._clock_fn: Optional[Callable[[], int]] = opts["clock"]
+        os.makedirs(self.path, exist_ok=True)
+        self._lock_fd = self._take_lock()
+        try:
+            self._open_layers()
+        except BaseException:
+            self._release_lock()
+            raise
+        self._closed = False
+        self._compactor = Compactor(self, opts["compact_interval"])
+
+    # -- opening and closing ------------------------------------------------
+    def _take_lock(self) -> int:
+        with _OPEN_LOCK:
+            if self.path in _OPEN_PATHS:
+                raise LockedError(f"{self.path} is already open in this process")
+            fd = os.open(os.path.join(self.path, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise LockedError(f"{self.path} is locked by another process") from None
+            _OPEN_PATHS[self.path] = self
+            return fd
+
+    def _release_lock(self) -> None:
+        with _OPEN_LOCK:
+            _OPEN_PATHS.pop(self.path, None)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._lock_fd)
+
+    def _open_layers(self) -> None:
+        opts = self._options
+        self._store = Store(self.path, opts["map_size"], opts["max_namespaces"])
+        try:
+            done = self._store.meta_get(b"compacted_through")
+            first_live = 0 if done is None else _store._U64.unpack(done)[0] + 1
+            self._log = Log(self.path, self.node_id, opts["segment_size"], self.durability, first_live)
+        except BaseException:
+            self._store.close()
+            raise
+        # The log raised the clock past every record it holds; the store's
+        # high-water mark covers what was compacted. No skew check: these are
+        # our own past timestamps.
+        hw = self._store.meta_u64(b"hlc_high_water", 0)
+        if hw:
+            self._log.clock_update(hw, self._wall(), 1 << 40)
+        self._fold_lock = threading.Lock()
+        self._merge_lock = threading.Lock()
+        self._pins: Dict[Timestamp, int] = {}
+        self._pins_lock = threading.Lock()
+        self._namespaces: Dict[str, Namespace] = {}
+        self._ns_by_id: Dict[int, Namespace] = {}
+        self._default = self
+        Namespace.__init__(self, self, "", 0, None)
+        self._namespaces[""] = self
+        self._ns_by_id[0] = self
+        self._load_namespaces()
+        rec = self._log.recovery
+        self.recovery = {
+            "segments": rec.segments, "records": rec.records, "bytes": rec.bytes,
+            "dropped_bytes": rec.dropped_bytes, "dropped_offset": rec.dropped_offset,
+        }
+
+    def _load_namespaces(self) -> None:
+        self._ns_defs: Dict[str, Tuple[int, str]] = {}
+        for k, v in self._store.meta_items(b"ns:"):
+            self._ns_defs[k[3:].decode()] = _parse_ns_def(v)
+        for key, status, value, _h, _n, _op in self._log.scan(NS_DEFS, None, None, None, False, 0, 0, False):
+            if status >= 0 and value is not None:
+                self._ns_defs[key.decode()] = _parse_ns_def(value)
+
+    def close(self) -> None:
+        """Stop the compactor, close the log and the store, release the lock.
+
+        Does not sync (durability levels already hold); safe to call twice.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._compactor.stop()
+        self._log.close()
+        self._store.close()
+        self._release_lock()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Engine {self.path!r} node_id={self.node_id} durability={self.durability!r}{' closed' if self._closed else ''}>"
+
+    # -- time --------------------------------------------------------------
+    def _wall(self) -> int:
+        fn = self._clock_fn
+        return -1 if fn is None else int(fn())
+
+    def _wall_ms_now(self) -> int:
+        fn = self._clock_fn
+        return int(fn()) if fn is not None else int(time.time() * 1000)
+
+    def now(self) -> Timestamp:
+        """A fresh timestamp from this engine's clock (greater than every one issued)."""
+        self._check_open()
+        return _ts(self._log.clock_now(self._wall()), self.node_id)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosedError("engine is closed")
+
+    # -- namespaces ----------------------------------------------------------
+    def namespace(self, name: str, merge: Optional[MergeOperator] = None) -> Namespace:
+        """Open or create the namespace ``name`` with merge operator ``merge``.
+
+        ``merge=None`` opens an existing namespace with its own operator, or
+        creates an LWW one. The operator's name is persisted.
+
+        :raises MergeOperatorMismatch: the namespace exists with another operator.
+        :raises MergeOperandError: ``merge`` is not a MergeOperator.
+        """
+        self._check_open()
+        if not isinstance(name, str):
+            raise TypeError(f"namespace names are str, not {type(name).__name__}")
+        if merge is not None and not isinstance(merge, MergeOperator):
+            raise TypeError(f"merge must be a MergeOperator, not {type(merge).__name__}")
+        ns = self._namespaces.get(name)
+        if ns is not None:
+            if merge is not None and merge.name != ns.merge_operator.name:
+                raise MergeOperatorMismatch(
+                    f"namespace {name!r} uses {ns.merge_operator.name!r}, not {merge.name!r}")
+            return ns
+        with self._merge_lock:
+            ns = self._namespaces.get(name)
+            if ns is not None:
+                return self.namespace(name, merge)
+            want = merge.name if merge is not None else LWW.name
+            known = self._ns_defs.get(name)
+            if name == "":
+                return self
+            if known is not None:
+                ns_id, op_name = known
+                if merge is None and op_name != LWW.name:
+                    raise MergeOperatorMismatch(
+                        f"namespace {name!r} was created with {op_name!r}: pass that merge operator")
+                if op_name != want:
+                    raise MergeOperatorMismatch(f"namespace {name!r} uses {op_name!r}, not {want!r}")
+            else:
+                ns_id = max([i for i, _ in self._ns_defs.values()] + [0]) + 1
+                if ns_id >= NS_DEFS:
+                    raise AbaseError("too many namespaces")
+                encoded = name.encode()
+                if len(encoded) > MAX_KEY:
+                    raise KeyTooLargeError("namespace name too long")
+                # Persist the definition through the log, so the compactor
+                # stays the only writer of the store.
+                self._log.put(NS_DEFS, _PUT, encoded, _ns_def(ns_id, want), self._wall())
+                self._ns_defs[name] = (ns_id, want)
+            operator = None if want == LWW.name else merge
+            ns = Namespace(self, name, ns_id, operator)
+            self._ns_by_id[ns_id] = ns
+            self._namespaces[name] = ns
+            return ns
+
+    def _operator_of(self, ns_id: int) -> Optional[MergeOperator]:
+        ns = self._ns_by_id.get(ns_id)
+        if ns is not None:
+            return ns._operator
+        for name, (i, op_name) in self._ns_defs.items():
+            if i == ns_id and op_name != LWW.name:
+                raise AbaseError(
+                    f"namespace {name!r} ({op_name}) must be opened with its merge operator before compaction")
+        return None
+
+    def namespaces(self) -> Dict[str, str]:
+        """Every namespace defined in this directory: name -> operator name."""
+        return {name: op for name, (_i, op) in self._ns_defs.items()}
+
+    # -- batches, merges -----------------------------------------------------
+    def batch(self) -> Batch:
+        """A new atomic batch (use as a context manager)."""
+        self._check_open()
+        return Batch(self)
+
+    def put_many(self, items: Iterable[Tuple[bytes, bytes]]) -> Optional[Timestamp]:
+        """Put many (key, value) pairs in the default namespace as one atomic batch."""
+        self._check_open()
+        parts: List[bytes] = []
+        for k, v in items:
+            parts.append(_key(k))
+            parts.append(_value(v))
+        n = len(parts) // 2
+        if n == 0:
+            return None
+        last, _ = self._log.write_batch(bytes([_PUT]) * n, [0] * n, parts, self._wall())
+        return _ts(last, self.node_id)
+
+    def get_many(self, keys: Iterable[bytes]) -> List[Optional[bytes]]:
+        """Values of many keys of the default namespace (None where missing)."""
+        get = self.get
+        return [get(k) for k in keys]
+
+    def _commit_with_merges(self, b: Batch) -> Timestamp:
+        """Commit a batch holding merge operations: build each operand (reading
+        the observed state where the operator needs it), under the merge lock
+        so that concurrent local merges of a key see each other."""
+        log = self._log
+        with self._merge_lock:
+            n = len(b._ops)
+            hlcs = [log.clock_now(self._wall()) for _ in range(n)]
+            parts = list(b._parts)
+            pending: Dict[Tuple[int, bytes], bytes] = {}
+            for idx, ns, operation in b._merges:
+                key = parts[2 * idx]
+                op = ns._operator
+                state = None
+                if not isinstance(operation, _BYTES_LIKE) and op.needs_state(operation):
+                    state = pending.get((ns._id, key))
+                    if state is None:
+                        state = ns._get_state(key, None)
+                operand = op.make_operand(operation, state, _ts(hlcs[idx], self.node_id))
+                if not isinstance(operand, bytes):
+                    raise MergeOperandError("make_operand must return bytes")
+                if len(operand) > MAX_VALUE:
+                    raise ValueTooLargeError("merge operand too large")
+                parts[2 * idx + 1] = operand
+                pending[(ns._id, key)] = operand if state is None else op.full_merge(state, [operand])
+            nodes = [self.node_id] * n
+            modes = bytes(1 if o == _MERGE else 0 for o in b._ops)
+            last, _ = log.write_batch(bytes(b._ops), b._nss, parts, self._wall(), hlcs, nodes, [(0, 0)] * n, modes)
+        return _ts(max(hlcs), self.node_id)
+
+    # -- replication ----------------------------------------------------------
+    def apply(self, changes: Iterable[Change]) -> int:
+        """Apply records from another replica; returns how many changed anything.
+
+        Idempotent and order-independent: a record already held, or (LWW) one
+        older than the key's visible version, is skipped. The clock is
+        advanced past the newest record (an HLC receive event); the whole
+        call is refused, with nothing applied, if any record is more than
+        ``max_clock_skew_ms`` ahead. The records are appended as one atomic
+        batch.
+
+        :raises ClockSkewError: a record's timestamp is too far ahead.
+        :raises TypeError: an item is not a Change.
+        :raises AbaseError: a record names a namespace this engine does not have.
+        """
+        self._check_open()
+        recs = []
+        newest = None
+        for ch in changes:
+            if not isinstance(ch, Change):
+                raise TypeError(f"apply takes Change records, not {type(ch).__name__}")
+            ns = self._namespace_for_apply(ch.namespace)
+            op = int(ch.op)
+            if op not in (_PUT, _DELETE, _MERGE):
+                raise ValueError(f"unknown op {ch.op!r}")
+            if not isinstance(ch.timestamp, Timestamp):
+                raise TypeError("Change.timestamp must be a Timestamp")
+            key = _key(ch.key)
+            value = b"" if op == _DELETE else _value(ch.value if ch.value is not None else b"")
+            if op != _DELETE and ns._operator is not None:
+                ns._operator.check_operand(value)
+            if op == _MERGE and ns._operator is None:
+                op = _PUT
+            recs.append((ns, op, key, value, ch.timestamp))
+            if newest is None or ch.timestamp > newest:
+                newest = ch.timestamp
+        if not recs:
+            return 0
+        self._log.clock_update(newest._hlc, self._wall(), self._options["max_clock_skew_ms"])
+        parts: List[bytes] = []
+        for _ns, _op, key, value, _t in recs:
+            parts += (key, value)
+        with self._fold_lock:
+            bases = []
+            for ns, _op, key, _v, _t in recs:
+                st = self._store.get(ns._id, key)
+                bases.append((0, 0) if st is None else (st[1], st[2]))
+            _last, status = self._log.write_batch(
+                bytes(r[1] for r in recs), [r[0]._id for r in recs], parts, self._wall(),
+                [r[4]._hlc for r in recs], [r[4]._node for r in recs], bases,
+                bytes(0 if r[0]._operator is None else 1 for r in recs))
+        return sum(status or [])
+
+    def _namespace_for_apply(self, name: str) -> Namespace:
+        if not isinstance(name, str):
+            raise TypeError("Change.namespace must be a str")
+        ns = self._namespaces.get(name)
+        if ns is not None:
+            return ns
+        known = self._ns_defs.get(name)
+        if known is None or known[1] == LWW.name:
+            return self.namespace(name)
+        raise AbaseError(f"namespace {name!r} ({known[1]}) must be opened with its merge operator before apply")
+
+    # -- snapshots, pins -----------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """A fixed view as of now; use as a context manager and close it promptly."""
+        self._check_open()
+        return Snapshot(self)
+
+    def _add_pin(self, ts: Timestamp) -> None:
+        with self._pins_lock:
+            self._pins[ts] = self._pins.get(ts, 0) + 1
+
+    def _remove_pin(self, ts: Timestamp) -> None:
+        with self._pins_lock:
+            n = self._pins.get(ts, 0) - 1
+            if n <= 0:
+                self._pins.pop(ts, None)
+            else:
+                self._pins[ts] = n
+
+    def _oldest_pin(self) -> Optional[Tuple[int, int]]:
+        with self._pins_lock:
+            if not self._pins:
+                return None
+            t = min(self._pins)
+            return (t._hlc, t._node)
+
+    def _tombstone_floor(self) -> Optional[int]:
+        """Tombstones at or above this packed HLC must be kept (replication hook)."""
+        return None
+
+    def _after_compaction(self, seg_no: int) -> None:
+        """Called after a segment is folded and freed (replication hook)."""
+
+    # -- scans ---------------------------------------------------------------
+    def _scan(self, ns: Namespace, start, stop, prefix, reverse, at) -> Iterator[Tuple[bytes, Any]]:
+        if prefix is not None:
+            lo = prefix if start is None or start < prefix else start
+            hi = _prefix_end(prefix)
+            hi = hi if stop is None or (hi is not None and hi < stop) else stop
+            start, stop = lo, hi
+        pin = at if at is not None else _ts(self._log.clock(), MAX_NODE_ID)
+        self._add_pin(pin)
+        try:
+            yield from self._scan_merge(ns, start, stop, reverse, pin)
+        finally:
+            self._remove_pin(pin)
+
+    def _scan_merge(self, ns: Namespace, start, stop, reverse, pin: Timestamp):
+        store = self._store
+        operator = ns._operator
+        at_h, at_n = pin._hlc, pin._node
+        log_iter = self._log.scan(ns._id, start, stop, None, reverse, at_h, at_n, operator is not None)
+        dbi = store.db(ns._id)  # before the txn: a handle opened later is not valid in it
+        txn = store.env.begin(buffers=False)
+        try:
+            cur = txn.cursor(db=dbi)
+            store_iter = _cursor_range(cur, start, stop, reverse)
+            lk = next(log_iter, None)
+            sk = next(store_iter, None)
+            while lk is not None or sk is not None:
+                if sk is None or (lk is not None and (lk[0] > sk[0] if reverse else lk[0] < sk[0])):
+                    key, item = lk[0], self._resolve_scan_item(ns, lk, pin)
+                    lk = next(log_iter, None)
+                elif lk is None or lk[0] != sk[0]:
+                    key = sk[0]
+                    kind, h, n, _ah, _an, val = _store.decode(sk[1], store.path)
+                    if (h, n) > (at_h, at_n):
+                        raise SnapshotTooOldError(f"history of {key!r} before {pin!r} was compacted")
+                    item = None if kind == TOMBSTONE else (val if operator is None else operator.to_value(val))
+                    sk = next(store_iter, None)
+                else:
+                    key, item = lk[0], self._resolve_scan_item(ns, lk, pin)
+                    lk = next(log_iter, None)
+                    sk = next(store_iter, None)
+                if item is not None:
+                    yield key, item
+        finally:
+            txn.abort()
+
+    def _resolve_scan_item(self, ns: Namespace, entry, pin: Timestamp):
+        key, status, value, _h, _n, _op = entry
+        if ns._operator is None:
+            if status >= 0:
+                return value
+            if status == DELETED:
+                return None
+            return ns._get_lww(key, pin)
+        state = ns._get_state(key, pin)
+        return None if state is None else ns._operator.to_value(state)
+
+    # -- maintenance ---------------------------------------------------------
+    def compact(self, wait: bool = True) -> int:
+        """Fold the log into the store. ``wait=True`` seals the active segment
+        and runs a full pass now, returning the number of segments folded;
+        ``wait=False`` only wakes the compactor thread."""
+        self._check_open()
+        if not wait:
+            self._compactor.wake()
+            return 0
+        return self._compactor.run_pass(seal=True)
+
+    def sync(self) -> None:
+        """Force every write acknowledged so far to disk (fdatasync)."""
+        self._check_open()
+        self._log.sync()
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters: keys, log bytes, segments, index bytes, compaction lag, ...
+
+        ``keys`` is approximate: keys in the log's index plus entries in the
+        store (a key in both counts twice; tombstones count). ``len()`` is exact.
+        """
+        self._check_open()
+        ls = self._log.stats()
+        segs = self._log.segments()
+        store_keys = sum(self._store.count(i) for i in self._ns_by_id)
+        return {
+            "keys": ls["live_keys"] + store_keys,
+            "index_keys": ls["live_keys"],
+            "store_keys": store_keys,
+            "log_bytes": ls["log_bytes"],
+            "segments": len(segs),
+            "sealed_segments": sum(1 for s in segs if s["sealed"]),
+            "index_bytes": ls["index_bytes"],
+            "index_capacity": ls["index_capacity"],
+            "compaction_lag_bytes": sum(s["used"] for s in segs if s["sealed"]),
+            "compactions": self._compactor.segments_compacted,
+            "compaction_passes": self._compactor.passes,
+            "compaction_errors": len(self._compactor.errors),
+            "log_bytes_written": ls["log_bytes_written"],
+            "store_bytes_written": self._store.bytes_written,
+            "store_bytes": self._store.size_bytes(),
+            "records_appended": ls["records_appended"],
+            "syncs": ls["syncs"],
+            "recovery": dict(self.recovery),
+        }
+
+    def check(self, fix: bool = False) -> List[str]:
+        """Check log checksums and that the index agrees with the log and the
+        store; returns a list of findings (empty: healthy). ``fix`` is not
+        supported yet and raises NotImplementedError when True."""
+        self._check_open()
+        if fix:
+            raise NotImplementedError("check(fix=True) is not implemented")
+        findings = self._log.check()
+        for name, (ns_id, _op) in list(self._ns_defs.items()) + [("", (0, LWW.name))]:
+            with self._store.env.begin(buffers=False) as txn:
+                for k, raw in txn.cursor(db=self._store.db(ns_id)):
+                    try:
+                        _store.decode(raw, self._store.path)
+                    except AbaseError as exc:
+                        findings.append(f"namespace {name!r} key {k!r}: {exc}")
+        return findings
+
+    def _check(self) -> None:
+        """Assert internal invariants (tests call this after every step)."""
+        problems = self.check()
+        assert not problems, problems
+
+
+def _cursor_range(cur, start, stop, reverse):
+    if not reverse:
+        ok = cur.set_range(start) if start is not None else cur.first()
+        while ok:
+            k = cur.key()
+            if stop is not None and k >= stop:
+                return
+            yield k, cur.value()
+            ok = cur.next()
+    else:
+        if stop is not None:
+            ok = cur.set_range(stop)
+            ok = cur.prev() if ok else cur.last()
+        else:
+            ok = cur.last()
+        while ok:
+            k = cur.key()
+            if start is not None and k < start:
+                return
+            yield k, cur.value()
+            ok = cur.prev()
+
+
+def _prefix_end(prefix: bytes) -> Optional[bytes]:
+    p = bytearray(prefix)
+    while p and p[-1] == 0xFF:
+        p.pop()
+    if not p:
+        return None
+    p[-1] += 1
+    return bytes(p)
+
+
+def _ns_def(ns_id: int, op_name: str) -> bytes:
+    return ns_id.to_bytes(4, "little") + op_name.encode()
+
+
+def _parse_ns_def(raw: bytes) -> Tuple[int, str]:
+    return int.from_bytes(raw[:4], "little"), raw[4:].decode()
+
+
+def open(path: Union[str, "os.PathLike[str]"], node_id: int = 1, durability: str = "process", **options: Any) -> Engine:
+    """Open (creating if needed) the engine directory ``path``.
+
+    >>> import tempfile, abase_engine as ae
+    >>> with ae.open(tempfile.mkdtemp(), node_id=1) as db:
+    ...     _ = db.put(b"k", b"v")
+    ...     db.get(b"k")
+    b'v'
+
+    :raises LockedError: the directory is open elsewhere.
+    :raises CorruptionError: a segment is damaged outside the tail.
+    :raises FormatVersionError: written by an unknown format version.
+    :raises InvalidOptionError: an unknown or out-of-range option.
+    """
+    return Engine(path, node_id, durability, **options)

@@ -1,0 +1,401 @@
+"""The log layer: the only Python module that calls the C core's log and index.
+
+:class:`Log` owns one ``abase_db`` handle: the segment files under
+``<dir>/log``, the in-memory hash index over them and the engine's HLC.
+Everything here speaks in namespace ids, packed HLCs and raw bytes; the
+engine above turns those into names, :class:`~abase_engine.record.Timestamp`
+values and merge semantics.
+
+Thread-safety: safe. The C core guards its state with a read-write lock and
+cffi releases the GIL during each call; each thread gets its own output
+buffers. :meth:`Log.close` must not race with other calls.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from ._abase import ffi, lib
+from .errors import (
+    AbaseError,
+    ClockSkewError,
+    CorruptionError,
+    FormatVersionError,
+    KeyTooLargeError,
+    ValueTooLargeError,
+)
+
+__all__ = ["Log", "LogRecord", "DURABILITY", "MAX_KEY", "MAX_VALUE", "NS_DEFS"]
+
+DURABILITY = {"none": lib.ABASE_DUR_NONE, "process": lib.ABASE_DUR_PROCESS, "sync": lib.ABASE_DUR_SYNC}
+MAX_KEY = lib.ABASE_MAX_KEY
+MAX_VALUE = lib.ABASE_MAX_VALUE
+NS_DEFS = lib.ABASE_NS_DEFS
+MODE_LWW = lib.ABASE_MODE_LWW
+MODE_MERGE = lib.ABASE_MODE_MERGE
+NOTFOUND = lib.ABASE_NOTFOUND
+DELETED = lib.ABASE_DELETED
+NEEDBASE = lib.ABASE_NEEDBASE
+ETOOSMALL = lib.ABASE_ETOOSMALL
+F_DOMINANT = lib.ABASE_F_DOMINANT
+
+_REC_HEADER = struct.Struct("<IIQQIIBBHI")  # crc len prev hlc node ns op flags klen vlen
+_ENTRY = struct.Struct("<BBHIQII")  # merge-mode entry: op flags 0 vlen hlc node 0
+_SCAN_ENTRY = struct.Struct("<IIiIQII")  # klen vlen status 0 hlc node op (+8 zero)
+_INITIAL_BUF = 64 * 1024
+
+#: One record as the compactor and recovery see it.
+LogRecord = Tuple[int, bytes, int, int, int, int, bytes]  # ns, key, op, flags, hlc, node, value
+
+_STATUS_NAMES = {
+    lib.ABASE_EINVAL: "invalid argument",
+    lib.ABASE_EIO: "I/O error",
+    lib.ABASE_ENOMEM: "out of memory",
+    lib.ABASE_ECORRUPT: "corruption",
+    lib.ABASE_EVERSION: "unknown format version",
+    lib.ABASE_EKEYSIZE: "key too large",
+    lib.ABASE_EVALSIZE: "value too large",
+    lib.ABASE_ESKEW: "clock skew",
+    lib.ABASE_ERANGE: "clock out of range",
+}
+
+
+def _error_from_status(db, rc: int, what: str) -> AbaseError:
+    """The one place a C status becomes an exception. ``db`` may be None."""
+    detail = None
+    if db is not None:
+        info = ffi.new("abase_error *")
+        lib.abase_db_error(db, info)
+        if info.status == rc:
+            detail = info
+    file = ffi.string(detail.file).decode("utf-8", "replace") if detail is not None else None
+    msg = ffi.string(detail.message).decode("utf-8", "replace") if detail is not None else ""
+    text = f"{what}: {msg or _STATUS_NAMES.get(rc, f'status {rc}')}"
+    if rc == lib.ABASE_ECORRUPT:
+        return CorruptionError(text, file, int(detail.offset) if detail is not None else None)
+    if rc == lib.ABASE_EVERSION:
+        return FormatVersionError(text + (f" ({file})" if file else ""))
+    if rc == lib.ABASE_EKEYSIZE:
+        return KeyTooLargeError(f"{what}: key longer than {MAX_KEY} bytes")
+    if rc == lib.ABASE_EVALSIZE:
+        return ValueTooLargeError(f"{what}: value longer than {MAX_VALUE} bytes")
+    if rc == lib.ABASE_ESKEW:
+        return ClockSkewError(f"{what}: remote timestamp too far ahead of the local clock")
+    if rc == lib.ABASE_EIO:
+        err = detail.sys_errno if detail is not None else 0
+        return AbaseError(f"{text} (errno {err}){' ' + file if file else ''}")
+    if rc == lib.ABASE_EINVAL:
+        return ValueError(f"{what}: invalid argument")  # type: ignore[return-value]
+    return AbaseError(text)
+
+
+class _Buffers(threading.local):
+    """Per-thread output buffers, so concurrent readers never share one."""
+
+    def __init__(self) -> None:
+        self.cap = _INITIAL_BUF
+        self.buf = ffi.new("uint8_t[]", self.cap)
+        self.info = ffi.new("abase_getinfo *")
+
+    def grow(self, need: int) -> None:
+        cap = self.cap
+        while cap < need:
+            cap *= 2
+        self.cap = cap
+        self.buf = ffi.new("uint8_t[]", cap)
+
+
+class Log:
+    """Segments + index + clock of one engine directory.
+
+    :param path: the engine directory (segments live in ``path/log``).
+    :param node_id: this replica's node id, written into every local record.
+    :param segment_size: bytes per segment before it is sealed.
+    :param durability: ``"none"``, ``"process"`` or ``"sync"``.
+    :param first_live: the first segment not yet compacted into the store;
+        older segment files are deleted (a crash can leave them behind).
+    :raises CorruptionError: a bad record outside the newest segment's tail.
+    :raises FormatVersionError: a segment of an unknown format version.
+    """
+
+    def __init__(self, path: str, node_id: int, segment_size: int, durability: str, first_live: int) -> None:
+        out = ffi.new("abase_db **")
+        rc = lib.abase_db_new(path.encode(), node_id, segment_size, DURABILITY[durability], out)
+        if rc != 0:
+            raise _error_from_status(None, rc, "open log")
+        self._db = out[0]
+        self.node_id = node_id
+        self._tls = _Buffers()
+        self.recovery = ffi.new("abase_recovery *")
+        rc = lib.abase_db_recover(self._db, first_live, self.recovery)
+        if rc != 0:
+            err = _error_from_status(self._db, rc, "recover log")
+            lib.abase_db_free(self._db)
+            self._db = None
+            raise err
+
+    # -- lifecycle -------------------------------------------------------
+    def close(self) -> None:
+        """Unmap and close every segment (no sync: call :meth:`sync` first if needed)."""
+        if self._db is not None:
+            lib.abase_db_free(self._db)
+            self._db = None
+
+    def _fail(self, rc: int, what: str) -> AbaseError:
+        return _error_from_status(self._db, rc, what)
+
+    # -- clock -----------------------------------------------------------
+    def clock(self) -> int:
+        """The packed HLC last issued or observed."""
+        return lib.abase_db_clock(self._db)
+
+    def clock_now(self, wall_ms: int) -> int:
+        """Issue a local timestamp (packed) without writing anything."""
+        out = ffi.new("uint64_t *")
+        while True:
+            rc = lib.abase_db_clock_now(self._db, wall_ms, out)
+            if rc != lib.ABASE_EAGAIN:
+                break
+            if wall_ms >= 0:
+                raise AbaseError("logical clock exhausted for this millisecond and the injected clock did not advance")
+        if rc != 0:
+            raise self._fail(rc, "clock")
+        return int(out[0])
+
+    def clock_update(self, remote: int, wall_ms: int, max_skew_ms: int) -> int:
+        """Receive event for a remote packed HLC. :raises ClockSkewError:"""
+        out = ffi.new("uint64_t *")
+        rc = lib.abase_db_clock_update(self._db, remote, wall_ms, max_skew_ms, out)
+        if rc != 0:
+            raise self._fail(rc, "clock update")
+        return int(out[0])
+
+    # -- writes ----------------------------------------------------------
+    def put(self, ns: int, op: int, key: bytes, value: bytes, wall_ms: int) -> int:
+        """Append a local put (op 1) or delete (op 2); returns the packed HLC."""
+        rc = lib.abase_put(self._db, ns, op, key, len(key), value, len(value), wall_ms)
+        if rc < 0:
+            raise self._fail(rc, "put" if op == 1 else "delete")
+        return rc
+
+    def write_batch(
+        self,
+        ops: bytes,
+        nss: Sequence[int],
+        parts: List[bytes],
+        wall_ms: int,
+        hlcs: Optional[Sequence[int]] = None,
+        nodes: Optional[Sequence[int]] = None,
+        bases: Optional[Sequence[Tuple[int, int]]] = None,
+        modes: Optional[bytes] = None,
+    ) -> Tuple[int, Optional[List[int]]]:
+        """Append records atomically. ``parts`` alternates key, value.
+
+        Without ``hlcs`` the records are local writes and get fresh timestamps;
+        with them (replication) each record keeps its own and is skipped when
+        it changes nothing (see ``abase_write_batch``). Returns the last HLC
+        and, with ``hlcs``, a list of 1 (appended) / 0 (skipped).
+        """
+        n = len(ops)
+        blob = b"".join(parts)
+        lens = ffi.new("uint32_t[]", [len(p) for p in parts])
+        c_nss = ffi.new("uint32_t[]", list(nss))
+        status = None
+        if hlcs is None:
+            rc = lib.abase_write_batch(self._db, n, ops, c_nss, blob, lens, ffi.NULL, ffi.NULL, ffi.NULL,
+                                       ffi.NULL, ffi.NULL, ffi.NULL, wall_ms)
+        else:
+            assert nodes is not None and bases is not None and modes is not None
+            status = ffi.new("uint8_t[]", n)
+            rc = lib.abase_write_batch(
+                self._db, n, ops, c_nss, blob, lens,
+                ffi.new("uint64_t[]", list(hlcs)), ffi.new("uint32_t[]", list(nodes)),
+                ffi.new("uint64_t[]", [b[0] for b in bases]), ffi.new("uint32_t[]", [b[1] for b in bases]),
+                modes, status, wall_ms,
+            )
+        if rc < 0:
+            raise self._fail(rc, "write batch")
+        return rc, (list(status) if status is not None else None)
+
+    def sync(self) -> None:
+        """fdatasync every segment that holds unsynced records."""
+        rc = lib.abase_sync(self._db)
+        if rc != 0:
+            raise self._fail(rc, "sync")
+
+    # -- reads -----------------------------------------------------------
+    def get_lww(self, ns: int, key: bytes, at_hlc: int, at_node: int):
+        """LWW read. Returns ``(status, value, hlc, node, op)`` where status is
+        >= 0 (value decided by the log), DELETED, NOTFOUND or NEEDBASE (value is
+        the log's best candidate, or None when it has none)."""
+        tls = self._tls
+        while True:
+            n = lib.abase_get(self._db, ns, key, len(key), at_hlc, at_node, MODE_LWW, tls.buf, tls.cap, tls.info)
+            if n != ETOOSMALL:
+                break
+            tls.grow(tls.info.needed)
+        info = tls.info
+        if n >= 0:
+            return n, ffi.buffer(tls.buf, n)[:], info.hlc, info.node, info.op
+        if n == NEEDBASE:
+            if info.op == 0:
+                return n, None, 0, 0, 0
+            return n, ffi.buffer(tls.buf, info.needed)[:], info.hlc, info.node, info.op
+        if n == DELETED:
+            return n, None, info.hlc, info.node, info.op
+        if n == NOTFOUND:
+            return n, None, 0, 0, 0
+        raise self._fail(n, "get")
+
+    def get_versions(self, ns: int, key: bytes, at_hlc: int, at_node: int):
+        """Merge-mode read: ``(complete, [(op, flags, hlc, node, value), ...])`` newest first."""
+        tls = self._tls
+        while True:
+            n = lib.abase_get(self._db, ns, key, len(key), at_hlc, at_node, MODE_MERGE, tls.buf, tls.cap, tls.info)
+            if n != ETOOSMALL:
+                break
+            tls.grow(tls.info.needed)
+        if n == NOTFOUND:
+            return False, []
+        if n < 0:
+            raise self._fail(n, "get")
+        data = ffi.buffer(tls.buf, n)[:]
+        out = []
+        off = 0
+        unpack = _ENTRY.unpack_from
+        for _ in range(tls.info.nrecords):
+            op, flags, _z, vlen, hlc, node, _z2 = unpack(data, off)
+            off += 24
+            out.append((op, flags, hlc, node, data[off:off + vlen]))
+            off += (vlen + 7) & ~7
+        return bool(tls.info.complete), out
+
+    def newest(self, ns: int, key: bytes) -> Optional[Tuple[int, int]]:
+        """(hlc, node) of the newest version of the key in the log, or None."""
+        h = ffi.new("uint64_t *")
+        nd = ffi.new("uint32_t *")
+        if lib.abase_newest(self._db, ns, key, len(key), h, nd):
+            return int(h[0]), int(nd[0])
+        return None
+
+    def scan(self, ns: int, start: Optional[bytes], stop: Optional[bytes], prefix: Optional[bytes],
+             reverse: bool, at_hlc: int, at_node: int, merge_mode: bool, batch: int = 512) -> Iterator[tuple]:
+        """Yield ``(key, status, value, hlc, node, op)`` for the log's keys in key order.
+
+        The key list is fixed when the scan starts; each key is resolved as
+        of ``(at_hlc, at_node)`` when its batch is read.
+        """
+        out = ffi.new("abase_scan **")
+        s = b"" if start is None else start
+        e = b"" if stop is None else stop
+        p = b"" if prefix is None else prefix
+        rc = lib.abase_scan_open(self._db, ns, s, len(s), start is not None, e, len(e), stop is not None,
+                                 p, len(p), 1 if reverse else 0, out)
+        if rc != 0:
+            raise self._fail(rc, "scan")
+        sc = ffi.gc(out[0], lib.abase_scan_free)
+        cap = _INITIAL_BUF
+        buf = ffi.new("uint8_t[]", cap)
+        count = ffi.new("uint32_t *")
+        mode = MODE_MERGE if merge_mode else MODE_LWW
+        unpack = _SCAN_ENTRY.unpack_from
+        while True:
+            n = lib.abase_scan_next(sc, at_hlc, at_node, mode, batch, buf, cap, count)
+            if n == ETOOSMALL:
+                cap *= 4
+                buf = ffi.new("uint8_t[]", cap)
+                continue
+            if n < 0:
+                raise self._fail(n, "scan")
+            if n == 0:
+                return
+            data = ffi.buffer(buf, n)[:]
+            off = 0
+            for _ in range(count[0]):
+                klen, vlen, status, _z, hlc, node, op = unpack(data, off)
+                off += 40
+                key = data[off:off + klen]
+                off += (klen + 7) & ~7
+                value = data[off:off + vlen] if status >= 0 or status == NEEDBASE and op else None
+                off += (vlen + 7) & ~7
+                yield key, status, value, hlc, node, op
+
+    # -- segments (compactor) --------------------------------------------
+    def seal(self) -> None:
+        """Seal the active segment if it holds records, so compaction can take it."""
+        rc = lib.abase_seal(self._db)
+        if rc != 0:
+            raise self._fail(rc, "seal")
+
+    def segments(self) -> List[dict]:
+        """Live segments, oldest first: no, sealed, used, max_hlc, max_node, records."""
+        n = lib.abase_segments(self._db, ffi.NULL, 0)
+        arr = ffi.new("abase_segstat[]", max(n, 1))
+        n = lib.abase_segments(self._db, arr, n)
+        return [
+            {"no": s.no, "sealed": bool(s.sealed), "used": s.used, "max_hlc": s.max_hlc,
+             "max_node": s.max_node, "records": s.records}
+            for s in (arr[i] for i in range(n))
+        ]
+
+    def segment_records(self, seg_no: int, chunk: int = 4 << 20) -> Iterator[LogRecord]:
+        """Yield every record of a sealed segment in log order."""
+        off = ffi.new("uint64_t *", 0)
+        cap = chunk
+        buf = ffi.new("uint8_t[]", cap)
+        unpack = _REC_HEADER.unpack_from
+        while True:
+            n = lib.abase_segment_read(self._db, seg_no, off, buf, cap)
+            if n == ETOOSMALL:
+                cap *= 4
+                buf = ffi.new("uint8_t[]", cap)
+                continue
+            if n < 0:
+                raise self._fail(n, f"read segment {seg_no}")
+            if n == 0:
+                return
+            data = ffi.buffer(buf, n)[:]
+            pos = 0
+            while pos < n:
+                _crc, length, _prev, hlc, node, ns, op, flags, klen, vlen = unpack(data, pos)
+                k0 = pos + 40
+                yield ns, data[k0:k0 + klen], op, flags, hlc, node, data[k0 + klen:k0 + klen + vlen]
+                pos += (length + 7) & ~7
+
+    def compacted_through(self, seg_no: int) -> None:
+        """Reads stop seeing versions in segments <= seg_no (they are in the store now)."""
+        rc = lib.abase_compacted_through(self._db, seg_no)
+        if rc != 0:
+            raise self._fail(rc, "compacted_through")
+
+    def retire(self, seg_no: int, budget: int = 4096) -> None:
+        """Drop index entries whose newest version was in seg_no, a chunk at a
+        time so foreground calls wait at most one chunk; then delete the file."""
+        off = ffi.new("uint64_t *", 0)
+        while lib.abase_retire_step(self._db, seg_no, off, budget):
+            pass
+        rc = lib.abase_segment_drop(self._db, seg_no)
+        if rc != 0:
+            raise self._fail(rc, f"drop segment {seg_no}")
+
+    # -- introspection ---------------------------------------------------
+    def stats(self) -> dict:
+        """Counters of the C core (see ``abase_stats`` in abase.h)."""
+        st = ffi.new("abase_stats *")
+        lib.abase_db_stats(self._db, st)
+        return {name: int(getattr(st, name)) for name in (
+            "live_keys", "index_bytes", "index_capacity", "log_bytes", "log_bytes_written",
+            "records_appended", "segments", "first_segment", "active_segment", "rehashing",
+            "syncs", "synced_writes")}
+
+    def check(self) -> List[str]:
+        """Check every live record's crc and the index; returns findings."""
+        n = lib.abase_check(self._db)
+        if n == 0:
+            return []
+        info = ffi.new("abase_error *")
+        lib.abase_db_error(self._db, info)
+        where = ffi.string(info.file).decode("utf-8", "replace")
+        return [f"{n} problem(s); first: {ffi.string(info.message).decode()} at {where} offset {info.offset}"]

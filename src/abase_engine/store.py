@@ -1,0 +1,213 @@
+"""The store layer: one compacted version per key, in LMDB (py-lmdb).
+
+Layout of ``<dir>/store`` (one LMDB environment):
+
+* ``meta``: format version, compaction marker, HLC high-water mark,
+  namespace definitions (``ns:<name>`` -> id + operator name), replication
+  state.
+* ``n:<id>``: one database per namespace; key = user key, value =
+  ``kind u8 | hlc u64 | node u32 [| anchor_hlc u64 | anchor_node u32] | bytes``
+  (little-endian). ``kind`` is VALUE (an LWW value), TOMBSTONE (a delete
+  kept for ``tombstone_grace``) or STATE (a merge namespace's folded
+  state); bit 0x80 says an anchor (the newest delete folded into a STATE)
+  follows.
+* ``tombstones``: ``hlc u64 BE | node u32 BE | ns u32 BE | key`` -> empty,
+  so purging expired tombstones reads only tombstones, oldest first.
+
+The compactor is the only writer after open. Map size grows by doubling
+when LMDB reports it full, instead of failing.
+
+Thread-safety: safe. Readers use per-thread read transactions that are
+renewed when the compactor has committed since they began.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from typing import Callable, Iterator, Optional, Tuple
+
+import lmdb
+
+from .errors import CorruptionError, FormatVersionError
+
+__all__ = ["Store", "Stored", "VALUE", "TOMBSTONE", "STATE", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+VALUE = 1
+TOMBSTONE = 2
+STATE = 3
+_HAS_ANCHOR = 0x80
+
+_HDR = struct.Struct("<BQI")
+_ANCHOR = struct.Struct("<QI")
+_TOMB_KEY = struct.Struct(">QII")
+_U64 = struct.Struct("<Q")
+_INITIAL_MAP = 64 << 20
+
+#: A decoded stored version: kind, hlc, node, anchor_hlc, anchor_node, value.
+Stored = Tuple[int, int, int, int, int, bytes]
+
+
+def encode(kind: int, hlc: int, node: int, value: bytes, anchor: Optional[Tuple[int, int]] = None) -> bytes:
+    """Encode one stored version (see the module docstring)."""
+    if anchor is not None and anchor != (0, 0):
+        return _HDR.pack(kind | _HAS_ANCHOR, hlc, node) + _ANCHOR.pack(*anchor) + value
+    return _HDR.pack(kind, hlc, node) + value
+
+
+def decode(raw: bytes, where: str = "store") -> Stored:
+    """Decode one stored version. :raises CorruptionError: bad bytes."""
+    try:
+        kind, hlc, node = _HDR.unpack_from(raw, 0)
+        if kind & _HAS_ANCHOR:
+            ah, an = _ANCHOR.unpack_from(raw, 13)
+            body = raw[25:]
+            kind &= 0x7F
+        else:
+            ah, an = 0, 0
+            body = raw[13:]
+    except struct.error:
+        raise CorruptionError("stored value shorter than its header", where) from None
+    if kind not in (VALUE, TOMBSTONE, STATE):
+        raise CorruptionError(f"stored value of unknown kind {kind}", where)
+    return kind, hlc, node, ah, an, bytes(body)
+
+
+class _Readers(threading.local):
+    txn = None
+    generation = -1
+
+
+class Store:
+    """The LMDB environment of one engine directory.
+
+    :param path: the engine directory; the environment lives in ``path/store``.
+    :param map_size: initial map size in bytes (grows by doubling).
+    :raises FormatVersionError: the directory was written by an unknown format.
+    """
+
+    def __init__(self, path: str, map_size: int = _INITIAL_MAP, max_namespaces: int = 4096) -> None:
+        self.path = os.path.join(path, "store")
+        os.makedirs(self.path, exist_ok=True)
+        # sync=True: a compaction commit is on disk before the segments it
+        # folded are deleted (fsync point: store commit).
+        self.env = lmdb.open(self.path, map_size=map_size, max_dbs=max_namespaces + 2, sync=True,
+                             metasync=True, readahead=False, max_readers=1024, lock=True)
+        self.meta = self.env.open_db(b"meta")
+        self.tombs = self.env.open_db(b"tombstones")
+        self._dbs: dict = {}
+        self._readers = _Readers()
+        self._lock = threading.Lock()
+        #: Incremented after every commit; readers renew their snapshot on change.
+        self.generation = 0
+        self.bytes_written = 0
+        raw = self.meta_get(b"format")
+        if raw is None:
+            self.write(lambda txn: txn.put(b"format", str(FORMAT_VERSION).encode(), db=self.meta))
+        elif raw != str(FORMAT_VERSION).encode():
+            raise FormatVersionError(f"store format version {raw.decode(errors='replace')!r}, this build reads {FORMAT_VERSION} ({self.path})")
+
+    def close(self) -> None:
+        """Close the environment. Per-thread read transactions become unusable."""
+        self._readers = _Readers()
+        self.env.close()
+
+    # -- databases -------------------------------------------------------
+    def db(self, ns_id: int):
+        """The LMDB database of namespace ``ns_id`` (created on first use)."""
+        d = self._dbs.get(ns_id)
+        if d is None:
+            with self._lock:
+                d = self._dbs.get(ns_id)
+                if d is None:
+                    d = self.env.open_db(b"n:%d" % ns_id)
+                    self._dbs[ns_id] = d
+                    # Read transactions begun before this handle existed cannot use it.
+                    self.generation += 1
+        return d
+
+    # -- reads -----------------------------------------------------------
+    def read_txn(self):
+        """This thread's read transaction, renewed if a commit happened since."""
+        r = self._readers
+        if r.generation != self.generation or r.txn is None:
+            if r.txn is not None:
+                r.txn.abort()
+            r.generation = self.generation
+            r.txn = self.env.begin(buffers=False)
+        return r.txn
+
+    def get_raw(self, ns_id: int, key: bytes) -> Optional[bytes]:
+        """The encoded stored version of ``key``, or None."""
+        dbi = self.db(ns_id)  # first: opening a handle renews read transactions
+        return self.read_txn().get(key, db=dbi)
+
+    def get(self, ns_id: int, key: bytes) -> Optional[Stored]:
+        """The decoded stored version of ``key``, or None."""
+        dbi = self.db(ns_id)
+        raw = self.read_txn().get(key, db=dbi)
+        return None if raw is None else decode(raw, self.path)
+
+    def meta_get(self, key: bytes) -> Optional[bytes]:
+        with self.env.begin(db=self.meta) as txn:
+            return txn.get(key)
+
+    def meta_items(self, prefix: bytes) -> Iterator[Tuple[bytes, bytes]]:
+        with self.env.begin(db=self.meta) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    yield k, v
+
+    def count(self, ns_id: int) -> int:
+        """Entries (tombstones included) in a namespace's database."""
+        with self.env.begin() as txn:
+            return txn.stat(self.db(ns_id))["entries"]
+
+    def size_bytes(self) -> int:
+        info = self.env.info()
+        stat = self.env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"]
+
+    # -- writes (the compactor) -----------------------------------------
+    def write(self, fn: Callable):
+        """Run ``fn(txn)`` in one write transaction and commit it durably.
+
+        On MapFullError the map is doubled and ``fn`` runs again from the
+        start in a fresh transaction, so ``fn`` must not have side effects
+        outside the transaction.
+        """
+        while True:
+            txn = self.env.begin(write=True)
+            try:
+                result = fn(txn)
+                txn.commit()  # fsync point: store commit (sync=True)
+            except lmdb.MapFullError:
+                txn.abort()
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                continue
+            except BaseException:
+                txn.abort()
+                raise
+            self.generation += 1
+            return result
+
+    def put_meta_u64(self, txn, key: bytes, value: int) -> None:
+        txn.put(key, _U64.pack(value), db=self.meta)
+
+    def meta_u64(self, key: bytes, default: int) -> int:
+        raw = self.meta_get(key)
+        return default if raw is None else _U64.unpack(raw)[0]
+
+    @staticmethod
+    def tomb_key(hlc: int, node: int, ns_id: int, key: bytes) -> bytes:
+        return _TOMB_KEY.pack(hlc, node, ns_id) + key
+
+    @staticmethod
+    def split_tomb_key(raw: bytes) -> Tuple[int, int, int, bytes]:
+        hlc, node, ns_id = _TOMB_KEY.unpack_from(raw, 0)
+        return hlc, node, ns_id, raw[16:]
