@@ -4,7 +4,8 @@
 ``csrc/abase.h`` itself (the part after the cffi marker), so the header is the
 single source of the API; the values of the constants are left to the C
 compiler (``#define NAME ...``). Set ``ABASE_SANITIZE=1`` to build with
-AddressSanitizer and UndefinedBehaviorSanitizer.
+AddressSanitizer and UndefinedBehaviorSanitizer;
+run this file as a script to build the extension in place (see .ci/run).
 """
 
 import os
@@ -37,16 +38,26 @@ if os.environ.get("ABASE_SANITIZE"):
     _extra_compile += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
     _extra_link += ["-fsanitize=address,undefined"]
 
+# setuptools wants paths relative to the project root; run as a script
+# (the sanitizer build) the paths are absolute, since cffi compiles elsewhere.
+_AS_SCRIPT = __name__ == "__main__"
+
+
+def _path(p: str) -> str:
+    return p if _AS_SCRIPT else os.path.relpath(p, _ROOT)
+
+
 ffi = FFI()
 ffi.cdef(_cdef_from_header(_HEADER))
 ffi.set_source(
     "abase_engine._abase",
     '#include "abase.h"\n',
-    sources=[os.path.relpath(os.path.join(_CSRC, n), _ROOT) for n in ("crc32c.c", "hlc.c", "index.c", "log.c")],
-    include_dirs=[os.path.relpath(_CSRC, _ROOT)],
+    sources=[_path(os.path.join(_CSRC, n)) for n in ("crc32c.c", "hlc.c", "index.c", "log.c")],
+    include_dirs=[_path(_CSRC)],
     extra_compile_args=_extra_compile,
     extra_link_args=_extra_link,
 )
 
-if __name__ == "__main__":
-    ffi.compile(verbose=True)
+if _AS_SCRIPT:
+    # Build in place, next to this file: ABASE_SANITIZE=1 python src/abase_engine/_build_ffi.py
+    ffi.compile(tmpdir=os.path.join(_ROOT, "src"), verbose=False)

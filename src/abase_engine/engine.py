@@ -42,6 +42,7 @@ from .errors import (
     SnapshotTooOldError,
     ValueTooLargeError,
 )
+from ._abase import ffi as _ffi
 from .log import DELETED, MAX_KEY, MAX_VALUE, NEEDBASE, NOTFOUND, NS_DEFS, Log
 from .merge import LWW, MergeOperator
 from .record import MAX_NODE_ID, Change, Op, Timestamp
@@ -61,6 +62,7 @@ DEFAULT_OPTIONS: Dict[str, Any] = {
 }
 
 _PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
+_ffi_buffer = _ffi.buffer
 _OPEN_PATHS: Dict[str, "Engine"] = {}
 _OPEN_LOCK = threading.Lock()
 _BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -86,8 +88,11 @@ def _value(value: Any) -> bytes:
     raise TypeError(f"values must be bytes-like, not {type(value).__name__}")
 
 
+_new_ts = tuple.__new__
+
+
 def _ts(hlc: int, node: int) -> Timestamp:
-    return Timestamp._from_packed(hlc, node)
+    return _new_ts(Timestamp, (hlc, node))
 
 
 class Namespace:
@@ -452,7 +457,64 @@ class Engine(Namespace):
             self._release_lock()
             raise
         self._closed = False
+        self._c_db, self._c_put, self._c_get, self._c_bufs = self._log.fast_paths()
+        self._dbi0 = self._store.db(0)
+        self._fast = self._clock_fn is None  # a fake clock takes the general path
         self._compactor = Compactor(self, opts["compact_interval"])
+
+    # -- hot paths (default namespace) --------------------------------------
+    # One C call per put and per log-resident get; everything unusual (a
+    # fake clock, non-bytes arguments, a snapshot read, an error) takes the
+    # general path in Namespace.
+
+    def put(self, key: bytes, value: bytes) -> Timestamp:
+        """Store ``value`` under ``key`` in the default namespace; returns its timestamp.
+
+        Runtime complexity: O(len(key) + len(value)); one C call.
+
+        :raises TypeError: key or value is not bytes-like.
+        :raises KeyTooLargeError: key longer than 511 bytes.
+        :raises ValueTooLargeError: value longer than 256 MiB.
+        :raises EngineClosedError: the engine is closed.
+
+        Thread-safety: safe.
+        """
+        if type(key) is bytes and type(value) is bytes and self._fast:
+            rc = self._c_put(self._c_db, 0, 1, key, len(key), value, len(value), -1)
+            if rc > 0:
+                return _new_ts(Timestamp, (rc, self.node_id))
+        return Namespace.put(self, key, value)
+
+    def get(self, key: bytes, default: Any = None, *, at: Optional[Timestamp] = None) -> Any:
+        """The value of ``key`` in the default namespace, or ``default``.
+
+        ``at``: the value as of that timestamp while the history is held.
+        Runtime complexity: O(versions of the key in the log); one C call
+        when the key lives in the log, plus one LMDB lookup otherwise.
+
+        :raises SnapshotTooOldError: the history ``at`` needs was compacted.
+        """
+        if type(key) is bytes and at is None and self._fast:
+            bufs = self._c_bufs
+            buf = bufs.buf
+            n = self._c_get(self._c_db, 0, key, len(key), 0, 0, 0, buf, bufs.cap, bufs.info)
+            if n >= 0:
+                return _ffi_buffer(buf, n)[:]
+            if n == NOTFOUND:
+                store = self._store
+                r = store._readers
+                if r.generation != store.generation or r.txn is None:
+                    store.read_txn()
+                raw = r.txn.get(key, db=self._dbi0)
+                if raw is None:
+                    return default
+                if raw[0] == VALUE:
+                    return raw[13:]
+                if raw[0] == TOMBSTONE:
+                    return default
+            elif n == DELETED:
+                return default
+        return Namespace.get(self, key, default, at=at)
 
     # -- opening and closing ------------------------------------------------
     def _take_lock(self) -> int:
@@ -525,6 +587,7 @@ class Engine(Namespace):
         if self._closed:
             return
         self._closed = True
+        self._fast = False
         self._compactor.stop()
         self._log.close()
         self._store.close()

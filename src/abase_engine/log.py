@@ -136,6 +136,17 @@ class Log:
             self._db = None
             raise err
 
+    # -- hot paths ---------------------------------------------------------
+    def fast_paths(self):
+        """``(handle, put_fn, get_fn, buffers)`` for the Engine's one-call put
+        and get: the raw C functions and this log's per-thread buffers. The
+        caller must map negative statuses through :meth:`error`."""
+        return self._db, lib.abase_put, lib.abase_get, self._tls
+
+    def error(self, rc: int, what: str) -> AbaseError:
+        """The exception for a negative status returned by a fast path."""
+        return _error_from_status(self._db, rc, what)
+
     # -- lifecycle -------------------------------------------------------
     def close(self) -> None:
         """Unmap and close every segment (no sync: call :meth:`sync` first if needed)."""

@@ -15,18 +15,21 @@ __all__ = ["Timestamp", "Op", "Change", "LOGICAL_BITS", "MAX_PHYSICAL_MS", "MAX_
 #: Bits of the packed 64-bit HLC given to the logical counter; the rest hold milliseconds.
 LOGICAL_BITS = 16
 MAX_LOGICAL = (1 << LOGICAL_BITS) - 1
-MAX_PHYSICAL_MS = (1 << (64 - LOGICAL_BITS)) - 1
+#: Physical ms below 2**47 keep a packed HLC positive as a signed 64-bit int (year 6429).
+MAX_PHYSICAL_MS = (1 << 47) - 1
 MAX_NODE_ID = (1 << 32) - 1
 
 _TS_STRUCT = struct.Struct(">QI")
 
 
-class Timestamp:
+class Timestamp(tuple):
     """A hybrid-logical-clock reading plus the node that issued it.
 
     Ordered by ``(physical_ms, logical, node_id)``, which is the total order
     used for last-write-wins; hashable; immutable. ``to_bytes()`` gives 12
-    big-endian bytes whose byte order equals the timestamp order.
+    big-endian bytes whose byte order equals the timestamp order. It is a
+    tuple ``(packed_hlc, node_id)`` underneath, so that the write path can
+    build one cheaply; compare Timestamps only with Timestamps.
 
     >>> a = Timestamp(1000, 0, 1); b = Timestamp(1000, 1, 0)
     >>> a < b, Timestamp.from_bytes(a.to_bytes()) == a
@@ -35,9 +38,9 @@ class Timestamp:
     Thread-safety: safe (immutable).
     """
 
-    __slots__ = ("_hlc", "_node")
+    __slots__ = ()
 
-    def __init__(self, physical_ms: int, logical: int = 0, node_id: int = 0):
+    def __new__(cls, physical_ms: int, logical: int = 0, node_id: int = 0) -> "Timestamp":
         for name, v, hi in (("physical_ms", physical_ms, MAX_PHYSICAL_MS),
                             ("logical", logical, MAX_LOGICAL),
                             ("node_id", node_id, MAX_NODE_ID)):
@@ -45,46 +48,44 @@ class Timestamp:
                 raise TypeError(f"Timestamp {name} must be int, not {type(v).__name__}")
             if not 0 <= v <= hi:
                 raise ValueError(f"Timestamp {name}={v} out of range 0..{hi}")
-        object.__setattr__(self, "_hlc", (physical_ms << LOGICAL_BITS) | logical)
-        object.__setattr__(self, "_node", node_id)
+        return tuple.__new__(cls, ((physical_ms << LOGICAL_BITS) | logical, node_id))
 
     @classmethod
     def _from_packed(cls, hlc: int, node_id: int) -> "Timestamp":
         """Build from the packed 64-bit HLC and the node id (no range checks: C-produced)."""
-        t = object.__new__(cls)
-        object.__setattr__(t, "_hlc", hlc)
-        object.__setattr__(t, "_node", node_id)
-        return t
+        return tuple.__new__(cls, (hlc, node_id))
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("Timestamp is immutable")
+    @property
+    def _hlc(self) -> int:
+        return self[0]
+
+    @property
+    def _node(self) -> int:
+        return self[1]
 
     @property
     def physical_ms(self) -> int:
         """Milliseconds since the Unix epoch (the physical part of the HLC)."""
-        return self._hlc >> LOGICAL_BITS
+        return self[0] >> LOGICAL_BITS
 
     @property
     def logical(self) -> int:
         """The logical counter, which orders events within one millisecond."""
-        return self._hlc & MAX_LOGICAL
+        return self[0] & MAX_LOGICAL
 
     @property
     def node_id(self) -> int:
         """The id of the node that issued this timestamp (the tiebreak)."""
-        return self._node
+        return self[1]
 
     @property
     def hlc(self) -> int:
         """The packed 64-bit HLC: ``physical_ms << 16 | logical``."""
-        return self._hlc
-
-    def _key(self) -> tuple:
-        return (self._hlc, self._node)
+        return self[0]
 
     def to_bytes(self) -> bytes:
         """12 bytes, big-endian ``hlc`` then ``node_id``: byte order equals timestamp order."""
-        return _TS_STRUCT.pack(self._hlc, self._node)
+        return _TS_STRUCT.pack(self[0], self[1])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Timestamp":
@@ -96,39 +97,11 @@ class Timestamp:
         hlc, node = _TS_STRUCT.unpack(bytes(data))
         return cls._from_packed(hlc, node)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Timestamp):
-            return NotImplemented
-        return self._hlc == other._hlc and self._node == other._node
-
-    def __lt__(self, other: "Timestamp") -> bool:
-        if not isinstance(other, Timestamp):
-            return NotImplemented
-        return (self._hlc, self._node) < (other._hlc, other._node)
-
-    def __le__(self, other: "Timestamp") -> bool:
-        if not isinstance(other, Timestamp):
-            return NotImplemented
-        return (self._hlc, self._node) <= (other._hlc, other._node)
-
-    def __gt__(self, other: "Timestamp") -> bool:
-        if not isinstance(other, Timestamp):
-            return NotImplemented
-        return (self._hlc, self._node) > (other._hlc, other._node)
-
-    def __ge__(self, other: "Timestamp") -> bool:
-        if not isinstance(other, Timestamp):
-            return NotImplemented
-        return (self._hlc, self._node) >= (other._hlc, other._node)
-
-    def __hash__(self) -> int:
-        return hash((self._hlc, self._node))
-
     def __repr__(self) -> str:
-        return f"Timestamp({self.physical_ms}, {self.logical}, {self._node})"
+        return f"Timestamp({self.physical_ms}, {self.logical}, {self[1]})"
 
-    def __reduce__(self):
-        return (Timestamp, (self.physical_ms, self.logical, self._node))
+    def __getnewargs__(self):
+        return (self.physical_ms, self.logical, self[1])
 
 
 class Op(enum.IntEnum):
