@@ -208,6 +208,8 @@ uint64_t abase_db_clock(abase_db *db);
 int abase_db_clock_now(abase_db *db, int64_t wall_ms, uint64_t *out);
 int abase_db_clock_update(abase_db *db, uint64_t remote, int64_t wall_ms,
                           uint64_t max_skew_ms, uint64_t *out);
+/* Raise the clock to at least `seen`, without a skew check (our own past). */
+void abase_db_clock_observe(abase_db *db, uint64_t seen);
 
 /* A local put or delete in one call: issues the timestamp, appends, indexes,
  * and (durability sync) waits for the group commit. Returns the packed hlc

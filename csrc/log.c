@@ -452,6 +452,13 @@ int abase_db_clock_now(abase_db *db, int64_t wall_ms, uint64_t *out)
     return rc;
 }
 
+void abase_db_clock_observe(abase_db *db, uint64_t seen)
+{
+    pthread_rwlock_wrlock(&db->lock);
+    abase_hlc_observe(&db->clock, seen);
+    pthread_rwlock_unlock(&db->lock);
+}
+
 int abase_db_clock_update(abase_db *db, uint64_t remote, int64_t wall_ms,
                           uint64_t max_skew_ms, uint64_t *out)
 {
@@ -672,6 +679,9 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
         uint64_t next = off + align8(len);
         if (next > size)
             next = size;
+        /* The index reads keys through rec_mapped, which only answers for
+         * bytes below `used`: extend it over the record before indexing. */
+        s->used = next;
         if (flags & ABASE_F_BATCH) {
             if (batch_start == 0)
                 batch_start = off;

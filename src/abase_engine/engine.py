@@ -553,7 +553,7 @@ class Engine(Namespace):
         # our own past timestamps.
         hw = self._store.meta_u64(b"hlc_high_water", 0)
         if hw:
-            self._log.clock_update(hw, self._wall(), 1 << 40)
+            self._log.clock_observe(hw)
         self._fold_lock = threading.Lock()
         self._merge_lock = threading.Lock()
         self._pins: Dict[Timestamp, int] = {}
@@ -605,7 +605,12 @@ class Engine(Namespace):
     # -- time --------------------------------------------------------------
     def _wall(self) -> int:
         fn = self._clock_fn
-        return -1 if fn is None else int(fn())
+        if fn is None:
+            return -1  # C reads CLOCK_REALTIME itself
+        ms = int(fn())
+        if ms < 0:
+            raise ValueError(f"clock returned {ms}: wall-clock ms must be >= 0")
+        return ms
 
     def _wall_ms_now(self) -> int:
         fn = self._clock_fn

@@ -75,7 +75,12 @@ class HLC:
             self.observe(high_water)
 
     def _wall(self) -> int:
-        return -1 if self._clock is None else int(self._clock())
+        if self._clock is None:
+            return -1  # C reads CLOCK_REALTIME itself
+        ms = int(self._clock())
+        if ms < 0:
+            raise ValueError(f"wall clock reading out of range (must be 0 <= ms < 2**47), got {ms}")
+        return ms
 
     def now(self) -> Timestamp:
         """Issue a timestamp for a local event, greater than every one before.

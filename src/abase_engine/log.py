@@ -175,6 +175,10 @@ class Log:
             raise self._fail(rc, "clock")
         return int(out[0])
 
+    def clock_observe(self, seen: int) -> None:
+        """Raise the clock to at least ``seen`` (a packed HLC of our own past)."""
+        lib.abase_db_clock_observe(self._db, seen)
+
     def clock_update(self, remote: int, wall_ms: int, max_skew_ms: int) -> int:
         """Receive event for a remote packed HLC. :raises ClockSkewError:"""
         out = ffi.new("uint64_t *")
