@@ -187,8 +187,7 @@ class Compactor:
                 txn.put(b"ns:" + name, value, db=store.meta)
             for (ns, key), versions in groups.items():
                 operator = eng._operator_of(ns)
-                dbi = store.db(ns)
-                raw = txn.get(key, db=dbi)
+                raw = store.get_in(txn, ns, key)
                 base = None if raw is None else _decode(raw, store.path)
                 if operator is None:
                     new = fold_lww(base, versions)
@@ -198,10 +197,10 @@ class Compactor:
                     continue
                 kind, hlc, node, ah, an, val = new
                 enc = encode(kind, hlc, node, val, (ah, an))
-                txn.put(key, enc, db=dbi)
+                store.put_in(txn, ns, key, enc)
                 written[0] += len(key) + len(enc)
                 if kind == TOMBSTONE:
-                    txn.put(store.tomb_key(hlc, node, ns, key), b"", db=store.tombs)
+                    txn.put(store.tomb_key(hlc, node, ns, key), key, db=store.tombs)
             store.put_meta_u64(txn, b"compacted_through", no)
             hw = store.meta_u64(b"hlc_high_water", 0)
             store.put_meta_u64(txn, b"hlc_high_water", max(hw, max_ts, log.clock()))
@@ -234,18 +233,17 @@ class Compactor:
             cur = txn.cursor(db=store.tombs)
             expired = []
             if cur.first():
-                for tk, _ in cur:
-                    hlc, node, ns, key = store.split_tomb_key(tk)
+                for tk, key in cur:
+                    hlc, node, ns = store.split_tomb_key(tk)
                     if hlc >= cutoff or len(expired) >= 10000:
                         break
                     expired.append((tk, hlc, node, ns, key))
             for tk, hlc, node, ns, key in expired:
-                dbi = store.db(ns)
-                raw = txn.get(key, db=dbi)
+                raw = store.get_in(txn, ns, key)
                 if raw is not None:
                     cur_v = _decode(raw, store.path)
                     if cur_v[0] == TOMBSTONE and (cur_v[1], cur_v[2]) == (hlc, node):
-                        txn.delete(key, db=dbi)
+                        store.delete_in(txn, ns, key)
                         purged += 1
                 txn.delete(tk, db=store.tombs)
             return purged

@@ -494,7 +494,7 @@ class Engine(Namespace):
 
         :raises SnapshotTooOldError: the history ``at`` needs was compacted.
         """
-        if type(key) is bytes and at is None and self._fast:
+        if type(key) is bytes and key and at is None and self._fast:
             bufs = self._c_bufs
             buf = bufs.buf
             n = self._c_get(self._c_db, 0, key, len(key), 0, 0, 0, buf, bufs.cap, bufs.info)
@@ -725,22 +725,37 @@ class Engine(Namespace):
             n = len(b._ops)
             hlcs = [log.clock_now(self._wall()) for _ in range(n)]
             parts = list(b._parts)
-            pending: Dict[Tuple[int, bytes], bytes] = {}
-            for idx, ns, operation in b._merges:
+            # The state each merge observes includes the batch's own earlier
+            # writes to the key: a delete empties it, a put joins into it.
+            pending: Dict[Tuple[int, bytes], Optional[bytes]] = {}
+            merge_at = {idx: (ns, operation) for idx, ns, operation in b._merges}
+            for idx in range(n):
+                ns_id = b._nss[idx]
                 key = parts[2 * idx]
+                if idx not in merge_at:
+                    ns_obj = self._ns_by_id.get(ns_id)
+                    if ns_obj is None or ns_obj._operator is None:
+                        continue
+                    if b._ops[idx] == _DELETE:
+                        pending[(ns_id, key)] = None
+                    else:
+                        prev = pending[(ns_id, key)] if (ns_id, key) in pending else ns_obj._get_state(key, None)
+                        value = parts[2 * idx + 1]
+                        pending[(ns_id, key)] = value if prev is None else ns_obj._operator.full_merge(prev, [value])
+                    continue
+                ns, operation = merge_at[idx]
                 op = ns._operator
                 state = None
-                if not isinstance(operation, _BYTES_LIKE) and op.needs_state(operation):
-                    state = pending.get((ns._id, key))
-                    if state is None:
-                        state = ns._get_state(key, None)
-                operand = op.make_operand(operation, state, _ts(hlcs[idx], self.node_id))
+                needs = not isinstance(operation, _BYTES_LIKE) and op.needs_state(operation)
+                if needs or (ns_id, key) in pending:
+                    state = pending[(ns_id, key)] if (ns_id, key) in pending else ns._get_state(key, None)
+                operand = op.make_operand(operation, state if needs else None, _ts(hlcs[idx], self.node_id))
                 if not isinstance(operand, bytes):
                     raise MergeOperandError("make_operand must return bytes")
                 if len(operand) > MAX_VALUE:
                     raise ValueTooLargeError("merge operand too large")
                 parts[2 * idx + 1] = operand
-                pending[(ns._id, key)] = operand if state is None else op.full_merge(state, [operand])
+                pending[(ns_id, key)] = operand if state is None else op.full_merge(state, [operand])
             nodes = [self.node_id] * n
             modes = bytes(1 if o == _MERGE else 0 for o in b._ops)
             last, _ = log.write_batch(bytes(b._ops), b._nss, parts, self._wall(), hlcs, nodes, [(0, 0)] * n, modes)
@@ -866,6 +881,10 @@ class Engine(Namespace):
         try:
             cur = txn.cursor(db=dbi)
             store_iter = _cursor_range(cur, start, stop, reverse)
+            empty = txn.get(_store.empty_key_slot(ns._id), db=store.meta)
+            if empty is not None and (start is None or start == b"") and (stop is None or stop != b""):
+                # the empty key sorts first; LMDB cannot hold it, meta does
+                store_iter = _chain_empty(store_iter, empty, reverse)
             lk = next(log_iter, None)
             sk = next(store_iter, None)
             while lk is not None or sk is not None:
@@ -955,8 +974,9 @@ class Engine(Namespace):
             raise NotImplementedError("check(fix=True) is not implemented")
         findings = self._log.check()
         for name, (ns_id, _op) in list(self._ns_defs.items()) + [("", (0, LWW.name))]:
+            dbi = self._store.db(ns_id)  # before the txn: a later handle is not valid in it
             with self._store.env.begin(buffers=False) as txn:
-                for k, raw in txn.cursor(db=self._store.db(ns_id)):
+                for k, raw in txn.cursor(db=dbi):
                     try:
                         _store.decode(raw, self._store.path)
                     except AbaseError as exc:
@@ -990,6 +1010,14 @@ def _cursor_range(cur, start, stop, reverse):
                 return
             yield k, cur.value()
             ok = cur.prev()
+
+
+def _chain_empty(it, raw: bytes, reverse: bool):
+    if not reverse:
+        yield b"", raw
+    yield from it
+    if reverse:
+        yield b"", raw
 
 
 def _prefix_end(prefix: bytes) -> Optional[bytes]:

@@ -22,6 +22,7 @@ from .errors import (
     AbaseError,
     ClockSkewError,
     CorruptionError,
+    EngineClosedError,
     FormatVersionError,
     KeyTooLargeError,
     ValueTooLargeError,
@@ -317,6 +318,8 @@ class Log:
         mode = MODE_MERGE if merge_mode else MODE_LWW
         unpack = _SCAN_ENTRY.unpack_from
         while True:
+            if self._db is None:
+                raise EngineClosedError("scan used after the engine was closed")
             n = lib.abase_scan_next(sc, at_hlc, at_node, mode, batch, buf, cap, count)
             if n == ETOOSMALL:
                 cap *= 4
@@ -346,9 +349,13 @@ class Log:
 
     def segments(self) -> List[dict]:
         """Live segments, oldest first: no, sealed, used, max_hlc, max_node, records."""
-        n = lib.abase_segments(self._db, ffi.NULL, 0)
-        arr = ffi.new("abase_segstat[]", max(n, 1))
-        n = lib.abase_segments(self._db, arr, n)
+        cap = lib.abase_segments(self._db, ffi.NULL, 0) + 8
+        while True:  # a segment may be created between the two calls
+            arr = ffi.new("abase_segstat[]", cap)
+            n = lib.abase_segments(self._db, arr, cap)
+            if n <= cap:
+                break
+            cap = n + 8
         return [
             {"no": s.no, "sealed": bool(s.sealed), "used": s.used, "max_hlc": s.max_hlc,
              "max_node": s.max_node, "records": s.records}

@@ -11,8 +11,10 @@ Layout of ``<dir>/store`` (one LMDB environment):
   kept for ``tombstone_grace``) or STATE (a merge namespace's folded
   state); bit 0x80 says an anchor (the newest delete folded into a STATE)
   follows.
-* ``tombstones``: ``hlc u64 BE | node u32 BE | ns u32 BE | key`` -> empty,
-  so purging expired tombstones reads only tombstones, oldest first.
+* ``tombstones``: ``hlc u64 BE | node u32 BE | ns u32 BE | xxh64(key)`` ->
+  key, so purging expired tombstones reads only tombstones, oldest first.
+* the empty key, which LMDB cannot store, is kept in ``meta`` under
+  ``empty:<ns id>``.
 
 The compactor is the only writer after open. Map size grows by doubling
 when LMDB reports it full, instead of failing.
@@ -29,6 +31,7 @@ import threading
 from typing import Callable, Iterator, Optional, Tuple
 
 import lmdb
+import xxhash
 
 from .errors import CorruptionError, FormatVersionError
 
@@ -107,6 +110,7 @@ class Store:
         if raw is None:
             self.write(lambda txn: txn.put(b"format", str(FORMAT_VERSION).encode(), db=self.meta))
         elif raw != str(FORMAT_VERSION).encode():
+            self.env.close()
             raise FormatVersionError(f"store format version {raw.decode(errors='replace')!r}, this build reads {FORMAT_VERSION} ({self.path})")
 
     def close(self) -> None:
@@ -141,13 +145,14 @@ class Store:
 
     def get_raw(self, ns_id: int, key: bytes) -> Optional[bytes]:
         """The encoded stored version of ``key``, or None."""
+        if not key:
+            return self.read_txn().get(empty_key_slot(ns_id), db=self.meta)
         dbi = self.db(ns_id)  # first: opening a handle renews read transactions
         return self.read_txn().get(key, db=dbi)
 
     def get(self, ns_id: int, key: bytes) -> Optional[Stored]:
         """The decoded stored version of ``key``, or None."""
-        dbi = self.db(ns_id)
-        raw = self.read_txn().get(key, db=dbi)
+        raw = self.get_raw(ns_id, key)
         return None if raw is None else decode(raw, self.path)
 
     def meta_get(self, key: bytes) -> Optional[bytes]:
@@ -205,9 +210,34 @@ class Store:
 
     @staticmethod
     def tomb_key(hlc: int, node: int, ns_id: int, key: bytes) -> bytes:
-        return _TOMB_KEY.pack(hlc, node, ns_id) + key
+        """Key of a tombstone's entry in ``tombstones`` (the user key itself is
+        the entry's value: a 511-byte key would not fit in an LMDB key)."""
+        return _TOMB_KEY.pack(hlc, node, ns_id) + xxhash.xxh64_digest(key)
 
     @staticmethod
-    def split_tomb_key(raw: bytes) -> Tuple[int, int, int, bytes]:
+    def split_tomb_key(raw: bytes) -> Tuple[int, int, int]:
         hlc, node, ns_id = _TOMB_KEY.unpack_from(raw, 0)
-        return hlc, node, ns_id, raw[16:]
+        return hlc, node, ns_id
+
+    def put_in(self, txn, ns_id: int, key: bytes, value: bytes) -> None:
+        """Write a stored version (the empty key, which LMDB refuses, lives in meta)."""
+        if key:
+            txn.put(key, value, db=self.db(ns_id))
+        else:
+            txn.put(empty_key_slot(ns_id), value, db=self.meta)
+
+    def get_in(self, txn, ns_id: int, key: bytes) -> Optional[bytes]:
+        if key:
+            return txn.get(key, db=self.db(ns_id))
+        return txn.get(empty_key_slot(ns_id), db=self.meta)
+
+    def delete_in(self, txn, ns_id: int, key: bytes) -> None:
+        if key:
+            txn.delete(key, db=self.db(ns_id))
+        else:
+            txn.delete(empty_key_slot(ns_id), db=self.meta)
+
+
+def empty_key_slot(ns_id: int) -> bytes:
+    """Where namespace ``ns_id`` keeps the empty key's version, in ``meta``."""
+    return b"empty:%d" % ns_id
