@@ -20,7 +20,7 @@
  *       node_id      u32      node that created the segment
  *       reserved     u32      0
  *       created_hlc  u64      HLC when the segment was created
- *       reserved     16 bytes 0
+ *       reserved     20 bytes 0
  *       header_crc   u32      masked crc32c of bytes [0, 60)
  *   record   := (at an offset that is a multiple of 8)
  *       crc          u32      masked crc32c of bytes [4, length) of the record

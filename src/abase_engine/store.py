@@ -170,8 +170,9 @@ class Store:
 
     def count(self, ns_id: int) -> int:
         """Entries (tombstones included) in a namespace's database."""
+        dbi = self.db(ns_id)  # before the txn: a later handle is not valid in it
         with self.env.begin() as txn:
-            return txn.stat(self.db(ns_id))["entries"]
+            return txn.stat(dbi)["entries"]
 
     def size_bytes(self) -> int:
         info = self.env.info()
