@@ -9,6 +9,7 @@ One command, one run::
     python bench/compare.py --stores lmdb,abase-process --workloads put_single,get_hit
     python bench/compare.py --engine-figures --no-compare   # engine-only figures
     python bench/compare.py --json out.json       # everything, plus machine info
+    python bench/compare.py --n 200000 --repeat 3 # medians of 3 interleaved runs + spread
 
 Why it is built this way
 ------------------------
@@ -31,6 +32,16 @@ Why it is built this way
   workloads time every put (fsync dominates, timer cost is irrelevant).
 * The harness loop itself (Python call + loop overhead, ~50-100 ns/op) is in
   every number; the ``dict`` store shows how big it is.
+* ``--repeat R`` runs every store R times, rounds interleaved across stores
+  (so slow drifts in machine load hit every store alike); the tables then
+  show, per workload, the run with the median ops/s and the spread
+  (max - min) / median.  Without it every figure is a single run.
+* abase: put_single gets its own store with the engine defaults (background
+  compactor on).  The store that put_batch loads and every read runs on is
+  opened with ``compact_interval=None`` so that get_hit / get_miss / scan are
+  log-resident by construction and compaction happens only at the
+  ``compact`` step (``compact(wait=True)``).  The durable store keeps the
+  defaults.  ``--abase-opts '{"...": ...}'`` adds or overrides open options.
 
 Stores (``--stores``; a peer whose module is missing is skipped with a message)
 -------------------------------------------------------------------------------
@@ -1341,11 +1352,43 @@ def _row_map(store_out: dict) -> dict:
     return {r["workload"]: r for r in store_out.get("results", [])}
 
 
+def merge_repeats(outs: list) -> dict:
+    """Fold repeated runs of one store: per workload, keep the row of the run
+    with the median ops/s and add every run's ops/s and the spread
+    ((max - min) / median).  Other fields come from the first run; every
+    run's full output stays under ``repeats``."""
+    if len(outs) == 1:
+        return outs[0]
+    merged = dict(outs[0])
+    merged["repeats"] = outs
+    rows = []
+    for r0 in outs[0].get("results", []):
+        w = r0["workload"]
+        cands = [r for o in outs for r in o.get("results", []) if r["workload"] == w and r.get("ops_per_s")]
+        if not cands:
+            continue
+        cands.sort(key=lambda r: r["ops_per_s"])
+        med = dict(cands[(len(cands) - 1) // 2])
+        vals = [r["ops_per_s"] for r in cands]
+        med["ops_per_s_all"] = vals
+        med["spread"] = (vals[-1] - vals[0]) / med["ops_per_s"]
+        rows.append(med)
+    merged["results"] = rows
+    merged["errors"] = [e for o in outs for e in o.get("errors", [])]
+    for key in ("rss_peak_kb", "rss_baseline_kb"):
+        vals = [o[key] for o in outs if key in o]
+        if vals:
+            merged[key] = statistics.median(vals)
+    return merged
+
+
 def print_tables(runs: dict, stream=sys.stdout) -> None:
     """Main table, per-store summary, and abase ratio table."""
     p = lambda *a: print(*a, file=stream)  # noqa: E731
-    hdr = f"{'store':<15} {'workload':<18} {'ops':>9} {'ops/s':>8} {'p50':>8} {'p90':>8} {'p99':>8} {'p99.9':>8} {'max':>9}  latency unit"
+    hdr = (f"{'store':<15} {'workload':<18} {'ops':>9} {'ops/s':>8} {'spread':>6} {'p50':>8} {'p90':>8} {'p99':>8} "
+           f"{'p99.9':>8} {'max':>9}  latency unit")
     p("\n== Throughput and latency (latency in microseconds) ==")
+    p("spread = (max - min) / median ops/s over --repeat runs; with repeats, the row is the median run's")
     p(hdr)
     p("-" * len(hdr))
     for name, out in runs.items():
@@ -1354,7 +1397,8 @@ def print_tables(runs: dict, stream=sys.stdout) -> None:
             continue
         for r in out.get("results", []):
             lat = r["latency_us"]
-            p(f"{name:<15} {r['workload']:<18} {r['ops']:>9} {human(r['ops_per_s'] or 0):>8} "
+            spread = f"{100 * r['spread']:.0f}%" if "spread" in r else "-"
+            p(f"{name:<15} {r['workload']:<18} {r['ops']:>9} {human(r['ops_per_s'] or 0):>8} {spread:>6} "
               f"{fmt_us(lat.get('p50')):>8} {fmt_us(lat.get('p90')):>8} {fmt_us(lat.get('p99')):>8} "
               f"{fmt_us(lat.get('p99.9')):>8} {fmt_us(lat.get('max')):>9}  {r['latency_unit']}")
         for e in out.get("errors", []):
@@ -1603,6 +1647,9 @@ def parse_args(argv=None):
     ap.add_argument("--json", dest="json_out", default=None, help="write all results + machine info here")
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--seed", type=int, default=20240601)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every store this many times (rounds interleaved across stores); "
+                         "tables show the median run per workload and the min-max spread")
     ap.add_argument("--stride", type=int, default=DEFAULT_STRIDE, help="latency sampling: 1 op timed per STRIDE ops")
     ap.add_argument("--durable-per-thread", type=int, default=None, help="durable puts per thread (default 2000; quick 200)")
     ap.add_argument("--durable-seconds", type=float, default=60.0, help="time cap per durable workload thread")
@@ -1655,6 +1702,7 @@ def main(argv=None) -> int:
                 "workloads": args.workloads, "durable_per_thread": args.durable_per_thread,
                 "durable_seconds": args.durable_seconds, "abase_opts": args.abase_opts}
     report = {"machine": machine_info(), "config": dict(base_cfg, stores=args.stores, quick=args.quick,
+                                                        repeat=args.repeat,
                                                         command=" ".join([os.path.basename(sys.executable)] + sys.argv)),
               "runs": {}, "skipped": {}, "method": {
                   "throughput": "ops / wall time of the whole loop (harness loop overhead included)",
@@ -1663,18 +1711,23 @@ def main(argv=None) -> int:
                   "rss": "ru_maxrss of the child (peak); harness = peak after data generation, before opening the store",
                   "disk": "sum of st_blocks*512 under the store dir after close"}}
     if not args.no_compare:
-        for name in args.stores:
-            why = store_available(name)
-            if why:
-                print(f"skipping {name}: {why}", file=sys.stderr, flush=True)
-                report["skipped"][name] = why
-                continue
-            t = time.perf_counter()
-            out = spawn("store", dict(base_cfg, store=name), args.timeout)
-            out["child_wall_s"] = time.perf_counter() - t
-            report["runs"][name] = out
-            if "error" in out:
-                print(f"[{name}] ERROR: {out['error']}\n{out.get('traceback', '')}", file=sys.stderr)
+        per_store = {}
+        for rep in range(args.repeat):
+            for name in args.stores:
+                why = store_available(name)
+                if why:
+                    if rep == 0:
+                        print(f"skipping {name}: {why}", file=sys.stderr, flush=True)
+                    report["skipped"][name] = why
+                    continue
+                t = time.perf_counter()
+                out = spawn("store", dict(base_cfg, store=name), args.timeout)
+                out["child_wall_s"] = time.perf_counter() - t
+                per_store.setdefault(name, []).append(out)
+                if "error" in out:
+                    print(f"[{name}] ERROR: {out['error']}\n{out.get('traceback', '')}", file=sys.stderr)
+        for name, outs in per_store.items():
+            report["runs"][name] = merge_repeats(outs)
         print(f"\nN = {args.n:,} keys, {args.value_size} B values, {KEY_SIZE} B keys, seed {args.seed}")
         for name, why in report["skipped"].items():
             print(f"skipped {name}: {why}")
