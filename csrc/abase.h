@@ -36,6 +36,9 @@
  *                                  log and in the store, when appended
  *                             bit1 BATCH: part of a multi-record batch
  *                             bit2 BATCH_END: last record of that batch
+ *                             bit3 CHECKPOINT: (merge namespaces) the value
+ *                                  is the key's whole state as of this
+ *                                  record, so reads need nothing older
  *       key_len      u16      <= ABASE_MAX_KEY
  *       value_len    u32      <= ABASE_MAX_VALUE (0 for a delete)
  *       key          key_len bytes
@@ -90,6 +93,7 @@
 #define ABASE_F_DOMINANT 0x01u
 #define ABASE_F_BATCH 0x02u
 #define ABASE_F_BATCH_END 0x04u
+#define ABASE_F_CHECKPOINT 0x08u
 
 /* durability levels */
 #define ABASE_DUR_NONE 0
@@ -230,6 +234,7 @@ int64_t abase_put(abase_db *db, uint32_t ns, int op, const uint8_t *key,
  *          newer than the key's visible version) or ABASE_MODE_MERGE (skip
  *          only an exact duplicate)
  *   out_status: with hlcs, per record 1 appended, 0 skipped
+ *   flags: NULL, or per record extra flags (only ABASE_F_CHECKPOINT)
  * Returns the last hlc issued or appended (> 0), 0 if all were skipped, or a
  * negative status. */
 int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
@@ -237,7 +242,8 @@ int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
                           const uint32_t *lens, const uint64_t *hlcs,
                           const uint32_t *nodes, const uint64_t *base_hlcs,
                           const uint32_t *base_nodes, const uint8_t *modes,
-                          uint8_t *out_status, int64_t wall_ms);
+                          uint8_t *out_status, const uint8_t *flags,
+                          int64_t wall_ms);
 
 /* Wait until everything appended so far is on disk (fdatasync, shared by
  * concurrent callers). */
@@ -253,13 +259,17 @@ int abase_sync(abase_db *db);
  * MERGE mode: copies the versions needed to resolve the key into buf as
  *   entries of [u8 op][u8 flags][u16 0][u32 vlen][u64 hlc][u32 node]
  *   [u32 0][value, padded to 8], newest first, ending after a DOMINANT
- *   delete (info->complete = 1) or at the end of the log's versions
+ *   delete or a CHECKPOINT (info->complete = 1) or at the end of the log's versions
  *   (complete = 0: fold over the store's base); returns the bytes used and
  *   sets info->nrecords.
  * ABASE_ETOOSMALL sets info->needed. */
 int64_t abase_get(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
                   uint64_t at_hlc, uint32_t at_node, int mode, uint8_t *buf,
                   size_t cap, abase_getinfo *info);
+
+/* Address of the newest live record of (ns, key), 0 if the log has none.
+ * Any append to the key, or compaction of its versions, changes it. */
+uint64_t abase_head(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen);
 
 /* Newest record timestamp of (ns, key) in the log, any op: 1 found, 0 not. */
 int abase_newest(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,

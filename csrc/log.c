@@ -917,7 +917,8 @@ int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
                           const uint32_t *lens, const uint64_t *hlcs,
                           const uint32_t *nodes, const uint64_t *base_hlcs,
                           const uint32_t *base_nodes, const uint8_t *modes,
-                          uint8_t *out_status, int64_t wall_ms)
+                          uint8_t *out_status, const uint8_t *flags_in,
+                          int64_t wall_ms)
 {
     if (n == 0)
         return 0;
@@ -977,6 +978,8 @@ int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
         uint64_t hlc;
         uint32_t node;
         uint8_t flags = batch_flag;
+        if (flags_in)
+            flags |= flags_in[i] & ABASE_F_CHECKPOINT;
         if (hlcs) {
             hlc = hlcs[i];
             node = nodes[i];
@@ -1121,8 +1124,10 @@ static int64_t merge_get_locked(abase_db *db, uint64_t head, uint64_t at_hlc, ui
             used += sz;
             nrec++;
             /* In a merge namespace a put joins like an operand; only a
-             * dominant delete hides everything older. */
-            if ((r[R_FLAGS] & ABASE_F_DOMINANT) && r[R_OP] == ABASE_OP_DELETE) {
+             * dominant delete or a checkpoint (the whole state) hides
+             * everything older. */
+            if (((r[R_FLAGS] & ABASE_F_DOMINANT) && r[R_OP] == ABASE_OP_DELETE) ||
+                (r[R_FLAGS] & ABASE_F_CHECKPOINT)) {
                 complete = 1;
                 break;
             }
@@ -1158,6 +1163,18 @@ int64_t abase_get(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
         rc = lww_get_locked(db, head, at_hlc, at_node, buf, cap, info);
     pthread_rwlock_unlock(&db->lock);
     return rc;
+}
+
+uint64_t abase_head(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen)
+{
+    if (klen > ABASE_MAX_KEY || (klen && !key))
+        return 0;
+    uint64_t h = abase_hash(ns, key, klen);
+    pthread_rwlock_rdlock(&db->lock);
+    uint64_t *slot = ix_find(&db->ix, h, ns, key, klen);
+    uint64_t head = slot && rec_live(db, *slot) ? *slot : 0;
+    pthread_rwlock_unlock(&db->lock);
+    return head;
 }
 
 int abase_newest(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,

@@ -43,7 +43,7 @@ from .errors import (
     ValueTooLargeError,
 )
 from ._abase import ffi as _ffi
-from .log import DELETED, MAX_KEY, MAX_VALUE, NEEDBASE, NOTFOUND, NS_DEFS, Log
+from .log import DELETED, F_CHECKPOINT, MAX_KEY, MAX_VALUE, NEEDBASE, NOTFOUND, NS_DEFS, Log
 from .merge import LWW, MergeOperator
 from .record import MAX_NODE_ID, Change, Op, Timestamp
 from .store import STATE, TOMBSTONE, VALUE, Store
@@ -58,12 +58,14 @@ DEFAULT_OPTIONS: Dict[str, Any] = {
     "compact_interval": 0.5,           # s between compactor checks; None: no thread
     "map_size": 1 << 40,               # bytes of address space for LMDB (grows if full)
     "max_namespaces": 4096,
+    "max_successive_merges": 64,       # operands a read may walk before a merge writes a checkpoint
     "clock": None,                     # callable -> wall ms (tests); None: real clock
 }
 
 _PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
 _ffi_buffer = _ffi.buffer
 _OPEN_PATHS: Dict[str, "Engine"] = {}
+_READ_CACHE_ENTRIES = 4096  # decoded values kept per merge namespace
 _OPEN_LOCK = threading.Lock()
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
@@ -109,6 +111,8 @@ class Namespace:
         #: None for LWW (resolved by timestamp in C), else the merge operator.
         self._operator = operator
         self.merge_operator: MergeOperator = operator if operator is not None else LWW()
+        #: key -> (head address, store generation, value): merge namespaces only.
+        self._read_cache: Dict[bytes, Tuple[int, int, Any]] = {}
 
     def __repr__(self) -> str:
         return f"<Namespace {self.name!r} merge={self.merge_operator!r}>"
@@ -177,6 +181,23 @@ class Namespace:
         if self._operator is None:
             r = self._get_lww(key, at)
             return default if r is None else r
+        if at is None:
+            # Folding operands in Python is the cost of a merge-namespace
+            # read; the decoded value stays valid while the key's newest
+            # log record and the store are unchanged.
+            head = eng._log.head(self._id, key)
+            gen = eng._store.generation
+            hit = self._read_cache.get(key)
+            if hit is not None and hit[0] == head and hit[1] == gen:
+                state, value = hit[2], hit[3]
+                if value is _MISSING:
+                    value = None if state is None else self._operator.to_value(state)
+                    self._read_cache[key] = (head, gen, state, value, hit[4])
+                return default if value is None else value
+            state = self._get_state(key, None)
+            value = None if state is None else self._operator.to_value(state)
+            self._remember(key, head, gen, state, value)
+            return default if value is None else value
         state = self._get_state(key, at)
         return default if state is None else self._operator.to_value(state)
 
@@ -209,6 +230,28 @@ class Namespace:
         return base[5]
 
     def _get_state(self, key: bytes, at: Optional[Timestamp]) -> Optional[bytes]:
+        return self._get_state_counted(key, at)[0]
+
+    def _remember(self, key: bytes, head: int, gen: int, state: Optional[bytes], value: Any, walked: int = 0) -> None:
+        cache = self._read_cache
+        if len(cache) >= _READ_CACHE_ENTRIES:
+            cache.clear()
+        cache[key] = (head, gen, state, value, walked)
+
+    def _current_state(self, key: bytes) -> Tuple[Optional[bytes], int]:
+        """The latest state (through the read cache) and how many log versions
+        a read of it walks."""
+        head = self._engine._log.head(self._id, key)
+        gen = self._engine._store.generation
+        hit = self._read_cache.get(key)
+        if hit is not None and hit[0] == head and hit[1] == gen:
+            return hit[2], hit[4]
+        state, walked = self._get_state_counted(key, None)
+        self._remember(key, head, gen, state, _MISSING, walked)
+        return state, walked
+
+    def _get_state_counted(self, key: bytes, at: Optional[Timestamp]) -> Tuple[Optional[bytes], int]:
+        """The folded state and how many log versions the read had to walk."""
         eng = self._engine
         at_h, at_n = (at._hlc, at._node) if at is not None else (0, 0)
         complete, versions = eng._log.get_versions(self._id, key, at_h, at_n)
@@ -219,12 +262,12 @@ class Namespace:
                 raise SnapshotTooOldError(f"history of {key!r} before {at!r} was compacted")
         if not versions:
             if base is None or base[0] == TOMBSTONE:
-                return None
-            return base[5]
+                return None, 0
+            return base[5], 0
         folded = fold_merge(self._operator, base, [(op, h, n, v) for op, _f, h, n, v in versions])
         if folded is None or folded[0] == TOMBSTONE:
-            return None
-        return folded[5]
+            return None, len(versions)
+        return folded[5], len(versions)
 
     def scan(self, start: Optional[bytes] = None, stop: Optional[bytes] = None, prefix: Optional[bytes] = None,
              reverse: bool = False, *, at: Optional[Timestamp] = None) -> Iterator[Tuple[bytes, Any]]:
@@ -421,6 +464,9 @@ class Engine(Namespace):
     * ``compact_interval`` (s, default 0.5): how often the compactor thread
       looks for sealed segments; None runs no thread (compact() only).
     * ``map_size`` (bytes, default 1 TiB of address space): LMDB map size.
+    * ``max_successive_merges`` (default 64): when a merge finds the key's
+      reads walking this many log operands, it also writes the key's whole
+      state as a checkpoint record, so reads stay short.
     * ``clock``: a callable returning wall-clock ms, for tests.
 
     It is an error to open the same directory twice at once, in this
@@ -728,6 +774,7 @@ class Engine(Namespace):
             # The state each merge observes includes the batch's own earlier
             # writes to the key: a delete empties it, a put joins into it.
             pending: Dict[Tuple[int, bytes], Optional[bytes]] = {}
+            chain: Dict[Tuple[int, bytes], int] = {}  # log versions a read of the key walks
             merge_at = {idx: (ns, operation) for idx, ns, operation in b._merges}
             for idx in range(n):
                 ns_id = b._nss[idx]
@@ -748,7 +795,12 @@ class Engine(Namespace):
                 state = None
                 needs = not isinstance(operation, _BYTES_LIKE) and op.needs_state(operation)
                 if needs or (ns_id, key) in pending:
-                    state = pending[(ns_id, key)] if (ns_id, key) in pending else ns._get_state(key, None)
+                    if (ns_id, key) in pending:
+                        state = pending[(ns_id, key)]
+                    else:
+                        state, walked = ns._current_state(key)
+                        chain[(ns_id, key)] = walked
+                chain[(ns_id, key)] = chain.get((ns_id, key), 0) + 1
                 operand = op.make_operand(operation, state if needs else None, _ts(hlcs[idx], self.node_id))
                 if not isinstance(operand, bytes):
                     raise MergeOperandError("make_operand must return bytes")
@@ -756,10 +808,34 @@ class Engine(Namespace):
                     raise ValueTooLargeError("merge operand too large")
                 parts[2 * idx + 1] = operand
                 pending[(ns_id, key)] = operand if state is None else op.full_merge(state, [operand])
-            nodes = [self.node_id] * n
-            modes = bytes(1 if o == _MERGE else 0 for o in b._ops)
-            last, _ = log.write_batch(bytes(b._ops), b._nss, parts, self._wall(), hlcs, nodes, [(0, 0)] * n, modes)
-        return _ts(max(hlcs), self.node_id)
+            ops, nss = bytearray(b._ops), list(b._nss)
+            flags = bytearray(n)
+            # A key whose reads walk too many operands gets a checkpoint: its
+            # whole state as one record that reads stop at (like RocksDB's
+            # max_successive_merges). It joins like any put, so replicas that
+            # receive it stay equal.
+            cap = self._options["max_successive_merges"]
+            for (ns_id, key), walked in list(chain.items()):
+                state = pending.get((ns_id, key))
+                if walked >= cap and state is not None:
+                    chain[(ns_id, key)] = 1
+                    ops.append(_PUT)
+                    nss.append(ns_id)
+                    parts += (key, state)
+                    hlcs.append(log.clock_now(self._wall()))
+                    flags.append(F_CHECKPOINT)
+            m = len(ops)
+            nodes = [self.node_id] * m
+            modes = bytes(0 if o != _MERGE and f == 0 else 1 for o, f in zip(ops, flags))
+            log.write_batch(bytes(ops), nss, parts, self._wall(), hlcs, nodes, [(0, 0)] * m, modes,
+                            bytes(flags) if any(flags) else None)
+            # The next local merge of these keys starts from the state just
+            # written instead of folding the chain again.
+            gen = self._store.generation
+            for (ns_id, key), state in pending.items():
+                ns_obj = self._ns_by_id[ns_id]
+                ns_obj._remember(key, log.head(ns_id, key), gen, state, _MISSING, chain.get((ns_id, key), 0))
+        return _ts(max(hlcs[:n]), self.node_id)
 
     # -- replication ----------------------------------------------------------
     def apply(self, changes: Iterable[Change]) -> int:

@@ -41,6 +41,7 @@ DELETED = lib.ABASE_DELETED
 NEEDBASE = lib.ABASE_NEEDBASE
 ETOOSMALL = lib.ABASE_ETOOSMALL
 F_DOMINANT = lib.ABASE_F_DOMINANT
+F_CHECKPOINT = lib.ABASE_F_CHECKPOINT
 
 _REC_HEADER = struct.Struct("<IIQQIIBBHI")  # crc len prev hlc node ns op flags klen vlen
 _ENTRY = struct.Struct("<BBHIQII")  # merge-mode entry: op flags 0 vlen hlc node 0
@@ -206,6 +207,7 @@ class Log:
         nodes: Optional[Sequence[int]] = None,
         bases: Optional[Sequence[Tuple[int, int]]] = None,
         modes: Optional[bytes] = None,
+        flags: Optional[bytes] = None,
     ) -> Tuple[int, Optional[List[int]]]:
         """Append records atomically. ``parts`` alternates key, value.
 
@@ -221,7 +223,7 @@ class Log:
         status = None
         if hlcs is None:
             rc = lib.abase_write_batch(self._db, n, ops, c_nss, blob, lens, ffi.NULL, ffi.NULL, ffi.NULL,
-                                       ffi.NULL, ffi.NULL, ffi.NULL, wall_ms)
+                                       ffi.NULL, ffi.NULL, ffi.NULL, flags or ffi.NULL, wall_ms)
         else:
             assert nodes is not None and bases is not None and modes is not None
             status = ffi.new("uint8_t[]", n)
@@ -229,7 +231,7 @@ class Log:
                 self._db, n, ops, c_nss, blob, lens,
                 ffi.new("uint64_t[]", list(hlcs)), ffi.new("uint32_t[]", list(nodes)),
                 ffi.new("uint64_t[]", [b[0] for b in bases]), ffi.new("uint32_t[]", [b[1] for b in bases]),
-                modes, status, wall_ms,
+                modes, status, flags or ffi.NULL, wall_ms,
             )
         if rc < 0:
             raise self._fail(rc, "write batch")
@@ -287,6 +289,11 @@ class Log:
             out.append((op, flags, hlc, node, data[off:off + vlen]))
             off += (vlen + 7) & ~7
         return bool(tls.info.complete), out
+
+    def head(self, ns: int, key: bytes) -> int:
+        """Address of the key's newest live record (0: none); changes on every
+        append to the key and when its versions are compacted."""
+        return lib.abase_head(self._db, ns, key, len(key))
 
     def newest(self, ns: int, key: bytes) -> Optional[Tuple[int, int]]:
         """(hlc, node) of the newest version of the key in the log, or None."""
