@@ -309,6 +309,23 @@ int64_t abase_segment_read(abase_db *db, uint32_t seg_no, uint64_t *offset,
  * call (returns 1 while there is more to do), and abase_segment_drop unmaps
  * and unlinks the files. */
 int abase_compacted_through(abase_db *db, uint32_t seg_no);
+
+/* Folding a sealed segment, ordered for the store. abase_fold_open sorts
+ * the segment's records by (namespace, key, newest timestamp first);
+ * abase_fold_next emits them into buf as entries of
+ *   [u32 ns][u16 klen][u8 op][u8 flags][u32 vlen][u32 count][u64 hlc]
+ *   [u32 node][u32 0][key, padded to 8][stored value, padded to 8]
+ * where, for a namespace listed in lww_ns (sorted ascending), only the
+ * newest record of each key is emitted (count = how many records the key
+ * had), and stored value = kind u8 (1 value, 2 tombstone) | hlc u64 |
+ * node u32 | value, the store's encoding; for other namespaces every
+ * record is emitted with its raw value and count 1. Returns bytes used,
+ * 0 at the end; *items = entries written. */
+typedef struct abase_fold abase_fold;
+int abase_fold_open(abase_db *db, uint32_t seg_no, const uint32_t *lww_ns,
+                    uint32_t n_lww, abase_fold **out);
+int64_t abase_fold_next(abase_fold *f, uint8_t *buf, size_t cap, uint32_t *items);
+void abase_fold_free(abase_fold *f);
 int abase_retire_step(abase_db *db, uint32_t seg_no, uint64_t *offset,
                       uint32_t budget);
 int abase_segment_drop(abase_db *db, uint32_t seg_no);

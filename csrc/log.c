@@ -1522,6 +1522,204 @@ int abase_compacted_through(abase_db *db, uint32_t seg_no)
     return rc;
 }
 
+struct abase_fold {
+    abase_db *db;
+    uint32_t seg_no;
+    uint32_t *lww;   /* sorted namespace ids resolved LWW */
+    uint32_t n_lww;
+    uint64_t *offs;  /* record offsets in fold order */
+    uint64_t n;
+    uint64_t pos;
+};
+
+/* (ns, key) ascending, then timestamp descending. */
+static int fold_cmp(const uint8_t *base, uint64_t a, uint64_t b)
+{
+    const uint8_t *ra = base + a, *rb = base + b;
+    uint32_t na = ld32(ra + R_NS), nb = ld32(rb + R_NS);
+    if (na != nb)
+        return na < nb ? -1 : 1;
+    int c = key_cmp(ra + ABASE_REC_HEADER_SIZE, ld16(ra + R_KLEN), rb + ABASE_REC_HEADER_SIZE,
+                    ld16(rb + R_KLEN));
+    if (c)
+        return c;
+    uint64_t ha = ld64(ra + R_HLC), hb = ld64(rb + R_HLC);
+    uint32_t da = ld32(ra + R_NODE), db_ = ld32(rb + R_NODE);
+    if (ts_greater(ha, da, hb, db_))
+        return -1;
+    if (ts_greater(hb, db_, ha, da))
+        return 1;
+    return a < b ? -1 : (a > b);
+}
+
+static int fold_sort(const uint8_t *base, uint64_t *a, uint64_t n)
+{
+    if (n < 2)
+        return ABASE_OK;
+    uint64_t *tmp = malloc(n * sizeof(uint64_t));
+    if (!tmp)
+        return ABASE_ENOMEM;
+    uint64_t *src = a, *dst = tmp;
+    for (uint64_t w = 1; w < n; w *= 2) {
+        for (uint64_t lo = 0; lo < n; lo += 2 * w) {
+            uint64_t mid = lo + w < n ? lo + w : n;
+            uint64_t hi = lo + 2 * w < n ? lo + 2 * w : n;
+            uint64_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi)
+                dst[k++] = fold_cmp(base, src[i], src[j]) <= 0 ? src[i++] : src[j++];
+            while (i < mid)
+                dst[k++] = src[i++];
+            while (j < hi)
+                dst[k++] = src[j++];
+        }
+        uint64_t *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != a)
+        memcpy(a, src, n * sizeof(uint64_t));
+    free(tmp);
+    return ABASE_OK;
+}
+
+void abase_fold_free(abase_fold *f)
+{
+    if (!f)
+        return;
+    free(f->lww);
+    free(f->offs);
+    free(f);
+}
+
+int abase_fold_open(abase_db *db, uint32_t seg_no, const uint32_t *lww_ns,
+                    uint32_t n_lww, abase_fold **out)
+{
+    if (!out || (n_lww && !lww_ns))
+        return ABASE_EINVAL;
+    abase_fold *f = calloc(1, sizeof(*f));
+    if (!f)
+        return ABASE_ENOMEM;
+    f->db = db;
+    f->seg_no = seg_no;
+    f->n_lww = n_lww;
+    f->lww = malloc((n_lww ? n_lww : 1) * sizeof(uint32_t));
+    if (!f->lww) {
+        abase_fold_free(f);
+        return ABASE_ENOMEM;
+    }
+    if (n_lww)
+        memcpy(f->lww, lww_ns, n_lww * sizeof(uint32_t));
+    pthread_rwlock_rdlock(&db->lock);
+    segment *s = seg_by_no(db, seg_no);
+    int rc = ABASE_OK;
+    if (!s || !s->sealed) {
+        rc = ABASE_EINVAL;
+    } else {
+        f->offs = malloc((s->records ? s->records : 1) * sizeof(uint64_t));
+        if (!f->offs)
+            rc = ABASE_ENOMEM;
+        for (uint64_t off = ABASE_SEG_HEADER_SIZE; rc == ABASE_OK && off < s->used;) {
+            uint32_t len = ld32(s->base + off + R_LEN);
+            if (len < ABASE_REC_HEADER_SIZE || f->n >= s->records)
+                break;
+            f->offs[f->n++] = off;
+            off += align8(len);
+        }
+        if (rc == ABASE_OK)
+            rc = fold_sort(s->base, f->offs, f->n);
+    }
+    pthread_rwlock_unlock(&db->lock);
+    if (rc != ABASE_OK) {
+        abase_fold_free(f);
+        return rc;
+    }
+    *out = f;
+    return ABASE_OK;
+}
+
+static int is_lww(const abase_fold *f, uint32_t ns)
+{
+    uint32_t lo = 0, hi = f->n_lww;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (f->lww[mid] == ns)
+            return 1;
+        if (f->lww[mid] < ns)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
+int64_t abase_fold_next(abase_fold *f, uint8_t *buf, size_t cap, uint32_t *items)
+{
+    *items = 0;
+    if (!f || !buf)
+        return ABASE_EINVAL;
+    abase_db *db = f->db;
+    pthread_rwlock_rdlock(&db->lock);
+    segment *s = seg_by_no(db, f->seg_no);
+    if (!s) {
+        pthread_rwlock_unlock(&db->lock);
+        return ABASE_EINVAL;
+    }
+    uint64_t used = 0;
+    int64_t rc = 0;
+    while (f->pos < f->n) {
+        const uint8_t *r = s->base + f->offs[f->pos];
+        uint32_t ns = ld32(r + R_NS), klen = ld16(r + R_KLEN), vlen = ld32(r + R_VLEN);
+        int lww = is_lww(f, ns);
+        uint32_t count = 1;
+        if (lww) { /* the newest comes first; skip the key's older records */
+            while (f->pos + count < f->n) {
+                const uint8_t *q = s->base + f->offs[f->pos + count];
+                if (ld32(q + R_NS) != ns ||
+                    key_cmp(q + ABASE_REC_HEADER_SIZE, ld16(q + R_KLEN),
+                            r + ABASE_REC_HEADER_SIZE, klen) != 0)
+                    break;
+                count++;
+            }
+        }
+        uint32_t slen = lww ? 13 + (r[R_OP] == ABASE_OP_DELETE ? 0 : vlen) : vlen;
+        uint64_t sz = 32 + align8(klen) + align8(slen);
+        if (used + sz > cap) {
+            if (*items == 0)
+                rc = ABASE_ETOOSMALL;
+            break;
+        }
+        uint8_t *b = buf + used;
+        st32(b, ns);
+        st16(b + 4, (uint16_t)klen);
+        b[6] = r[R_OP];
+        b[7] = r[R_FLAGS];
+        st32(b + 8, slen);
+        st32(b + 12, count);
+        st64(b + 16, ld64(r + R_HLC));
+        st32(b + 24, ld32(r + R_NODE));
+        st32(b + 28, 0);
+        memcpy(b + 32, r + ABASE_REC_HEADER_SIZE, klen);
+        memset(b + 32 + klen, 0, align8(klen) - klen);
+        uint8_t *v = b + 32 + align8(klen);
+        const uint8_t *src = r + ABASE_REC_HEADER_SIZE + klen;
+        if (lww) {
+            v[0] = r[R_OP] == ABASE_OP_DELETE ? 2 : 1; /* store kinds VALUE, TOMBSTONE */
+            st64(v + 1, ld64(r + R_HLC));
+            st32(v + 9, ld32(r + R_NODE));
+            if (slen > 13)
+                memcpy(v + 13, src, slen - 13);
+        } else if (vlen) {
+            memcpy(v, src, vlen);
+        }
+        memset(v + slen, 0, align8(slen) - slen);
+        used += sz;
+        (*items)++;
+        f->pos += count;
+    }
+    pthread_rwlock_unlock(&db->lock);
+    return rc < 0 ? rc : (int64_t)used;
+}
+
 int abase_retire_step(abase_db *db, uint32_t seg_no, uint64_t *offset, uint32_t budget)
 {
     pthread_rwlock_wrlock(&db->lock);

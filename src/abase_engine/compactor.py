@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .merge import MergeOperator
+from .merge import LWW, MergeOperator
 from .record import Op
 from .store import STATE, TOMBSTONE, VALUE, Stored, encode
 
@@ -34,6 +34,7 @@ __all__ = ["Compactor", "fold_lww", "fold_merge"]
 _log = logging.getLogger("abase_engine.compactor")
 
 _PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
+_DOMINANT = 0x01  # record flag, see csrc/abase.h
 
 #: (op, hlc, node, value) of one log version.
 Version = Tuple[int, int, int, bytes]
@@ -167,43 +168,68 @@ class Compactor:
         eng = self._engine
         log, store = eng._log, eng._store
         no = seg["no"]
-        groups: Dict[Tuple[int, bytes], List[Version]] = {}
-        defs: List[Tuple[bytes, bytes]] = []
-        max_ts = 0
-        for ns, key, op, _flags, hlc, node, value in log.segment_records(no):
-            if hlc > max_ts:
-                max_ts = hlc
-            if ns == eng._NS_DEFS:
-                defs.append((key, value))
-                continue
-            groups.setdefault((ns, key), []).append((op, hlc, node, value))
+        # LWW namespaces (and the namespace definitions) are folded in C to
+        # one winner per key, already in the store's encoding and key order.
+        lww = [i for i, ns in list(eng._ns_by_id.items()) if ns._operator is None]
+        lww += [i for _n, (i, op) in list(eng._ns_defs.items()) if op == LWW.name and i not in eng._ns_by_id]
+        lww.append(eng._NS_DEFS)
+        for ns_id in set(lww) | {i for i, _op in eng._ns_defs.values()}:
+            store.db(ns_id)  # open handles before the write txn (LMDB has one writer)
+        lww_set = set(lww)
         written = [0]
-        for ns in {ns for ns, _k in groups}:
-            store.db(ns)  # open handles before the write txn (LMDB has one writer)
 
         def work(txn) -> None:
             written[0] = 0
-            for name, value in defs:
-                txn.put(b"ns:" + name, value, db=store.meta)
-            for (ns, key), versions in groups.items():
-                operator = eng._operator_of(ns)
+            group: List[Version] = []
+            group_key: Optional[Tuple[int, bytes]] = None
+
+            def flush_merge() -> None:
+                ns, key = group_key
                 raw = store.get_in(txn, ns, key)
                 base = None if raw is None else _decode(raw, store.path)
-                if operator is None:
-                    new = fold_lww(base, versions)
-                else:
-                    new = fold_merge(operator, base, versions)
-                if new is None or new is base:
-                    continue
-                kind, hlc, node, ah, an, val = new
-                enc = encode(kind, hlc, node, val, (ah, an))
-                store.put_in(txn, ns, key, enc)
-                written[0] += len(key) + len(enc)
-                if kind == TOMBSTONE:
-                    txn.put(store.tomb_key(hlc, node, ns, key), key, db=store.tombs)
+                new = fold_merge(eng._operator_of(ns), base, group)
+                if new is not None and new is not base:
+                    kind, hlc, node, ah, an, val = new
+                    enc = encode(kind, hlc, node, val, (ah, an))
+                    store.put_in(txn, ns, key, enc)
+                    written[0] += len(key) + len(enc)
+                    if kind == TOMBSTONE:
+                        txn.put(store.tomb_key(hlc, node, ns, key), key, db=store.tombs)
+
+            for chunk in log.fold_entries(no, lww):
+                puts: Dict[int, List[Tuple[bytes, bytes]]] = {}
+                for ns, key, op, flags, _count, hlc, node, data in chunk:
+                    if ns == eng._NS_DEFS:
+                        txn.put(b"ns:" + key, data[13:], db=store.meta)
+                        continue
+                    if ns in lww_set:
+                        if not flags & _DOMINANT:
+                            raw = store.get_in(txn, ns, key)
+                            if raw is not None:
+                                base = _decode(raw, store.path)
+                                if (base[1], base[2]) >= (hlc, node):
+                                    continue  # the stored version is newer
+                        if key:
+                            puts.setdefault(ns, []).append((key, data))
+                        else:
+                            store.put_in(txn, ns, key, data)
+                        written[0] += len(key) + len(data)
+                        if op == _DELETE:
+                            txn.put(store.tomb_key(hlc, node, ns, key), key, db=store.tombs)
+                        continue
+                    if group_key != (ns, key):
+                        if group:
+                            flush_merge()
+                        group, group_key = [], (ns, key)
+                    group.append((op, hlc, node, data))
+                for ns, items in puts.items():
+                    txn.cursor(db=store.db(ns)).putmulti(items)
+                time.sleep(0)  # let foreground threads take the GIL between chunks
+            if group:
+                flush_merge()
             store.put_meta_u64(txn, b"compacted_through", no)
             hw = store.meta_u64(b"hlc_high_water", 0)
-            store.put_meta_u64(txn, b"hlc_high_water", max(hw, max_ts, log.clock()))
+            store.put_meta_u64(txn, b"hlc_high_water", max(hw, seg["max_hlc"], log.clock()))
 
         # Apply() reads stored versions to decide what a remote record
         # changes; it must not see the store and the log disagree.

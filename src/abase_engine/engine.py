@@ -794,7 +794,8 @@ class Engine(Namespace):
                 op = ns._operator
                 state = None
                 needs = not isinstance(operation, _BYTES_LIKE) and op.needs_state(operation)
-                if needs or (ns_id, key) in pending:
+                known = needs or (ns_id, key) in pending  # else the key's state is not read
+                if known:
                     if (ns_id, key) in pending:
                         state = pending[(ns_id, key)]
                     else:
@@ -807,7 +808,8 @@ class Engine(Namespace):
                 if len(operand) > MAX_VALUE:
                     raise ValueTooLargeError("merge operand too large")
                 parts[2 * idx + 1] = operand
-                pending[(ns_id, key)] = operand if state is None else op.full_merge(state, [operand])
+                if known:
+                    pending[(ns_id, key)] = operand if state is None else op.full_merge(state, [operand])
             ops, nss = bytearray(b._ops), list(b._nss)
             flags = bytearray(n)
             # A key whose reads walk too many operands gets a checkpoint: its

@@ -45,7 +45,8 @@ F_CHECKPOINT = lib.ABASE_F_CHECKPOINT
 
 _REC_HEADER = struct.Struct("<IIQQIIBBHI")  # crc len prev hlc node ns op flags klen vlen
 _ENTRY = struct.Struct("<BBHIQII")  # merge-mode entry: op flags 0 vlen hlc node 0
-_SCAN_ENTRY = struct.Struct("<IIiIQII")  # klen vlen status 0 hlc node op (+8 zero)
+_SCAN_ENTRY = struct.Struct("<IIiIQII")
+_FOLD_ENTRY = struct.Struct("<IHBBIIQII")  # ns klen op flags slen count hlc node 0  # klen vlen status 0 hlc node op (+8 zero)
 _INITIAL_BUF = 64 * 1024
 
 #: One record as the compactor and recovery see it.
@@ -392,6 +393,43 @@ class Log:
                 k0 = pos + 40
                 yield ns, data[k0:k0 + klen], op, flags, hlc, node, data[k0 + klen:k0 + klen + vlen]
                 pos += (length + 7) & ~7
+
+    def fold_entries(self, seg_no: int, lww_ns: Sequence[int], chunk: int = 256 * 1024) -> Iterator[list]:
+        """Yield lists of ``(ns, key, op, flags, count, hlc, node, data)`` for a
+        sealed segment in (namespace, key, newest first) order; see
+        ``abase_fold_open``. ``data`` is the store encoding for namespaces in
+        ``lww_ns`` (newest record per key only), the raw value otherwise."""
+        ids = sorted(set(lww_ns))
+        out = ffi.new("abase_fold **")
+        rc = lib.abase_fold_open(self._db, seg_no, ffi.new("uint32_t[]", ids or [0]), len(ids), out)
+        if rc != 0:
+            raise self._fail(rc, f"fold segment {seg_no}")
+        fold = ffi.gc(out[0], lib.abase_fold_free)
+        cap = chunk
+        buf = ffi.new("uint8_t[]", cap)
+        items = ffi.new("uint32_t *")
+        unpack = _FOLD_ENTRY.unpack_from
+        while True:
+            n = lib.abase_fold_next(fold, buf, cap, items)
+            if n == ETOOSMALL:
+                cap *= 4
+                buf = ffi.new("uint8_t[]", cap)
+                continue
+            if n < 0:
+                raise self._fail(n, f"fold segment {seg_no}")
+            if n == 0:
+                return
+            data = ffi.buffer(buf, n)[:]
+            off = 0
+            batch = []
+            for _ in range(items[0]):
+                ns, klen, op, flags, slen, count, hlc, node, _z = unpack(data, off)
+                off += 32
+                key = data[off:off + klen]
+                off += (klen + 7) & ~7
+                batch.append((ns, key, op, flags, count, hlc, node, data[off:off + slen]))
+                off += (slen + 7) & ~7
+            yield batch
 
     def compacted_through(self, seg_no: int) -> None:
         """Reads stop seeing versions in segments <= seg_no (they are in the store now)."""
