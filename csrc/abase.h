@@ -303,6 +303,18 @@ uint32_t abase_segments(abase_db *db, abase_segstat *out, uint32_t cap);
  * Returns bytes copied, 0 at the end of the segment. */
 int64_t abase_segment_read(abase_db *db, uint32_t seg_no, uint64_t *offset,
                            uint8_t *buf, size_t cap);
+/* The change feed: copy whole records from position (*seg_no, *offset) on,
+ * raw as on disk, from one segment per call (the active one included).
+ * On return *seg_no and *offset say where the copied bytes start (a position
+ * at the end of a sealed segment moves to the start of the next one).
+ * Returns bytes copied, 0 at the end of the log, ABASE_NOTFOUND when the
+ * position lies in history already compacted away. A batch's records are
+ * appended under one lock hold, so a call never sees part of one. */
+int64_t abase_log_read(abase_db *db, uint32_t *seg_no, uint64_t *offset,
+                       uint8_t *buf, size_t cap);
+/* Bytes of records from position (seg_no, offset) to the end of the log. */
+uint64_t abase_log_lag(abase_db *db, uint32_t seg_no, uint64_t offset);
+
 /* Mark every segment numbered <= seg_no as compacted: reads stop seeing
  * versions in them at once. Then abase_retire_step removes index entries
  * whose newest version was in those segments, about `budget` records per

@@ -106,6 +106,8 @@ class Compactor:
         self._wake = threading.Condition()
         self._stopping = False
         self.passes = 0
+        #: Bound on one pass (and so on one LMDB transaction's size).
+        self.max_segments_per_pass = 64
         self.segments_compacted = 0
         self.errors: List[BaseException] = []
         self._thread: Optional[threading.Thread] = None
@@ -150,24 +152,35 @@ class Compactor:
         with self._pass_lock:
             if seal:
                 eng._log.seal()
-            done = 0
+            segs = []
+            pin = eng._oldest_pin()
+            floor = eng._retention_floor()
             for seg in eng._log.segments():
-                if not seg["sealed"]:
+                if not seg["sealed"] or len(segs) >= self.max_segments_per_pass:
                     break
-                pin = eng._oldest_pin()
                 if pin is not None and (seg["max_hlc"], seg["max_node"]) > pin:
                     break  # an open snapshot still needs these versions
-                self._fold_segment(seg)
-                done += 1
+                if floor is not None and seg["no"] >= floor:
+                    break  # a change feed or replication slot still reads it
+                segs.append(seg)
+            if segs:
+                self._fold_segments(segs)
+            done = len(segs)
             self._purge_tombstones()
             self.passes += 1
             self.segments_compacted += done
             return done
 
-    def _fold_segment(self, seg: dict) -> None:
+    def _fold_segments(self, segs: List[dict]) -> None:
+        """Fold the segments, oldest first, in ONE store transaction.
+
+        One transaction per pass rather than per segment: with random keys
+        every segment touches nearly every leaf page, and LMDB copies each
+        touched page once per transaction, so per-segment transactions left
+        the file at about 3x the live data.
+        """
         eng = self._engine
         log, store = eng._log, eng._store
-        no = seg["no"]
         # LWW namespaces (and the namespace definitions) are folded in C to
         # one winner per key, already in the store's encoding and key order.
         lww = [i for i, ns in list(eng._ns_by_id.items()) if ns._operator is None]
@@ -180,6 +193,14 @@ class Compactor:
 
         def work(txn) -> None:
             written[0] = 0
+            for seg in segs:
+                fold_one(txn, seg["no"])
+            last = segs[-1]["no"]
+            store.put_meta_u64(txn, b"compacted_through", last)
+            hw = store.meta_u64(b"hlc_high_water", 0)
+            store.put_meta_u64(txn, b"hlc_high_water", max([hw, log.clock()] + [s["max_hlc"] for s in segs]))
+
+        def fold_one(txn, no: int) -> None:
             group: List[Version] = []
             group_key: Optional[Tuple[int, bytes]] = None
 
@@ -227,18 +248,20 @@ class Compactor:
                 time.sleep(0)  # let foreground threads take the GIL between chunks
             if group:
                 flush_merge()
-            store.put_meta_u64(txn, b"compacted_through", no)
-            hw = store.meta_u64(b"hlc_high_water", 0)
-            store.put_meta_u64(txn, b"hlc_high_water", max(hw, seg["max_hlc"], log.clock()))
 
         # Apply() reads stored versions to decide what a remote record
         # changes; it must not see the store and the log disagree.
         with eng._fold_lock:
             store.write(work)
-            log.compacted_through(no)
+            for seg in segs:
+                log.compacted_through(seg["no"])
         store.bytes_written += written[0]
-        log.retire(no)
-        self._engine._after_compaction(no)
+        # A small second commit lets the next pass reuse the pages this one
+        # freed (LMDB reuses a page two write transactions after freeing it).
+        store.write(lambda txn: store.put_meta_u64(txn, b"passes", self.passes + 1))
+        for seg in segs:
+            log.retire(seg["no"])
+            self._engine._after_compaction(seg["no"])
 
     def _purge_tombstones(self) -> None:
         """Delete stored tombstones older than ``tombstone_grace`` (and, with

@@ -601,7 +601,7 @@ class Engine(Namespace):
         if hw:
             self._log.clock_observe(hw)
         self._fold_lock = threading.Lock()
-        self._merge_lock = threading.Lock()
+        self._merge_lock = threading.RLock()  # re-entrant: operators are user code
         self._pins: Dict[Timestamp, int] = {}
         self._pins_lock = threading.Lock()
         self._namespaces: Dict[str, Namespace] = {}
@@ -776,6 +776,13 @@ class Engine(Namespace):
             pending: Dict[Tuple[int, bytes], Optional[bytes]] = {}
             chain: Dict[Tuple[int, bytes], int] = {}  # log versions a read of the key walks
             merge_at = {idx: (ns, operation) for idx, ns, operation in b._merges}
+            # A key the batch touches twice has its state read even where the
+            # first operation alone would not need it, so that the second
+            # observes the first.
+            seen_keys: Dict[Tuple[int, bytes], int] = {}
+            for idx in range(n):
+                k = (b._nss[idx], parts[2 * idx])
+                seen_keys[k] = seen_keys.get(k, 0) + 1
             for idx in range(n):
                 ns_id = b._nss[idx]
                 key = parts[2 * idx]
@@ -794,7 +801,7 @@ class Engine(Namespace):
                 op = ns._operator
                 state = None
                 needs = not isinstance(operation, _BYTES_LIKE) and op.needs_state(operation)
-                known = needs or (ns_id, key) in pending  # else the key's state is not read
+                known = needs or (ns_id, key) in pending or seen_keys[(ns_id, key)] > 1
                 if known:
                     if (ns_id, key) in pending:
                         state = pending[(ns_id, key)]
@@ -802,6 +809,9 @@ class Engine(Namespace):
                         state, walked = ns._current_state(key)
                         chain[(ns_id, key)] = walked
                 chain[(ns_id, key)] = chain.get((ns_id, key), 0) + 1
+                if known and state is None and (ns_id, key) not in pending and not needs:
+                    state, walked = ns._current_state(key)
+                    chain[(ns_id, key)] = walked + chain.get((ns_id, key), 0)
                 operand = op.make_operand(operation, state if needs else None, _ts(hlcs[idx], self.node_id))
                 if not isinstance(operand, bytes):
                     raise MergeOperandError("make_operand must return bytes")
@@ -881,7 +891,9 @@ class Engine(Namespace):
         parts: List[bytes] = []
         for _ns, _op, key, value, _t in recs:
             parts += (key, value)
-        with self._fold_lock:
+        # The merge lock keeps a local merge's read-modify-write from
+        # interleaving with received records for the same key.
+        with self._merge_lock, self._fold_lock:
             bases = []
             for ns, _op, key, _v, _t in recs:
                 st = self._store.get(ns._id, key)
@@ -927,6 +939,10 @@ class Engine(Namespace):
                 return None
             t = min(self._pins)
             return (t._hlc, t._node)
+
+    def _retention_floor(self) -> Optional[int]:
+        """The oldest segment a change feed or replication slot still reads."""
+        return None
 
     def _tombstone_floor(self) -> Optional[int]:
         """Tombstones at or above this packed HLC must be kept (replication hook)."""

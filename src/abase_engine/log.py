@@ -25,6 +25,7 @@ from .errors import (
     EngineClosedError,
     FormatVersionError,
     KeyTooLargeError,
+    SlotInvalidatedError,
     ValueTooLargeError,
 )
 
@@ -430,6 +431,47 @@ class Log:
                 batch.append((ns, key, op, flags, count, hlc, node, data[off:off + slen]))
                 off += (slen + 7) & ~7
             yield batch
+
+    def read_from(self, seg_no: int, offset: int, chunk: int = 1 << 20) -> Iterator[Tuple[int, int, LogRecord]]:
+        """Yield ``(seg_no, next_offset, record)`` for every record from the
+        position on, in log order, up to the end of the log as it is now.
+
+        :raises SlotInvalidatedError: the position was compacted away.
+        """
+        seg = ffi.new("uint32_t *", seg_no)
+        off = ffi.new("uint64_t *", offset)
+        cap = chunk
+        buf = ffi.new("uint8_t[]", cap)
+        unpack = _REC_HEADER.unpack_from
+        while True:
+            if self._db is None:
+                raise EngineClosedError("change feed used after the engine was closed")
+            n = lib.abase_log_read(self._db, seg, off, buf, cap)
+            if n == ETOOSMALL:
+                cap *= 4
+                buf = ffi.new("uint8_t[]", cap)
+                continue
+            if n == NOTFOUND:
+                raise SlotInvalidatedError(
+                    f"log position ({seg[0]}, {off[0]}) was compacted away; fall back to anti-entropy")
+            if n < 0:
+                raise self._fail(n, "read log")
+            if n == 0:
+                return
+            data = ffi.buffer(buf, n)[:]
+            base_seg, base_off = seg[0], off[0]
+            pos = 0
+            while pos < n:
+                _crc, length, _prev, hlc, node, ns, op, flags, klen, vlen = unpack(data, pos)
+                k0 = pos + 40
+                rec = (ns, data[k0:k0 + klen], op, flags, hlc, node, data[k0 + klen:k0 + klen + vlen])
+                pos += (length + 7) & ~7
+                yield base_seg, base_off + pos, rec
+            off[0] = base_off + n
+
+    def lag(self, seg_no: int, offset: int) -> int:
+        """Bytes of records from the position to the end of the log."""
+        return lib.abase_log_lag(self._db, seg_no, offset)
 
     def compacted_through(self, seg_no: int) -> None:
         """Reads stop seeing versions in segments <= seg_no (they are in the store now)."""
