@@ -5,7 +5,7 @@ namespace, and hooks to replicate it. Start with :func:`open`.
 """
 
 from . import errors
-from .engine import Batch, Engine, Namespace, Snapshot, open
+from .engine import Batch, Engine, Namespace, ReplicationSlot, Snapshot, open
 from .errors import (
     AbaseError,
     ClockSkewError,
@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "Engine", "Namespace", "Batch", "Snapshot", "Timestamp", "Op", "Change", "HLC",
+    "open", "Engine", "Namespace", "Batch", "Snapshot", "ReplicationSlot", "Timestamp", "Op", "Change", "HLC",
     "MergeOperator", "LWW", "crdt", "errors", "AbaseError", "CorruptionError", "LockedError",
     "EngineClosedError", "KeyTooLargeError", "ValueTooLargeError", "ClockSkewError",
     "SnapshotTooOldError", "FormatVersionError", "MergeOperatorMismatch",

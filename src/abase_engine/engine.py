@@ -23,11 +23,17 @@ not race with other calls on the same Engine.
 
 from __future__ import annotations
 
+import builtins
 import fcntl
+import json
+import logging
 import os
+import struct
 import threading
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import xxhash
 
 from . import store as _store
 from .compactor import Compactor, fold_lww, fold_merge
@@ -39,6 +45,7 @@ from .errors import (
     LockedError,
     MergeOperandError,
     MergeOperatorMismatch,
+    SlotInvalidatedError,
     SnapshotTooOldError,
     ValueTooLargeError,
 )
@@ -48,7 +55,7 @@ from .merge import LWW, MergeOperator
 from .record import MAX_NODE_ID, Change, Op, Timestamp
 from .store import STATE, TOMBSTONE, VALUE, Store
 
-__all__ = ["Engine", "Namespace", "Batch", "Snapshot", "open", "DEFAULT_OPTIONS"]
+__all__ = ["Engine", "Namespace", "Batch", "Snapshot", "ReplicationSlot", "open", "DEFAULT_OPTIONS"]
 
 #: Every option open() takes, with its default and unit. Unknown keys are refused.
 DEFAULT_OPTIONS: Dict[str, Any] = {
@@ -59,6 +66,7 @@ DEFAULT_OPTIONS: Dict[str, Any] = {
     "map_size": 1 << 40,               # bytes of address space for LMDB (grows if full)
     "max_namespaces": 4096,
     "max_successive_merges": 64,       # operands a read may walk before a merge writes a checkpoint
+    "max_slot_lag_bytes": 1 << 30,     # bytes of log a replication slot may lag before it is invalidated
     "clock": None,                     # callable -> wall ms (tests); None: real clock
 }
 
@@ -91,6 +99,8 @@ def _value(value: Any) -> bytes:
 
 
 _new_ts = tuple.__new__
+_logger = logging.getLogger("abase_engine")
+builtins_open = builtins.open
 
 
 def _ts(hlc: int, node: int) -> Timestamp:
@@ -134,7 +144,11 @@ class Namespace:
             raise EngineClosedError("put on a closed engine")
         if self._operator is not None:
             self._operator.check_operand(_value(value))
-        return _ts(eng._log.put(self._id, _PUT, _key(key), _value(value), eng._wall()), eng.node_id)
+        key, value = _key(key), _value(value)
+        ts = _ts(eng._log.put(self._id, _PUT, key, value, eng._wall()), eng.node_id)
+        if eng._listeners:
+            eng._notify([Change(self.name, key, Op.PUT, value, ts)])
+        return ts
 
     def delete(self, key: bytes) -> Timestamp:
         """Delete ``key`` (writes a tombstone); returns its timestamp.
@@ -144,7 +158,11 @@ class Namespace:
         eng = self._engine
         if eng._closed:
             raise EngineClosedError("delete on a closed engine")
-        return _ts(eng._log.put(self._id, _DELETE, _key(key), b"", eng._wall()), eng.node_id)
+        key = _key(key)
+        ts = _ts(eng._log.put(self._id, _DELETE, key, b"", eng._wall()), eng.node_id)
+        if eng._listeners:
+            eng._notify([Change(self.name, key, Op.DELETE, None, ts)])
+        return ts
 
     def merge(self, key: bytes, operation: Any) -> Timestamp:
         """Apply a merge operation (e.g. ``PNCounter.increment(5)``) to ``key``.
@@ -389,7 +407,7 @@ class Batch:
             raise EngineClosedError("batch commit on a closed engine")
         if not self._ops:
             return None
-        if not self._merges:
+        if not self._merges and not eng._listeners:
             last, _ = eng._log.write_batch(bytes(self._ops), self._nss, self._parts, eng._wall())
             return _ts(last, eng.node_id)
         return eng._commit_with_merges(self)
@@ -467,6 +485,9 @@ class Engine(Namespace):
     * ``max_successive_merges`` (default 64): when a merge finds the key's
       reads walking this many log operands, it also writes the key's whole
       state as a checkpoint record, so reads stay short.
+    * ``max_slot_lag_bytes`` (bytes, default 1 GiB): a replication slot
+      further behind the end of the log is invalidated, so it cannot hold
+      the log forever.
     * ``clock``: a callable returning wall-clock ms, for tests.
 
     It is an error to open the same directory twice at once, in this
@@ -505,7 +526,7 @@ class Engine(Namespace):
         self._closed = False
         self._c_db, self._c_put, self._c_get, self._c_bufs = self._log.fast_paths()
         self._dbi0 = self._store.db(0)
-        self._fast = self._clock_fn is None  # a fake clock takes the general path
+        self._fast = self._clock_fn is None  # a fake clock (or a listener) takes the general path
         self._compactor = Compactor(self, opts["compact_interval"])
 
     # -- hot paths (default namespace) --------------------------------------
@@ -603,6 +624,11 @@ class Engine(Namespace):
         self._fold_lock = threading.Lock()
         self._merge_lock = threading.RLock()  # re-entrant: operators are user code
         self._pins: Dict[Timestamp, int] = {}
+        self._feed_floors: Dict[object, int] = {}
+        self._listeners: List[Callable[[List[Change]], None]] = []
+        self.listener_errors = 0
+        self._digest_cache: Dict[int, tuple] = {}
+        self._slots = _SlotTable(self)
         self._pins_lock = threading.Lock()
         self._namespaces: Dict[str, Namespace] = {}
         self._ns_by_id: Dict[int, Namespace] = {}
@@ -754,6 +780,11 @@ class Engine(Namespace):
         n = len(parts) // 2
         if n == 0:
             return None
+        if self._listeners:
+            b = Batch(self)
+            for i in range(0, len(parts), 2):
+                b.put(parts[i], parts[i + 1])
+            return b.commit()
         last, _ = self._log.write_batch(bytes([_PUT]) * n, [0] * n, parts, self._wall())
         return _ts(last, self.node_id)
 
@@ -841,6 +872,11 @@ class Engine(Namespace):
             modes = bytes(0 if o != _MERGE and f == 0 else 1 for o, f in zip(ops, flags))
             log.write_batch(bytes(ops), nss, parts, self._wall(), hlcs, nodes, [(0, 0)] * m, modes,
                             bytes(flags) if any(flags) else None)
+            if self._listeners:
+                self._notify([
+                    Change(self._ns_by_id[nss[i]].name, parts[2 * i], Op(ops[i]),
+                           None if ops[i] == _DELETE else parts[2 * i + 1], _ts(hlcs[i], self.node_id))
+                    for i in range(n)])
             # The next local merge of these keys starts from the state just
             # written instead of folding the chain again.
             gen = self._store.generation
@@ -902,7 +938,13 @@ class Engine(Namespace):
                 bytes(r[1] for r in recs), [r[0]._id for r in recs], parts, self._wall(),
                 [r[4]._hlc for r in recs], [r[4]._node for r in recs], bases,
                 bytes(0 if r[0]._operator is None else 1 for r in recs))
-        return sum(status or [])
+        status = status or []
+        if self._listeners:
+            applied = [Change(r[0].name, r[2], Op(r[1]), None if r[1] == _DELETE else r[3], r[4])
+                       for r, st in zip(recs, status) if st]
+            if applied:
+                self._notify(applied)
+        return sum(status)
 
     def _namespace_for_apply(self, name: str) -> Namespace:
         if not isinstance(name, str):
@@ -942,7 +984,232 @@ class Engine(Namespace):
 
     def _retention_floor(self) -> Optional[int]:
         """The oldest segment a change feed or replication slot still reads."""
-        return None
+        floors = list(self._feed_floors.values()) + self._slots.floors()
+        return min(floors) if floors else None
+
+    # -- replication hooks ----------------------------------------------------
+    def changes(self, since: Optional[bytes] = None, include_applied: bool = False,
+                limit: Optional[int] = None) -> Iterator[Change]:
+        """Committed records in local log order, each with the ``cursor`` after it.
+
+        ``since``: a cursor from an earlier Change (None: the oldest record
+        still in the log). A resumed feed neither skips nor repeats a record,
+        and a batch's records are never split by concurrent writers. Records
+        received through :meth:`apply` (another node's id) are left out
+        unless ``include_applied``. While the iterator is open the compactor
+        keeps the segments it still has to read. The feed shows a record as
+        soon as it is appended; with durability "sync" that is just before
+        its fdatasync (use :meth:`on_commit` for "after durable").
+
+        :raises SlotInvalidatedError: ``since`` lies in history already
+            compacted away: fall back to anti-entropy.
+        Thread-safety: safe; one iterator per thread.
+        """
+        self._check_open()
+        if since is None:
+            seg, off = self._log_start()
+        else:
+            seg, off = _parse_cursor(since)
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ValueError("limit must be a non-negative int or None")
+        return self._feed(seg, off, include_applied, limit)
+
+    def _log_start(self) -> Tuple[int, int]:
+        segs = self._log.segments()
+        return (segs[0]["no"], 0) if segs else (self._log.stats()["first_segment"], 0)
+
+    def _feed(self, seg: int, off: int, include_applied: bool, limit: Optional[int]) -> Iterator[Change]:
+        token = object()
+        self._feed_floors[token] = seg
+        try:
+            n = 0
+            for seg_no, next_off, (ns, key, op, flags, hlc, node, value) in self._log.read_from(seg, off):
+                self._feed_floors[token] = seg_no
+                if ns == NS_DEFS or flags & F_CHECKPOINT:
+                    continue  # local bookkeeping, not replicated
+                if node != self.node_id and not include_applied:
+                    continue
+                if limit is not None and n >= limit:
+                    return
+                ns_obj = self._ns_by_id.get(ns)
+                name = ns_obj.name if ns_obj is not None else self._ns_name(ns)
+                yield Change(name, key, Op(op), None if op == _DELETE else value, _ts(hlc, node),
+                             _CURSOR.pack(seg_no, next_off))
+                n += 1
+        finally:
+            self._feed_floors.pop(token, None)
+
+    def _ns_name(self, ns_id: int) -> str:
+        for name, (i, _op) in self._ns_defs.items():
+            if i == ns_id:
+                return name
+        return ""
+
+    def replication_slot(self, name: str) -> "ReplicationSlot":
+        """Create or open the persisted replication slot ``name``.
+
+        A new slot starts at the oldest record still in the log. The
+        compactor keeps every segment an active slot still needs, until the
+        slot lags more than ``max_slot_lag_bytes``; then it is invalidated.
+        """
+        self._check_open()
+        if not isinstance(name, str) or not name:
+            raise TypeError("slot names are non-empty str")
+        return self._slots.open(name)
+
+    def drop_replication_slot(self, name: str) -> None:
+        """Forget the slot (it no longer holds the log). Not an error if absent."""
+        self._check_open()
+        self._slots.drop(name)
+
+    def on_commit(self, callback: Callable[[List[Change]], None]) -> Callable[[], None]:
+        """Call ``callback(changes)`` after every committed write or batch.
+
+        Called in the writing thread after the write's durability point, with
+        no engine lock held; local writes and records applied from other
+        replicas both count. An exception in a callback is logged (logger
+        ``abase_engine``) and counted in ``stats()["listener_errors"]``; the
+        write stands. While a listener is registered, writes take the general
+        path (slower). Returns a function that unregisters the callback.
+        """
+        self._check_open()
+        if not callable(callback):
+            raise TypeError("on_commit needs a callable")
+        self._listeners.append(callback)
+        self._fast = False
+
+        def unsubscribe() -> None:
+            try:
+                self._listeners.remove(callback)
+            except ValueError:
+                pass
+            if not self._listeners and self._clock_fn is None and not self._closed:
+                self._fast = True
+
+        return unsubscribe
+
+    def _notify(self, changes: List[Change]) -> None:
+        for cb in list(self._listeners):
+            try:
+                cb(changes)
+            except Exception:  # reported, never breaks the engine
+                self.listener_errors += 1
+                _logger.exception("on_commit listener failed")
+
+    def digest(self, namespace: str = "", path: Tuple[int, ...] = ()) -> List[int]:
+        """Hashes of the 16 children of the digest-tree node at ``path``.
+
+        The tree has 3 levels under the root with fan-out 16, by the first
+        three nibbles of xxh64(key); a leaf hashes (key, newest timestamp and
+        kind) of every key under it, tombstones included (CRDT namespaces:
+        the encoded state instead of the timestamp). Replicas with equal
+        visible state have equal digests, so comparing top-down finds the
+        differing leaves in O(differences x depth) calls; then
+        :meth:`records` gives a leaf's records.
+
+        Runtime complexity: O(1) per call while nothing was written since
+        the last; after writes, O(keys in the namespace) once to refresh.
+        """
+        self._check_open()
+        path = _check_path(path, 2)
+        tree = self._digest_tree(namespace)
+        level = tree[len(path) + 1]
+        base = 0
+        for nib in path:
+            base = base * 16 + nib
+        return level[base * 16:base * 16 + 16]
+
+    def records(self, namespace: str, path: Tuple[int, ...]) -> List[Change]:
+        """The newest record of every key under the leaf at ``path`` (3 nibbles).
+
+        LWW keys come as their winning PUT or DELETE with its own timestamp;
+        CRDT keys as one MERGE record holding the whole state, stamped now,
+        so a receiver joins it (states are their own deltas).
+        """
+        self._check_open()
+        path = _check_path(path, 3)
+        if len(path) != 3:
+            raise ValueError("records() needs a leaf path of 3 nibbles")
+        tree = self._digest_tree(namespace)
+        leaf = path[0] * 256 + path[1] * 16 + path[2]
+        ns = self._namespaces.get(namespace) or self.namespace(namespace)
+        out = []
+        for key in tree[4].get(leaf, ()):
+            rec = self._visible_record(ns, key)
+            if rec is None:
+                continue
+            kind, hlc, node, value = rec
+            if ns._operator is None or kind == TOMBSTONE:
+                out.append(Change(namespace, key, Op.DELETE if kind == TOMBSTONE else Op.PUT,
+                                  None if kind == TOMBSTONE else value, _ts(hlc, node)))
+            else:
+                out.append(Change(namespace, key, Op.MERGE, value, self.now()))
+        return out
+
+    def _visible_record(self, ns: Namespace, key: bytes):
+        """(kind, hlc, node, value) of the key's visible version, tombstones included."""
+        if ns._operator is None:
+            status, value, hlc, node, op = self._log.get_lww(ns._id, key, 0, 0)
+            base = self._store.get(ns._id, key)
+            if status >= 0:
+                return VALUE, hlc, node, value
+            if status == DELETED:
+                return TOMBSTONE, hlc, node, b""
+            if status == NEEDBASE and value is not None and (base is None or (hlc, node) > (base[1], base[2])):
+                return (TOMBSTONE, hlc, node, b"") if op == _DELETE else (VALUE, hlc, node, value)
+            if base is None:
+                return None
+            return base[0], base[1], base[2], base[5]
+        complete, versions = self._log.get_versions(ns._id, key, 0, 0)
+        base = None if complete else self._store.get(ns._id, key)
+        folded = fold_merge(ns._operator, base, [(op, h, n, v) for op, _f, h, n, v in versions])
+        if folded is None:
+            return None
+        return folded[0], folded[1], folded[2], folded[5]
+
+    def _digest_tree(self, namespace: str):
+        ns = self._namespaces.get(namespace)
+        if ns is None:
+            ns = self.namespace(namespace)
+        version = (self._log.stats()["records_appended"], self._store.generation)
+        hit = self._digest_cache.get(ns._id)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        leaves = [0] * 4096
+        members: Dict[int, List[bytes]] = {}
+        for key in self._all_keys(ns):
+            rec = self._visible_record(ns, key)
+            if rec is None:
+                continue
+            kind, hlc, node, value = rec
+            if ns._operator is None or kind == TOMBSTONE:
+                canon = _DIGEST_TS.pack(kind, hlc, node)
+            else:
+                canon = b"\x03" + value
+            h = xxhash.xxh64_intdigest(key)
+            leaf = h >> 52
+            leaves[leaf] ^= xxhash.xxh64_intdigest(key + b"\x00" + canon)
+            members.setdefault(leaf, []).append(key)
+        lvl2 = [_hash_children(leaves, i) for i in range(256)]
+        lvl1 = [_hash_children(lvl2, i) for i in range(16)]
+        tree = (None, lvl1, lvl2, leaves, members)
+        self._digest_cache = {k: v for k, v in self._digest_cache.items() if k != ns._id}
+        self._digest_cache[ns._id] = (version, tree)
+        return tree
+
+    def _all_keys(self, ns: Namespace) -> Iterator[bytes]:
+        """Every key the namespace holds in either layer, tombstones included."""
+        seen = set()
+        for key, *_rest in self._log.scan(ns._id, None, None, None, False, 0, 0, True):
+            seen.add(key)
+            yield key
+        dbi = self._store.db(ns._id)
+        with self._store.env.begin(buffers=False) as txn:
+            if txn.get(_store.empty_key_slot(ns._id), db=self._store.meta) is not None and b"" not in seen:
+                yield b""
+            for key in txn.cursor(db=dbi).iternext(keys=True, values=False):
+                if key not in seen:
+                    yield key
 
     def _tombstone_floor(self) -> Optional[int]:
         """Tombstones at or above this packed HLC must be kept (replication hook)."""
@@ -1056,6 +1323,8 @@ class Engine(Namespace):
             "store_bytes": self._store.size_bytes(),
             "records_appended": ls["records_appended"],
             "syncs": ls["syncs"],
+            "slots": self._slots.stats(),
+            "listener_errors": self.listener_errors,
             "recovery": dict(self.recovery),
         }
 
@@ -1122,6 +1391,152 @@ def _prefix_end(prefix: bytes) -> Optional[bytes]:
         return None
     p[-1] += 1
     return bytes(p)
+
+
+_CURSOR = struct.Struct(">IQ")
+_DIGEST_TS = struct.Struct(">BQI")
+
+
+def _parse_cursor(cursor: Any) -> Tuple[int, int]:
+    if not isinstance(cursor, (bytes, bytearray)):
+        raise TypeError(f"a feed cursor is bytes, not {type(cursor).__name__}")
+    if len(cursor) != _CURSOR.size:
+        raise ValueError(f"a feed cursor is {_CURSOR.size} bytes, got {len(cursor)}")
+    return _CURSOR.unpack(bytes(cursor))
+
+
+def _check_path(path: Any, max_len: int) -> Tuple[int, ...]:
+    if not isinstance(path, tuple):
+        raise TypeError("a digest path is a tuple of ints")
+    if len(path) > max_len or any(not isinstance(p, int) or not 0 <= p < 16 for p in path):
+        raise ValueError(f"a digest path is up to {max_len} ints in 0..15, got {path!r}")
+    return path
+
+
+def _hash_children(level: List[int], i: int) -> int:
+    return xxhash.xxh64_intdigest(struct.pack(">16Q", *level[i * 16:i * 16 + 16]))
+
+
+class ReplicationSlot:
+    """A named, persisted position in the change feed (see Engine.replication_slot).
+
+    Thread-safety: safe.
+    """
+
+    def __init__(self, table: "_SlotTable", name: str) -> None:
+        self._table = table
+        self.name = name
+
+    @property
+    def position(self) -> bytes:
+        """The cursor after the last acknowledged record."""
+        return self._table.state(self.name)["cursor"]
+
+    @property
+    def invalidated(self) -> bool:
+        return self._table.state(self.name)["invalidated"]
+
+    @property
+    def lag_bytes(self) -> int:
+        """Bytes of log between the slot's position and the end of the log."""
+        seg, off = _parse_cursor(self.position)
+        return self._table.engine._log.lag(seg, off)
+
+    def changes(self, limit: Optional[int] = None, include_applied: bool = False) -> Iterator[Change]:
+        """Records after the slot's position (does not advance it: call :meth:`ack`).
+
+        :raises SlotInvalidatedError: the slot fell too far behind.
+        """
+        if self.invalidated:
+            raise SlotInvalidatedError(f"replication slot {self.name!r} was invalidated (lagged too far)")
+        return self._table.engine.changes(since=self.position, include_applied=include_applied, limit=limit)
+
+    def ack(self, cursor: bytes) -> None:
+        """Advance the slot to ``cursor`` (persisted); an older cursor is ignored."""
+        _parse_cursor(cursor)
+        self._table.ack(self.name, bytes(cursor))
+
+    def __repr__(self) -> str:
+        return f"<ReplicationSlot {self.name!r} lag={self.lag_bytes}>"
+
+
+class _SlotTable:
+    """Slots persisted in ``<dir>/slots.json`` (atomic replace; fsync with
+    durability "sync"), kept out of LMDB so the compactor stays its only
+    writer."""
+
+    def __init__(self, engine: "Engine") -> None:
+        self.engine = engine
+        self._path = os.path.join(engine.path, "slots.json")
+        self._lock = threading.Lock()
+        self._slots: Dict[str, Dict[str, Any]] = {}
+        if os.path.exists(self._path):
+            with builtins_open(self._path) as f:
+                raw = json.load(f)
+            for name, st in raw.items():
+                self._slots[name] = {"cursor": bytes.fromhex(st["cursor"]), "invalidated": bool(st["invalidated"])}
+
+    def _save(self) -> None:
+        tmp = self._path + ".tmp"
+        data = {n: {"cursor": st["cursor"].hex(), "invalidated": st["invalidated"]} for n, st in self._slots.items()}
+        with builtins_open(tmp, "w") as f:
+            json.dump(data, f)
+            if self.engine.durability == "sync":
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, self._path)
+
+    def open(self, name: str) -> ReplicationSlot:
+        with self._lock:
+            if name not in self._slots:
+                seg, off = self.engine._log_start()
+                self._slots[name] = {"cursor": _CURSOR.pack(seg, off), "invalidated": False}
+                self._save()
+        return ReplicationSlot(self, name)
+
+    def drop(self, name: str) -> None:
+        with self._lock:
+            if self._slots.pop(name, None) is not None:
+                self._save()
+
+    def state(self, name: str) -> Dict[str, Any]:
+        st = self._slots.get(name)
+        if st is None:
+            raise AbaseError(f"replication slot {name!r} was dropped")
+        return st
+
+    def ack(self, name: str, cursor: bytes) -> None:
+        with self._lock:
+            st = self.state(name)
+            if _CURSOR.unpack(cursor) > _CURSOR.unpack(st["cursor"]):
+                st["cursor"] = cursor
+                self._save()
+
+    def floors(self) -> List[int]:
+        """Oldest segment each active slot needs; invalidates slots that lag too far."""
+        limit = self.engine._options["max_slot_lag_bytes"]
+        out = []
+        with self._lock:
+            changed = False
+            for st in self._slots.values():
+                if st["invalidated"]:
+                    continue
+                seg, off = _CURSOR.unpack(st["cursor"])
+                if self.engine._log.lag(seg, off) > limit:
+                    st["invalidated"] = True
+                    changed = True
+                    continue
+                out.append(seg)
+            if changed:
+                self._save()
+        return out
+
+    def stats(self) -> Dict[str, Dict[str, Any]]:
+        out = {}
+        for name, st in list(self._slots.items()):
+            seg, off = _CURSOR.unpack(st["cursor"])
+            out[name] = {"lag_bytes": self.engine._log.lag(seg, off), "invalidated": st["invalidated"]}
+        return out
 
 
 def _ns_def(ns_id: int, op_name: str) -> bytes:
