@@ -308,8 +308,28 @@ class Compactor:
                 namespaces.add(store.split_tomb_key(tk)[2])
         for ns in namespaces:
             store.db(ns)
-        with eng._fold_lock:
-            store.write(work)
+        with eng._merge_lock:  # digest upkeep reads the keys before and after
+            olds = []
+            if eng._leaves_on:
+                olds = self._tombstone_candidates(cutoff)
+            with eng._fold_lock:
+                store.write(work)
+            eng._digest_purged(olds)
+
+    def _tombstone_candidates(self, cutoff: int):
+        """(ns, key, contribution) of tombstones a purge may remove."""
+        eng = self._engine
+        store = eng._store
+        out = {}  # a key deleted again later has several tombstone entries: once each
+        with store.env.begin(db=store.tombs, buffers=False) as txn:
+            for tk, key in txn.cursor():
+                hlc, _node, ns = store.split_tomb_key(tk)
+                if hlc >= cutoff or len(out) >= 10000:
+                    break
+                ns_obj = eng._ns_by_id.get(ns)
+                if ns_obj is not None and (ns, key) not in out:
+                    out[(ns, key)] = eng._entry_hash(ns_obj, key)
+        return [(ns, key, h) for (ns, key), h in out.items()]
 
 
 def _decode(raw: bytes, where: str) -> Stored:

@@ -67,6 +67,7 @@ DEFAULT_OPTIONS: Dict[str, Any] = {
     "max_namespaces": 4096,
     "max_successive_merges": 64,       # operands a read may walk before a merge writes a checkpoint
     "max_slot_lag_bytes": 1 << 30,     # bytes of log a replication slot may lag before it is invalidated
+    "digests": False,                  # maintain anti-entropy digests on every write (replicas)
     "clock": None,                     # callable -> wall ms (tests); None: real clock
 }
 
@@ -145,7 +146,13 @@ class Namespace:
         if self._operator is not None:
             self._operator.check_operand(_value(value))
         key, value = _key(key), _value(value)
-        ts = _ts(eng._log.put(self._id, _PUT, key, value, eng._wall()), eng.node_id)
+        if eng._leaves_on:
+            with eng._merge_lock:
+                before = eng._digest_before([(self, key)])
+                ts = _ts(eng._log.put(self._id, _PUT, key, value, eng._wall()), eng.node_id)
+                eng._digest_after(before)
+        else:
+            ts = _ts(eng._log.put(self._id, _PUT, key, value, eng._wall()), eng.node_id)
         if eng._listeners:
             eng._notify([Change(self.name, key, Op.PUT, value, ts)])
         return ts
@@ -159,7 +166,13 @@ class Namespace:
         if eng._closed:
             raise EngineClosedError("delete on a closed engine")
         key = _key(key)
-        ts = _ts(eng._log.put(self._id, _DELETE, key, b"", eng._wall()), eng.node_id)
+        if eng._leaves_on:
+            with eng._merge_lock:
+                before = eng._digest_before([(self, key)])
+                ts = _ts(eng._log.put(self._id, _DELETE, key, b"", eng._wall()), eng.node_id)
+                eng._digest_after(before)
+        else:
+            ts = _ts(eng._log.put(self._id, _DELETE, key, b"", eng._wall()), eng.node_id)
         if eng._listeners:
             eng._notify([Change(self.name, key, Op.DELETE, None, ts)])
         return ts
@@ -407,7 +420,7 @@ class Batch:
             raise EngineClosedError("batch commit on a closed engine")
         if not self._ops:
             return None
-        if not self._merges and not eng._listeners:
+        if not self._merges and not eng._listeners and not eng._leaves_on:
             last, _ = eng._log.write_batch(bytes(self._ops), self._nss, self._parts, eng._wall())
             return _ts(last, eng.node_id)
         return eng._commit_with_merges(self)
@@ -488,6 +501,10 @@ class Engine(Namespace):
     * ``max_slot_lag_bytes`` (bytes, default 1 GiB): a replication slot
       further behind the end of the log is invalidated, so it cannot hold
       the log forever.
+    * ``digests`` (default False): keep the anti-entropy digest tree up to
+      date on every write (O(1) extra read per written key) and across
+      clean restarts, instead of rebuilding it when digest() is called
+      after writes. Replicas should turn it on.
     * ``clock``: a callable returning wall-clock ms, for tests.
 
     It is an error to open the same directory twice at once, in this
@@ -526,7 +543,8 @@ class Engine(Namespace):
         self._closed = False
         self._c_db, self._c_put, self._c_get, self._c_bufs = self._log.fast_paths()
         self._dbi0 = self._store.db(0)
-        self._fast = self._clock_fn is None  # a fake clock (or a listener) takes the general path
+        # a fake clock, a listener or digest upkeep takes the general path
+        self._fast = self._clock_fn is None and not self._options["digests"]
         self._compactor = Compactor(self, opts["compact_interval"])
 
     # -- hot paths (default namespace) --------------------------------------
@@ -628,6 +646,8 @@ class Engine(Namespace):
         self._listeners: List[Callable[[List[Change]], None]] = []
         self.listener_errors = 0
         self._digest_cache: Dict[int, tuple] = {}
+        #: ns id -> 4096 leaf hashes, maintained on every write (option digests)
+        self._leaves: Dict[int, List[int]] = {}
         self._slots = _SlotTable(self)
         self._pins_lock = threading.Lock()
         self._namespaces: Dict[str, Namespace] = {}
@@ -642,6 +662,8 @@ class Engine(Namespace):
             "segments": rec.segments, "records": rec.records, "bytes": rec.bytes,
             "dropped_bytes": rec.dropped_bytes, "dropped_offset": rec.dropped_offset,
         }
+        if self._options["digests"]:
+            self._load_digests()
 
     def _load_namespaces(self) -> None:
         self._ns_defs: Dict[str, Tuple[int, str]] = {}
@@ -661,6 +683,8 @@ class Engine(Namespace):
         self._closed = True
         self._fast = False
         self._compactor.stop()
+        if self._options["digests"]:
+            self._save_digests()
         self._log.close()
         self._store.close()
         self._release_lock()
@@ -780,7 +804,7 @@ class Engine(Namespace):
         n = len(parts) // 2
         if n == 0:
             return None
-        if self._listeners:
+        if self._listeners or self._leaves_on:
             b = Batch(self)
             for i in range(0, len(parts), 2):
                 b.put(parts[i], parts[i + 1])
@@ -800,6 +824,8 @@ class Engine(Namespace):
         log = self._log
         with self._merge_lock:
             n = len(b._ops)
+            before = self._digest_before(
+                [(self._ns_by_id[b._nss[i]], b._parts[2 * i]) for i in range(n)]) if self._leaves_on else None
             hlcs = [log.clock_now(self._wall()) for _ in range(n)]
             parts = list(b._parts)
             # The state each merge observes includes the batch's own earlier
@@ -872,6 +898,8 @@ class Engine(Namespace):
             modes = bytes(0 if o != _MERGE and f == 0 else 1 for o, f in zip(ops, flags))
             log.write_batch(bytes(ops), nss, parts, self._wall(), hlcs, nodes, [(0, 0)] * m, modes,
                             bytes(flags) if any(flags) else None)
+            if before is not None:
+                self._digest_after(before)
             if self._listeners:
                 self._notify([
                     Change(self._ns_by_id[nss[i]].name, parts[2 * i], Op(ops[i]),
@@ -930,6 +958,7 @@ class Engine(Namespace):
         # The merge lock keeps a local merge's read-modify-write from
         # interleaving with received records for the same key.
         with self._merge_lock, self._fold_lock:
+            before = self._digest_before([(r[0], r[2]) for r in recs]) if self._leaves_on else None
             bases = []
             for ns, _op, key, _v, _t in recs:
                 st = self._store.get(ns._id, key)
@@ -938,6 +967,8 @@ class Engine(Namespace):
                 bytes(r[1] for r in recs), [r[0]._id for r in recs], parts, self._wall(),
                 [r[4]._hlc for r in recs], [r[4]._node for r in recs], bases,
                 bytes(0 if r[0]._operator is None else 1 for r in recs))
+            if before is not None:
+                self._digest_after(before)
         status = status or []
         if self._listeners:
             applied = [Change(r[0].name, r[2], Op(r[1]), None if r[1] == _DELETE else r[3], r[4])
@@ -1083,7 +1114,8 @@ class Engine(Namespace):
                 self._listeners.remove(callback)
             except ValueError:
                 pass
-            if not self._listeners and self._clock_fn is None and not self._closed:
+            if not self._listeners and self._clock_fn is None and not self._closed \
+                    and not self._options["digests"]:
                 self._fast = True
 
         return unsubscribe
@@ -1134,7 +1166,12 @@ class Engine(Namespace):
         leaf = path[0] * 256 + path[1] * 16 + path[2]
         ns = self._namespaces.get(namespace) or self.namespace(namespace)
         out = []
-        for key in tree[4].get(leaf, ()):
+        members = tree[4]
+        if members is None:  # maintained leaves: find the leaf's keys
+            keys = [k for k in self._all_keys(ns) if xxhash.xxh64_intdigest(k) >> 52 == leaf]
+        else:
+            keys = members.get(leaf, ())
+        for key in keys:
             rec = self._visible_record(ns, key)
             if rec is None:
                 continue
@@ -1167,29 +1204,119 @@ class Engine(Namespace):
             return None
         return folded[0], folded[1], folded[2], folded[5]
 
+    @property
+    def _leaves_on(self) -> bool:
+        return self._options["digests"]
+
+    def _entry_hash(self, ns: Namespace, key: bytes) -> int:
+        """The key's contribution to its leaf hash (0: the key is absent)."""
+        rec = self._visible_record(ns, key)
+        if rec is None:
+            return 0
+        kind, hlc, node, value = rec
+        if ns._operator is None or kind == TOMBSTONE:
+            canon = _DIGEST_TS.pack(kind, hlc, node)
+        else:
+            canon = b"\x03" + value
+        return xxhash.xxh64_intdigest(key + b"\x00" + canon)
+
+    def _ns_leaves(self, ns: Namespace) -> List[int]:
+        leaves = self._leaves.get(ns._id)
+        if leaves is None:  # first use in this process: one full build
+            leaves = [0] * 4096
+            for key in self._all_keys(ns):
+                leaves[xxhash.xxh64_intdigest(key) >> 52] ^= self._entry_hash(ns, key)
+            self._leaves[ns._id] = leaves
+        return leaves
+
+    def _digest_before(self, items) -> Dict[Tuple[int, bytes], Tuple[Namespace, int]]:
+        """Contributions of the keys about to be written (merge lock held)."""
+        out: Dict[Tuple[int, bytes], Tuple[Namespace, int]] = {}
+        for ns, key in items:
+            if (ns._id, key) not in out:
+                self._ns_leaves(ns)
+                out[(ns._id, key)] = (ns, self._entry_hash(ns, key))
+        return out
+
+    def _digest_after(self, before) -> None:
+        for (ns_id, key), (ns, old) in before.items():
+            new = self._entry_hash(ns, key)
+            if new != old:
+                self._ns_leaves(ns)[xxhash.xxh64_intdigest(key) >> 52] ^= old ^ new
+
+    def _digest_path(self) -> str:
+        return os.path.join(self.path, "digests.bin")
+
+    def _log_end(self) -> Tuple[int, int]:
+        segs = self._log.segments()
+        return (segs[-1]["no"], segs[-1]["used"]) if segs else (self._log.stats()["first_segment"], 0)
+
+    def _load_digests(self) -> None:
+        """Take the leaves saved at the last clean close, if the log and store
+        are exactly as they were then; the file is removed either way, so a
+        crash later can never leave a stale one behind."""
+        path = self._digest_path()
+        try:
+            with builtins_open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return
+        os.unlink(path)
+        marker = struct.pack(">IQQ", *self._log_end(), self._store.meta_u64(b"compacted_through", 1 << 63))
+        if not data.startswith(marker) or self.recovery["dropped_bytes"]:
+            return
+        body = data[len(marker):]
+        per = 4 + 4096 * 8
+        for i in range(0, len(body) - per + 1, per):
+            ns_id = struct.unpack_from(">I", body, i)[0]
+            self._leaves[ns_id] = list(struct.unpack_from(">4096Q", body, i + 4))
+
+    def _save_digests(self) -> None:
+        marker = struct.pack(">IQQ", *self._log_end(), self._store.meta_u64(b"compacted_through", 1 << 63))
+        parts = [marker]
+        for ns_id, leaves in self._leaves.items():
+            parts.append(struct.pack(">I", ns_id) + struct.pack(">4096Q", *leaves))
+        tmp = self._digest_path() + ".tmp"
+        with builtins_open(tmp, "wb") as f:
+            f.write(b"".join(parts))
+        os.replace(tmp, self._digest_path())
+
+    def _digest_purged(self, purged) -> None:
+        """The compactor purged tombstones (merge lock held): update leaves."""
+        if not self._leaves_on:
+            return
+        for ns_id, key, old in purged:
+            ns = self._ns_by_id.get(ns_id)
+            if ns is None or ns_id not in self._leaves:
+                continue
+            new = self._entry_hash(ns, key)
+            if new != old:
+                self._leaves[ns_id][xxhash.xxh64_intdigest(key) >> 52] ^= old ^ new
+
     def _digest_tree(self, namespace: str):
         ns = self._namespaces.get(namespace)
         if ns is None:
             ns = self.namespace(namespace)
-        version = (self._log.stats()["records_appended"], self._store.generation)
+        if self._leaves_on:
+            with self._merge_lock:
+                version = ("leaves", tuple(self._ns_leaves(ns)))
+        else:
+            version = (self._log.stats()["records_appended"], self._store.generation)
         hit = self._digest_cache.get(ns._id)
         if hit is not None and hit[0] == version:
             return hit[1]
-        leaves = [0] * 4096
-        members: Dict[int, List[bytes]] = {}
-        for key in self._all_keys(ns):
-            rec = self._visible_record(ns, key)
-            if rec is None:
-                continue
-            kind, hlc, node, value = rec
-            if ns._operator is None or kind == TOMBSTONE:
-                canon = _DIGEST_TS.pack(kind, hlc, node)
-            else:
-                canon = b"\x03" + value
-            h = xxhash.xxh64_intdigest(key)
-            leaf = h >> 52
-            leaves[leaf] ^= xxhash.xxh64_intdigest(key + b"\x00" + canon)
-            members.setdefault(leaf, []).append(key)
+        members: Optional[Dict[int, List[bytes]]] = None
+        if self._leaves_on:
+            leaves = list(version[1])
+        else:
+            leaves = [0] * 4096
+            members = {}
+            for key in self._all_keys(ns):
+                h = self._entry_hash(ns, key)
+                if h:
+                    leaf = xxhash.xxh64_intdigest(key) >> 52
+                    leaves[leaf] ^= h
+                    members.setdefault(leaf, []).append(key)
         lvl2 = [_hash_children(leaves, i) for i in range(256)]
         lvl1 = [_hash_children(lvl2, i) for i in range(16)]
         tree = (None, lvl1, lvl2, leaves, members)
