@@ -587,10 +587,15 @@ class Engine(Namespace):
                 return _ffi_buffer(buf, n)[:]
             if n == NOTFOUND:
                 store = self._store
-                r = store._readers
-                if r.generation != store.generation or r.txn is None:
-                    store.read_txn()
-                raw = r.txn.get(key, db=self._dbi0)
+                r = store._readers.r
+                r.lock.acquire()
+                try:
+                    txn = r.txn
+                    if r.generation != store.generation or txn is None:
+                        txn = store._fresh(r)
+                    raw = txn.get(key, db=self._dbi0)
+                finally:
+                    r.lock.release()
                 if raw is None:
                     return default
                 if raw[0] == VALUE:

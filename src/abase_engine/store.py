@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import weakref
 from typing import Callable, Iterator, Optional, Tuple
 
 import lmdb
@@ -78,9 +79,22 @@ def decode(raw: bytes, where: str = "store") -> Stored:
     return kind, hlc, node, ah, an, bytes(body)
 
 
+class _Reader:
+    """One thread's cached read transaction. ``lock`` is held while the
+    thread uses ``txn``, so the compactor can abort an idle, stale one."""
+
+    __slots__ = ("txn", "generation", "lock", "__weakref__")
+
+    def __init__(self) -> None:
+        self.txn = None
+        self.generation = -1
+        self.lock = threading.Lock()
+
+
 class _Readers(threading.local):
-    txn = None
-    generation = -1
+    def __init__(self, registry: "weakref.WeakSet") -> None:
+        self.r = _Reader()
+        registry.add(self.r)
 
 
 class Store:
@@ -101,7 +115,8 @@ class Store:
         self.meta = self.env.open_db(b"meta")
         self.tombs = self.env.open_db(b"tombstones")
         self._dbs: dict = {}
-        self._readers = _Readers()
+        self._registry: "weakref.WeakSet[_Reader]" = weakref.WeakSet()
+        self._readers = _Readers(self._registry)
         self._lock = threading.Lock()
         #: Incremented after every commit; readers renew their snapshot on change.
         self.generation = 0
@@ -115,7 +130,8 @@ class Store:
 
     def close(self) -> None:
         """Close the environment. Per-thread read transactions become unusable."""
-        self._readers = _Readers()
+        self._release_readers(all_of_them=True)
+        self._readers = _Readers(self._registry)
         self.env.close()
 
     # -- databases -------------------------------------------------------
@@ -133,9 +149,8 @@ class Store:
         return d
 
     # -- reads -----------------------------------------------------------
-    def read_txn(self):
-        """This thread's read transaction, renewed if a commit happened since."""
-        r = self._readers
+    def _fresh(self, r: _Reader):
+        """r's transaction, renewed if a commit happened since (r.lock held)."""
         if r.generation != self.generation or r.txn is None:
             if r.txn is not None:
                 r.txn.abort()
@@ -143,12 +158,32 @@ class Store:
             r.txn = self.env.begin(buffers=False)
         return r.txn
 
+    def _release_readers(self, all_of_them: bool = False) -> None:
+        """Abort cached read transactions that are stale and not in use.
+
+        LMDB cannot reuse a page freed after the oldest open read transaction
+        began, so a thread that read once and went idle would make the file
+        grow by a copy of every page the compactor rewrites.
+        """
+        for r in list(self._registry):
+            if r.lock.acquire(False):
+                try:
+                    if r.txn is not None and (all_of_them or r.generation != self.generation):
+                        r.txn.abort()
+                        r.txn = None
+                finally:
+                    r.lock.release()
+
     def get_raw(self, ns_id: int, key: bytes) -> Optional[bytes]:
         """The encoded stored version of ``key``, or None."""
-        if not key:
-            return self.read_txn().get(empty_key_slot(ns_id), db=self.meta)
-        dbi = self.db(ns_id)  # first: opening a handle renews read transactions
-        return self.read_txn().get(key, db=dbi)
+        dbi = self.meta if not key else self.db(ns_id)  # first: a new handle renews transactions
+        k = empty_key_slot(ns_id) if not key else key
+        r = self._readers.r
+        r.lock.acquire()
+        try:
+            return self._fresh(r).get(k, db=dbi)
+        finally:
+            r.lock.release()
 
     def get(self, ns_id: int, key: bytes) -> Optional[Stored]:
         """The decoded stored version of ``key``, or None."""
@@ -187,6 +222,7 @@ class Store:
         start in a fresh transaction, so ``fn`` must not have side effects
         outside the transaction.
         """
+        self._release_readers()
         while True:
             txn = self.env.begin(write=True)
             try:
