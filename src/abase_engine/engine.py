@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import builtins
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from . import store as _store
 from .compactor import Compactor, fold_lww, fold_merge
 from .errors import (
     AbaseError,
+    CorruptionError,
     EngineClosedError,
     InvalidOptionError,
     KeyTooLargeError,
@@ -1360,11 +1362,11 @@ class Engine(Namespace):
         pin = at if at is not None else _ts(self._log.clock(), MAX_NODE_ID)
         self._add_pin(pin)
         try:
-            yield from self._scan_merge(ns, start, stop, reverse, pin)
+            yield from self._scan_merge(ns, start, stop, reverse, pin, at is None)
         finally:
             self._remove_pin(pin)
 
-    def _scan_merge(self, ns: Namespace, start, stop, reverse, pin: Timestamp):
+    def _scan_merge(self, ns: Namespace, start, stop, reverse, pin: Timestamp, pin_is_now: bool = False):
         store = self._store
         operator = ns._operator
         at_h, at_n = pin._hlc, pin._node
@@ -1375,12 +1377,34 @@ class Engine(Namespace):
             cur = txn.cursor(db=dbi)
             store_iter = _cursor_range(cur, start, stop, reverse)
             empty = txn.get(_store.empty_key_slot(ns._id), db=store.meta)
-            if empty is not None and (start is None or start == b"") and (stop is None or stop != b""):
+            chained = empty is not None and (start is None or start == b"") and (stop is None or stop != b"")
+            if chained:
                 # the empty key sorts first; LMDB cannot hold it, meta does
                 store_iter = _chain_empty(store_iter, empty, reverse)
             lk = next(log_iter, None)
             sk = next(store_iter, None)
+            # Every stored timestamp is at or below a pin taken now, so a scan
+            # with no `at` needs no per-item snapshot check; once one stream
+            # is exhausted the other is yielded in a tight loop.
+            own_pin = operator is None and pin_is_now
             while lk is not None or sk is not None:
+                if own_pin and lk is None:
+                    if not reverse and stop is None and not chained:
+                        # iternext() starts at the cursor's current item: sk
+                        yield from _stored_values(cur.iternext(), store.path)
+                    else:
+                        yield from _stored_values(itertools.chain((sk,), store_iter), store.path)
+                    return
+                if own_pin and sk is None:
+                    entries = itertools.chain((lk,), log_iter)
+                    for entry in entries:
+                        if entry[1] >= 0:
+                            yield entry[0], entry[2]
+                        elif entry[1] != DELETED:
+                            item = self._resolve_scan_item(ns, entry, pin)
+                            if item is not None:
+                                yield entry[0], item
+                    return
                 if sk is None or (lk is not None and (lk[0] > sk[0] if reverse else lk[0] < sk[0])):
                     key, item = lk[0], self._resolve_scan_item(ns, lk, pin)
                     lk = next(log_iter, None)
@@ -1505,6 +1529,17 @@ def _cursor_range(cur, start, stop, reverse):
                 return
             yield k, cur.value()
             ok = cur.prev()
+
+
+def _stored_values(items, where: str):
+    """(key, value) of stored LWW versions, tombstones skipped; anything else
+    is corruption, never a value."""
+    for k, v in items:
+        kind = v[0]
+        if kind == VALUE and len(v) >= 13:
+            yield k, v[13:]
+        elif kind != TOMBSTONE or len(v) < 13:
+            raise CorruptionError(f"stored value of key {k!r} has unknown kind {kind} or is truncated", where)
 
 
 def _chain_empty(it, raw: bytes, reverse: bool):
