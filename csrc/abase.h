@@ -232,7 +232,7 @@ int64_t abase_put(abase_db *db, uint32_t ns, int op, const uint8_t *key,
  *               the store (0, 0: none), used to decide dominance
  *   modes: with hlcs, per record ABASE_MODE_LWW (skip a record that is not
  *          newer than the key's visible version) or ABASE_MODE_MERGE (skip
- *          only an exact duplicate)
+ *          only an exact duplicate: same timestamp and same value)
  *   out_status: with hlcs, per record 1 appended, 0 skipped
  *   flags: NULL, or per record extra flags (only ABASE_F_CHECKPOINT)
  * Returns the last hlc issued or appended (> 0), 0 if all were skipped, or a

@@ -887,18 +887,24 @@ int64_t abase_put(abase_db *db, uint32_t ns, int op, const uint8_t *key,
  * whether a record with exactly (hlc, node) exists. Write lock held. */
 static void newest_version(abase_db *db, uint64_t head, uint64_t base_hlc,
                            uint32_t base_node, uint64_t hlc, uint32_t node,
+                           const uint8_t *val, uint32_t vlen, int by_value,
                            uint64_t *max_hlc, uint32_t *max_node, int *dup)
 {
     uint64_t mh = base_hlc;
     uint32_t mn = base_node;
-    *dup = (base_hlc == hlc && base_node == node && hlc != 0);
+    /* by_value (merge namespaces): a duplicate must also hold the same
+     * bytes, since a whole state may carry the timestamp of one of its
+     * operands; a join makes any repeat harmless anyway. */
+    *dup = !by_value && (base_hlc == hlc && base_node == node && hlc != 0);
     for (uint64_t a = head; a;) {
         const uint8_t *r = rec_live(db, a);
         if (!r)
             break;
         uint64_t rh = ld64(r + R_HLC);
         uint32_t rn = ld32(r + R_NODE);
-        if (rh == hlc && rn == node)
+        if (rh == hlc && rn == node &&
+            (!by_value || (ld32(r + R_VLEN) == vlen &&
+                           (vlen == 0 || memcmp(r + ABASE_REC_HEADER_SIZE + ld16(r + R_KLEN), val, vlen) == 0))))
             *dup = 1;
         if (ts_greater(rh, rn, mh, mn)) {
             mh = rh;
@@ -986,7 +992,8 @@ int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
             uint64_t mh;
             uint32_t mn;
             int dup;
-            newest_version(db, prev, base_hlcs[i], base_nodes[i], hlc, node, &mh, &mn, &dup);
+            newest_version(db, prev, base_hlcs[i], base_nodes[i], hlc, node, val, vlen,
+                           modes[i] == ABASE_MODE_MERGE, &mh, &mn, &dup);
             int newer = ts_greater(hlc, node, mh, mn);
             if (dup || (modes[i] == ABASE_MODE_LWW && !newer)) {
                 out_status[i] = 0; /* changes nothing: idempotent receive */
@@ -1190,7 +1197,7 @@ int abase_newest(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
         uint64_t mh = 0;
         uint32_t mn = 0;
         int dup;
-        newest_version(db, *slot, 0, 0, 0, 0, &mh, &mn, &dup);
+        newest_version(db, *slot, 0, 0, 0, 0, NULL, 0, 0, &mh, &mn, &dup);
         if (mh || mn) {
             *hlc = mh;
             *node = mn;

@@ -414,9 +414,6 @@ def test_anti_entropy_repairs_both_ways(group):
     assert again["rounds"] == 3 * len(g.namespaces)  # one root exchange per pair and namespace
 
 
-@pytest.mark.xfail(strict=True, reason="ENGINE BUG: records() sends a CRDT key's state as one MERGE record "
-                   "stamped now() and without its DELETE anchor; the stale replica's pre-delete state is joined "
-                   "in after the delete, which is undone everywhere (all replicas read 5, expected 1)")
 def test_anti_entropy_repairs_a_crdt_delete(group):
     net = SimulatedNetwork(seed=0)
     g = group(write_quorum=1, read_quorum=1, transport=net)

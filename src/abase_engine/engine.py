@@ -653,6 +653,7 @@ class Engine(Namespace):
         self._listeners: List[Callable[[List[Change]], None]] = []
         self.listener_errors = 0
         self._digest_cache: Dict[int, tuple] = {}
+        self._members_cache: Dict[int, tuple] = {}
         #: ns id -> 4096 leaf hashes, maintained on every write (option digests)
         self._leaves: Dict[int, List[int]] = {}
         self._slots = _SlotTable(self)
@@ -1172,44 +1173,66 @@ class Engine(Namespace):
         tree = self._digest_tree(namespace)
         leaf = path[0] * 256 + path[1] * 16 + path[2]
         ns = self._namespaces.get(namespace) or self.namespace(namespace)
+        members = tree[4] if tree[4] is not None else self._leaf_members(ns)
         out = []
-        members = tree[4]
-        if members is None:  # maintained leaves: find the leaf's keys
-            keys = [k for k in self._all_keys(ns) if xxhash.xxh64_intdigest(k) >> 52 == leaf]
-        else:
-            keys = members.get(leaf, ())
-        for key in keys:
-            rec = self._visible_record(ns, key)
+        for key in members.get(leaf, ()):
+            rec = self._visible_record(ns, key, with_anchor=True)
             if rec is None:
                 continue
-            kind, hlc, node, value = rec
+            kind, hlc, node, value, anchor = rec
             if ns._operator is None or kind == TOMBSTONE:
                 out.append(Change(namespace, key, Op.DELETE if kind == TOMBSTONE else Op.PUT,
                                   None if kind == TOMBSTONE else value, _ts(hlc, node)))
-            else:
-                out.append(Change(namespace, key, Op.MERGE, value, self.now()))
+                continue
+            # A CRDT key: its newest delete (so the receiver drops what that
+            # delete removed), then its state stamped with the state's own
+            # newest timestamp, never "now": a fresh stamp would outrank a
+            # delete the sender has not seen yet and undo it.
+            if anchor != (0, 0):
+                out.append(Change(namespace, key, Op.DELETE, None, _ts(*anchor)))
+            out.append(Change(namespace, key, Op.MERGE, value, _ts(hlc, node)))
         return out
 
-    def _visible_record(self, ns: Namespace, key: bytes):
-        """(kind, hlc, node, value) of the key's visible version, tombstones included."""
+    def _leaf_members(self, ns: Namespace) -> Dict[int, List[bytes]]:
+        """Keys by digest leaf, from one pass over the namespace; reused until
+        the next write or compaction (anti-entropy asks for many leaves)."""
+        version = (self._log.stats()["records_appended"], self._store.generation)
+        hit = self._members_cache.get(ns._id)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        members: Dict[int, List[bytes]] = {}
+        for key in self._all_keys(ns):
+            members.setdefault(xxhash.xxh64_intdigest(key) >> 52, []).append(key)
+        self._members_cache[ns._id] = (version, members)
+        return members
+
+    def _visible_record(self, ns: Namespace, key: bytes, with_anchor: bool = False):
+        """(kind, hlc, node, value) of the key's visible version, tombstones
+        included; with_anchor adds the newest delete's (hlc, node) (CRDT keys)."""
+        rec = self._visible_record5(ns, key)
+        if rec is None or with_anchor:
+            return rec
+        return rec[:4]
+
+    def _visible_record5(self, ns: Namespace, key: bytes):
         if ns._operator is None:
             status, value, hlc, node, op = self._log.get_lww(ns._id, key, 0, 0)
             base = self._store.get(ns._id, key)
             if status >= 0:
-                return VALUE, hlc, node, value
+                return VALUE, hlc, node, value, (0, 0)
             if status == DELETED:
-                return TOMBSTONE, hlc, node, b""
+                return TOMBSTONE, hlc, node, b"", (0, 0)
             if status == NEEDBASE and value is not None and (base is None or (hlc, node) > (base[1], base[2])):
-                return (TOMBSTONE, hlc, node, b"") if op == _DELETE else (VALUE, hlc, node, value)
+                return (TOMBSTONE, hlc, node, b"", (0, 0)) if op == _DELETE else (VALUE, hlc, node, value, (0, 0))
             if base is None:
                 return None
-            return base[0], base[1], base[2], base[5]
+            return base[0], base[1], base[2], base[5], (0, 0)
         complete, versions = self._log.get_versions(ns._id, key, 0, 0)
         base = None if complete else self._store.get(ns._id, key)
         folded = fold_merge(ns._operator, base, [(op, h, n, v) for op, _f, h, n, v in versions])
         if folded is None:
             return None
-        return folded[0], folded[1], folded[2], folded[5]
+        return folded[0], folded[1], folded[2], folded[5], (folded[3], folded[4])
 
     @property
     def _leaves_on(self) -> bool:

@@ -707,13 +707,19 @@ def _diff(operator: Optional[MergeOperator], ra: Sequence[Change], rb: Sequence[
     LWW: the side with the older (or no) record gets the newer one. CRDT: if
     the two states differ, each side gets the other's (join is idempotent).
     """
-    ma = {(r.namespace, r.key): r for r in ra}
-    mb = {(r.namespace, r.key): r for r in rb}
+    # A CRDT key may come as two records (its newest delete, then its
+    # state): keep them all, compare by the last (the state or the winner).
+    ma: Dict[Tuple[str, bytes], List[Change]] = {}
+    mb: Dict[Tuple[str, bytes], List[Change]] = {}
+    for m, recs in ((ma, ra), (mb, rb)):
+        for r in recs:
+            m.setdefault((r.namespace, r.key), []).append(r)
     to_a: List[Change] = []
     to_b: List[Change] = []
     for k in ma.keys() | mb.keys():
-        x, y = ma.get(k), mb.get(k)
-        if _same(operator, x, y):
+        xs, ys = ma.get(k, []), mb.get(k, [])
+        x, y = (xs[-1] if xs else None), (ys[-1] if ys else None)
+        if _same(operator, x, y) and len(xs) == len(ys):
             continue
         if operator is None:
             if y is None or (x is not None and x.timestamp > y.timestamp):
@@ -721,10 +727,8 @@ def _diff(operator: Optional[MergeOperator], ra: Sequence[Change], rb: Sequence[
             else:
                 to_a.append(_plain(y))
         else:
-            if x is not None:
-                to_b.append(_plain(x))
-            if y is not None:
-                to_a.append(_plain(y))
+            to_b.extend(_plain(r) for r in xs)
+            to_a.extend(_plain(r) for r in ys)
     return to_a, to_b
 
 
