@@ -1172,7 +1172,9 @@ class Engine(Namespace):
             raise ValueError("records() needs a leaf path of 3 nibbles")
         tree = self._digest_tree(namespace)
         leaf = path[0] * 256 + path[1] * 16 + path[2]
-        ns = self._namespaces.get(namespace) or self.namespace(namespace)
+        ns = self._namespaces.get(namespace)
+        if ns is None:  # not `or`: a namespace's truth value is its len(), O(n)
+            ns = self.namespace(namespace)
         members = tree[4] if tree[4] is not None else self._leaf_members(ns)
         out = []
         for key in members.get(leaf, ()):
