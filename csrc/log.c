@@ -1260,29 +1260,32 @@ static int collect_one(void *arg, uint64_t addr)
     return 0;
 }
 
-static int addr_key_cmp(abase_db *db, uint64_t a, uint64_t b)
+static int addr_key_cmp(const void *ctx, uint64_t a, uint64_t b)
 {
+    abase_db *db = (abase_db *)ctx;
     const uint8_t *ra = rec_mapped(db, a), *rb = rec_mapped(db, b);
     return key_cmp(ra + ABASE_REC_HEADER_SIZE, ld16(ra + R_KLEN),
                    rb + ABASE_REC_HEADER_SIZE, ld16(rb + R_KLEN));
 }
 
-/* Bottom-up merge sort of addresses by key (qsort has no context pointer). */
-static int sort_addrs(abase_db *db, uint64_t *a, uint64_t n)
+typedef int (*order_fn)(const void *ctx, uint64_t a, uint64_t b);
+
+/* Stable bottom-up merge sort of 64-bit handles by `cmp` (qsort has no
+ * context pointer): insertion-sorted runs of 16, then merges. */
+static int sort_handles(uint64_t *a, uint64_t n, order_fn cmp, const void *ctx)
 {
     if (n < 2)
         return ABASE_OK;
     uint64_t *tmp = malloc(n * sizeof(uint64_t));
     if (!tmp)
         return ABASE_ENOMEM;
-    /* insertion sort runs of 16 */
     const uint64_t RUN = 16;
     for (uint64_t lo = 0; lo < n; lo += RUN) {
         uint64_t hi = lo + RUN < n ? lo + RUN : n;
         for (uint64_t i = lo + 1; i < hi; i++) {
             uint64_t v = a[i];
             uint64_t j = i;
-            while (j > lo && addr_key_cmp(db, a[j - 1], v) > 0) {
+            while (j > lo && cmp(ctx, a[j - 1], v) > 0) {
                 a[j] = a[j - 1];
                 j--;
             }
@@ -1296,7 +1299,7 @@ static int sort_addrs(abase_db *db, uint64_t *a, uint64_t n)
             uint64_t hi = lo + 2 * w < n ? lo + 2 * w : n;
             uint64_t i = lo, j = mid, k = lo;
             while (i < mid && j < hi)
-                dst[k++] = addr_key_cmp(db, src[i], src[j]) <= 0 ? src[i++] : src[j++];
+                dst[k++] = cmp(ctx, src[i], src[j]) <= 0 ? src[i++] : src[j++];
             while (i < mid)
                 dst[k++] = src[i++];
             while (j < hi)
@@ -1337,7 +1340,7 @@ int abase_scan_open(abase_db *db, uint32_t ns, const uint8_t *start,
         return ABASE_ENOMEM;
     pthread_rwlock_rdlock(&db->lock);
     ix_foreach(&db->ix, collect_one, &c);
-    int rc = c.oom ? ABASE_ENOMEM : sort_addrs(db, c.addrs, c.n);
+    int rc = c.oom ? ABASE_ENOMEM : sort_handles(c.addrs, c.n, addr_key_cmp, db);
     if (rc == ABASE_OK) {
         sc->keys = malloc(c.key_bytes ? c.key_bytes : 1);
         sc->offs = malloc((c.n + 1) * sizeof(uint64_t));
@@ -1602,9 +1605,10 @@ struct abase_fold {
     uint64_t pos;
 };
 
-/* (ns, key) ascending, then timestamp descending. */
-static int fold_cmp(const uint8_t *base, uint64_t a, uint64_t b)
+/* (ns, key) ascending, then timestamp descending; ctx is the segment base. */
+static int fold_cmp(const void *ctx, uint64_t a, uint64_t b)
 {
+    const uint8_t *base = ctx;
     const uint8_t *ra = base + a, *rb = base + b;
     uint32_t na = ld32(ra + R_NS), nb = ld32(rb + R_NS);
     if (na != nb)
@@ -1620,36 +1624,6 @@ static int fold_cmp(const uint8_t *base, uint64_t a, uint64_t b)
     if (ts_greater(hb, db_, ha, da))
         return 1;
     return a < b ? -1 : (a > b);
-}
-
-static int fold_sort(const uint8_t *base, uint64_t *a, uint64_t n)
-{
-    if (n < 2)
-        return ABASE_OK;
-    uint64_t *tmp = malloc(n * sizeof(uint64_t));
-    if (!tmp)
-        return ABASE_ENOMEM;
-    uint64_t *src = a, *dst = tmp;
-    for (uint64_t w = 1; w < n; w *= 2) {
-        for (uint64_t lo = 0; lo < n; lo += 2 * w) {
-            uint64_t mid = lo + w < n ? lo + w : n;
-            uint64_t hi = lo + 2 * w < n ? lo + 2 * w : n;
-            uint64_t i = lo, j = mid, k = lo;
-            while (i < mid && j < hi)
-                dst[k++] = fold_cmp(base, src[i], src[j]) <= 0 ? src[i++] : src[j++];
-            while (i < mid)
-                dst[k++] = src[i++];
-            while (j < hi)
-                dst[k++] = src[j++];
-        }
-        uint64_t *t = src;
-        src = dst;
-        dst = t;
-    }
-    if (src != a)
-        memcpy(a, src, n * sizeof(uint64_t));
-    free(tmp);
-    return ABASE_OK;
 }
 
 void abase_fold_free(abase_fold *f)
@@ -1696,7 +1670,7 @@ int abase_fold_open(abase_db *db, uint32_t seg_no, const uint32_t *lww_ns,
             off += align8(len);
         }
         if (rc == ABASE_OK)
-            rc = fold_sort(s->base, f->offs, f->n);
+            rc = sort_handles(f->offs, f->n, fold_cmp, s->base);
     }
     pthread_rwlock_unlock(&db->lock);
     if (rc != ABASE_OK) {
