@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import shutil
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -24,15 +24,11 @@ import abase_engine as ae
 from abase_engine import crdt
 from abase_engine.errors import SlotInvalidatedError
 from abase_engine.replication import (
-    QuorumError, ReplicaGroup, SimulatedNetwork, Transport, decode_changes, encode_changes, leaf_path, resolve,
+    QuorumError, ReplicaGroup, SimulatedNetwork, decode_changes, encode_changes, leaf_path, resolve,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "replica_worker.py")
-
-pytestmark = pytest.mark.skipif(
-    not (hasattr(ae.Engine, "changes") and hasattr(ae.Engine, "digest")),
-    reason="the engine has no replication hooks yet")
 
 SMALL = dict(segment_size=4096, compact_interval=None)
 

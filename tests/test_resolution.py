@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import pytest
 from hypothesis import given, settings, strategies as st

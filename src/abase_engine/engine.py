@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 import xxhash
 
 from . import store as _store
-from .compactor import Compactor, fold_lww, fold_merge
+from .compactor import Compactor, fold_merge
 from .errors import (
     AbaseError,
     CorruptionError,
@@ -55,7 +55,7 @@ from ._abase import ffi as _ffi
 from .log import DELETED, F_CHECKPOINT, MAX_KEY, MAX_VALUE, NEEDBASE, NOTFOUND, NS_DEFS, Log
 from .merge import LWW, MergeOperator
 from .record import MAX_NODE_ID, Change, Op, Timestamp
-from .store import STATE, TOMBSTONE, VALUE, Store
+from .store import TOMBSTONE, VALUE, Store
 
 __all__ = ["Engine", "Namespace", "Batch", "Snapshot", "ReplicationSlot", "open", "DEFAULT_OPTIONS"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 __all__ = ["Timestamp", "Op", "Change", "LOGICAL_BITS", "MAX_PHYSICAL_MS", "MAX_LOGICAL", "MAX_NODE_ID"]
 
