@@ -656,6 +656,7 @@ class Engine(Namespace):
         self._members_cache: Dict[int, tuple] = {}
         #: ns id -> 4096 leaf hashes, maintained on every write (option digests)
         self._leaves: Dict[int, List[int]] = {}
+        self._leaves_gen: Dict[int, int] = {}  # bumped when a namespace's leaves change
         self._slots = _SlotTable(self)
         self._pins_lock = threading.Lock()
         self._namespaces: Dict[str, Namespace] = {}
@@ -1152,8 +1153,7 @@ class Engine(Namespace):
         """
         self._check_open()
         path = _check_path(path, 2)
-        tree = self._digest_tree(namespace)
-        level = tree[len(path) + 1]
+        level = self._digest_tree(namespace)[len(path)]
         base = 0
         for nib in path:
             base = base * 16 + nib
@@ -1170,15 +1170,13 @@ class Engine(Namespace):
         path = _check_path(path, 3)
         if len(path) != 3:
             raise ValueError("records() needs a leaf path of 3 nibbles")
-        tree = self._digest_tree(namespace)
         leaf = path[0] * 256 + path[1] * 16 + path[2]
         ns = self._namespaces.get(namespace)
         if ns is None:  # not `or`: a namespace's truth value is its len(), O(n)
             ns = self.namespace(namespace)
-        members = tree[4] if tree[4] is not None else self._leaf_members(ns)
         out = []
-        for key in members.get(leaf, ()):
-            rec = self._visible_record(ns, key, with_anchor=True)
+        for key in self._leaf_members(ns).get(leaf, ()):
+            rec = self._visible_record(ns, key)
             if rec is None:
                 continue
             kind, hlc, node, value, anchor = rec
@@ -1198,25 +1196,16 @@ class Engine(Namespace):
     def _leaf_members(self, ns: Namespace) -> Dict[int, List[bytes]]:
         """Keys by digest leaf, from one pass over the namespace; reused until
         the next write or compaction (anti-entropy asks for many leaves)."""
-        version = (self._log.stats()["records_appended"], self._store.generation)
         hit = self._members_cache.get(ns._id)
-        if hit is not None and hit[0] == version:
-            return hit[1]
-        members: Dict[int, List[bytes]] = {}
-        for key in self._all_keys(ns):
-            members.setdefault(xxhash.xxh64_intdigest(key) >> 52, []).append(key)
-        self._members_cache[ns._id] = (version, members)
-        return members
+        if hit is None or hit[0] != self._write_version():
+            self._scan_leaves(ns)
+            hit = self._members_cache[ns._id]
+        return hit[1]
 
-    def _visible_record(self, ns: Namespace, key: bytes, with_anchor: bool = False):
-        """(kind, hlc, node, value) of the key's visible version, tombstones
-        included; with_anchor adds the newest delete's (hlc, node) (CRDT keys)."""
-        rec = self._visible_record5(ns, key)
-        if rec is None or with_anchor:
-            return rec
-        return rec[:4]
-
-    def _visible_record5(self, ns: Namespace, key: bytes):
+    def _visible_record(self, ns: Namespace, key: bytes):
+        """(kind, hlc, node, value, anchor) of the key's visible version,
+        tombstones included; anchor is the newest delete's (hlc, node) folded
+        into a CRDT state, else (0, 0). None: the key has no version."""
         if ns._operator is None:
             status, value, hlc, node, op = self._log.get_lww(ns._id, key, 0, 0)
             base = self._store.get(ns._id, key)
@@ -1245,7 +1234,7 @@ class Engine(Namespace):
         rec = self._visible_record(ns, key)
         if rec is None:
             return 0
-        kind, hlc, node, value = rec
+        kind, hlc, node, value, _anchor = rec
         if ns._operator is None or kind == TOMBSTONE:
             canon = _DIGEST_TS.pack(kind, hlc, node)
         else:
@@ -1255,11 +1244,13 @@ class Engine(Namespace):
     def _ns_leaves(self, ns: Namespace) -> List[int]:
         leaves = self._leaves.get(ns._id)
         if leaves is None:  # first use in this process: one full build
-            leaves = [0] * 4096
-            for key in self._all_keys(ns):
-                leaves[xxhash.xxh64_intdigest(key) >> 52] ^= self._entry_hash(ns, key)
-            self._leaves[ns._id] = leaves
+            leaves = self._leaves[ns._id] = self._scan_leaves(ns)
+            self._leaves_gen[ns._id] = self._leaves_gen.get(ns._id, 0) + 1
         return leaves
+
+    def _leaf_changed(self, ns_id: int, key: bytes, old: int, new: int) -> None:
+        self._leaves[ns_id][xxhash.xxh64_intdigest(key) >> 52] ^= old ^ new
+        self._leaves_gen[ns_id] = self._leaves_gen.get(ns_id, 0) + 1
 
     def _digest_before(self, items) -> Dict[Tuple[int, bytes], Tuple[Namespace, int]]:
         """Contributions of the keys about to be written (merge lock held)."""
@@ -1274,7 +1265,8 @@ class Engine(Namespace):
         for (ns_id, key), (ns, old) in before.items():
             new = self._entry_hash(ns, key)
             if new != old:
-                self._ns_leaves(ns)[xxhash.xxh64_intdigest(key) >> 52] ^= old ^ new
+                self._ns_leaves(ns)
+                self._leaf_changed(ns_id, key, old, new)
 
     def _digest_path(self) -> str:
         return os.path.join(self.path, "digests.bin")
@@ -1323,38 +1315,47 @@ class Engine(Namespace):
                 continue
             new = self._entry_hash(ns, key)
             if new != old:
-                self._leaves[ns_id][xxhash.xxh64_intdigest(key) >> 52] ^= old ^ new
+                self._leaf_changed(ns_id, key, old, new)
+
+    def _write_version(self) -> Tuple[int, int]:
+        """Changes whenever a record is appended or the store commits."""
+        return self._log.stats()["records_appended"], self._store.generation
+
+    def _scan_leaves(self, ns: Namespace) -> List[int]:
+        """Leaf hashes from one pass over the namespace's keys; the leaf
+        membership seen on the way is cached for records()."""
+        version = self._write_version()
+        leaves = [0] * 4096
+        members: Dict[int, List[bytes]] = {}
+        for key in self._all_keys(ns):
+            leaf = xxhash.xxh64_intdigest(key) >> 52
+            members.setdefault(leaf, []).append(key)
+            leaves[leaf] ^= self._entry_hash(ns, key)
+        self._members_cache[ns._id] = (version, members)
+        return leaves
 
     def _digest_tree(self, namespace: str):
+        """(level 1, level 2, leaves) hashes of the namespace, cached until it changes."""
         ns = self._namespaces.get(namespace)
         if ns is None:
             ns = self.namespace(namespace)
-        if self._leaves_on:
-            with self._merge_lock:
-                version = ("leaves", tuple(self._ns_leaves(ns)))
-        else:
-            version = (self._log.stats()["records_appended"], self._store.generation)
-        hit = self._digest_cache.get(ns._id)
-        if hit is not None and hit[0] == version:
-            return hit[1]
-        members: Optional[Dict[int, List[bytes]]] = None
-        if self._leaves_on:
-            leaves = list(version[1])
-        else:
-            leaves = [0] * 4096
-            members = {}
-            for key in self._all_keys(ns):
-                h = self._entry_hash(ns, key)
-                if h:
-                    leaf = xxhash.xxh64_intdigest(key) >> 52
-                    leaves[leaf] ^= h
-                    members.setdefault(leaf, []).append(key)
-        lvl2 = [_hash_children(leaves, i) for i in range(256)]
-        lvl1 = [_hash_children(lvl2, i) for i in range(16)]
-        tree = (None, lvl1, lvl2, leaves, members)
-        self._digest_cache = {k: v for k, v in self._digest_cache.items() if k != ns._id}
-        self._digest_cache[ns._id] = (version, tree)
-        return tree
+        with self._merge_lock:
+            if self._leaves_on:
+                leaves = self._ns_leaves(ns)
+                version: tuple = ("maintained", self._leaves_gen.get(ns._id, 0))
+            else:
+                leaves = None
+                version = self._write_version()
+            hit = self._digest_cache.get(ns._id)
+            if hit is not None and hit[0] == version:
+                return hit[1]
+            if leaves is None:
+                leaves = self._scan_leaves(ns)
+            lvl2 = [_hash_children(leaves, i) for i in range(256)]
+            lvl1 = [_hash_children(lvl2, i) for i in range(16)]
+            tree = (lvl1, lvl2, list(leaves))
+            self._digest_cache[ns._id] = (version, tree)
+            return tree
 
     def _all_keys(self, ns: Namespace) -> Iterator[bytes]:
         """Every key the namespace holds in either layer, tombstones included."""
