@@ -261,75 +261,57 @@ class Compactor:
         store.write(lambda txn: store.put_meta_u64(txn, b"passes", self.passes + 1))
         for seg in segs:
             log.retire(seg["no"])
-            self._engine._after_compaction(seg["no"])
 
     def _purge_tombstones(self) -> None:
-        """Delete stored tombstones older than ``tombstone_grace`` (and, with
-        replication slots, older than every slot's position)."""
+        """Delete stored tombstones older than ``tombstone_grace``.
+
+        Replication slots need no check here: a stored tombstone comes from a
+        compacted segment, and the compactor keeps every segment an active
+        slot still needs."""
         eng = self._engine
         store = eng._store
         grace_ms = eng._options["tombstone_grace_ms"]
         now_ms = eng._wall_ms_now()
         cutoff = ((now_ms - grace_ms) << 16) if now_ms > grace_ms else 0
-        limit = eng._tombstone_floor()
-        if limit is not None:
-            cutoff = min(cutoff, limit)
         if cutoff <= 0:
             return
 
-        def work(txn) -> int:
-            purged = 0
-            cur = txn.cursor(db=store.tombs)
-            expired = []
-            if cur.first():
-                for tk, key in cur:
-                    hlc, node, ns = store.split_tomb_key(tk)
-                    if hlc >= cutoff or len(expired) >= 10000:
-                        break
-                    expired.append((tk, hlc, node, ns, key))
+        # One read pass finds the expired entries (oldest first, a bounded
+        # number per pass); the write transaction then removes them.
+        expired = []
+        with store.env.begin(db=store.tombs, buffers=False) as txn:
+            for tk, key in txn.cursor():
+                hlc, node, ns = store.split_tomb_key(tk)
+                if hlc >= cutoff or len(expired) >= 10000:
+                    break
+                expired.append((tk, hlc, node, ns, key))
+        if not expired:
+            return
+        for ns in {e[3] for e in expired}:
+            store.db(ns)  # open handles before the write txn (LMDB has one writer)
+
+        def work(txn) -> None:
             for tk, hlc, node, ns, key in expired:
                 raw = store.get_in(txn, ns, key)
                 if raw is not None:
                     cur_v = _decode(raw, store.path)
                     if cur_v[0] == TOMBSTONE and (cur_v[1], cur_v[2]) == (hlc, node):
                         store.delete_in(txn, ns, key)
-                        purged += 1
                 txn.delete(tk, db=store.tombs)
-            return purged
 
-        with store.env.begin(db=store.tombs) as txn:
-            cur = txn.cursor()
-            if not cur.first() or store.split_tomb_key(cur.key())[0] >= cutoff:
-                return
-            namespaces = set()
-            for tk in cur.iternext(keys=True, values=False):
-                if store.split_tomb_key(tk)[0] >= cutoff or len(namespaces) > 64:
-                    break
-                namespaces.add(store.split_tomb_key(tk)[2])
-        for ns in namespaces:
-            store.db(ns)
         with eng._merge_lock:  # digest upkeep reads the keys before and after
             olds = []
             if eng._leaves_on:
-                olds = self._tombstone_candidates(cutoff)
+                # a key deleted again later has several entries: once each
+                seen = {}
+                for _tk, _h, _n, ns, key in expired:
+                    ns_obj = eng._ns_by_id.get(ns)
+                    if ns_obj is not None and (ns, key) not in seen:
+                        seen[(ns, key)] = eng._entry_hash(ns_obj, key)
+                olds = [(ns, key, h) for (ns, key), h in seen.items()]
             with eng._fold_lock:
                 store.write(work)
             eng._digest_purged(olds)
-
-    def _tombstone_candidates(self, cutoff: int):
-        """(ns, key, contribution) of tombstones a purge may remove."""
-        eng = self._engine
-        store = eng._store
-        out = {}  # a key deleted again later has several tombstone entries: once each
-        with store.env.begin(db=store.tombs, buffers=False) as txn:
-            for tk, key in txn.cursor():
-                hlc, _node, ns = store.split_tomb_key(tk)
-                if hlc >= cutoff or len(out) >= 10000:
-                    break
-                ns_obj = eng._ns_by_id.get(ns)
-                if ns_obj is not None and (ns, key) not in out:
-                    out[(ns, key)] = eng._entry_hash(ns_obj, key)
-        return [(ns, key, h) for (ns, key), h in out.items()]
 
 
 def _decode(raw: bytes, where: str) -> Stored:

@@ -1371,13 +1371,6 @@ class Engine(Namespace):
                 if key not in seen:
                     yield key
 
-    def _tombstone_floor(self) -> Optional[int]:
-        """Tombstones at or above this packed HLC must be kept (replication hook)."""
-        return None
-
-    def _after_compaction(self, seg_no: int) -> None:
-        """Called after a segment is folded and freed (replication hook)."""
-
     # -- scans ---------------------------------------------------------------
     def _scan(self, ns: Namespace, start, stop, prefix, reverse, at) -> Iterator[Tuple[bytes, Any]]:
         if prefix is not None:
