@@ -26,16 +26,9 @@ def make_pairs(n: int, seed: int = 1, value_size: int = VALUE_SIZE) -> list:
 
 
 def load(db, pairs, batch: int = 1000) -> None:
-    """Write ``pairs`` through put_many when the engine has it, else batch()."""
-    put_many = getattr(db, "put_many", None)
+    """Write ``pairs`` through put_many, ``batch`` pairs per atomic batch."""
     for i in range(0, len(pairs), batch):
-        chunk = pairs[i:i + batch]
-        if put_many is not None:
-            put_many(chunk)
-        else:
-            with db.batch() as b:
-                for k, v in chunk:
-                    b.put(k, v)
+        db.put_many(pairs[i:i + batch])
 
 
 def write_log(db, megabytes: float, seed: int = 7, value_size: int = 1000) -> int:
@@ -44,19 +37,13 @@ def write_log(db, megabytes: float, seed: int = 7, value_size: int = 1000) -> in
     rec = KEY_SIZE + value_size
     n = max(1, int(megabytes * (1 << 20) / rec))
     vpool = rng.randbytes(value_size + 4096)
-    put_many = getattr(db, "put_many", None)
     done = 0
     while done < n:
         m = min(1000, n - done)
         raw = rng.randbytes(KEY_SIZE * m)
         pairs = [(raw[j * KEY_SIZE:(j + 1) * KEY_SIZE], vpool[(done + j) % 4096:(done + j) % 4096 + value_size])
                  for j in range(m)]
-        if put_many is not None:
-            put_many(pairs)
-        else:
-            with db.batch() as b:
-                for k, v in pairs:
-                    b.put(k, v)
+        db.put_many(pairs)
         done += m
     return n * rec
 

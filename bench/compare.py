@@ -384,7 +384,7 @@ def _open_abase(ae, path: str, opts: dict):
 
 
 class AbaseStore(Store):
-    """abase_engine through its public API (put_many/batch for batches)."""
+    """abase_engine through its public API (put_many for batches)."""
 
     def __init__(self, path, durability="process", extra=None):
         super().__init__(path)
@@ -393,18 +393,8 @@ class AbaseStore(Store):
         self.db, self.accepted_opts = _open_abase(ae, path, {"durability": durability, **(extra or {})})
         self.put = self.db.put
         self.get = self.db.get
-        pm = getattr(self.db, "put_many", None)
-        if pm is not None:
-            self.put_batch = pm
-            self.batch_api = "put_many"
-        else:
-            self.batch_api = "batch()"
-
-    def put_batch(self, pairs):  # replaced by db.put_many when it exists
-        with self.db.batch() as b:
-            bput = b.put
-            for k, v in pairs:
-                bput(k, v)
+        self.put_batch = self.db.put_many
+        self.batch_api = "put_many"
 
     def scan(self):
         return self.db.scan()
@@ -1001,7 +991,6 @@ def _stream_put(db, n, value_size, seed, batch=BATCH):
     """Put ``n`` random keys with ``value_size`` random values, generated per
     batch so the harness holds no data set in memory. Returns user bytes."""
     rng = random.Random(seed)
-    put_many = getattr(db, "put_many", None)
     done = 0
     user = 0
     vpool = rng.randbytes(value_size + 4096)
@@ -1012,12 +1001,7 @@ def _stream_put(db, n, value_size, seed, batch=BATCH):
         for i in range(m):
             off = (done + i) * 7 % 4096
             pairs.append((raw[i * KEY_SIZE:(i + 1) * KEY_SIZE], vpool[off:off + value_size]))
-        if put_many is not None:
-            put_many(pairs)
-        else:
-            with db.batch() as b:
-                for k, v in pairs:
-                    b.put(k, v)
+        db.put_many(pairs)
         done += m
         user += m * (KEY_SIZE + value_size)
     return user
@@ -1150,7 +1134,6 @@ def fig_write_amp(cfg: dict) -> dict:
         nk, rounds, vs = cfg["keys"], cfg["rounds"], cfg["value_size"]
         keys = [rng.randbytes(KEY_SIZE) for _ in range(nk)]
         vpool = rng.randbytes(vs + 4096)
-        put_many = getattr(db, "put_many", None)
         user = 0
         t = time.perf_counter()
         for r in range(rounds):
@@ -1159,12 +1142,7 @@ def fig_write_amp(cfg: dict) -> dict:
             for i in range(0, nk, BATCH):
                 pairs = [(k, vpool[(r * 131 + j) % 4096:(r * 131 + j) % 4096 + vs])
                          for j, k in enumerate(order[i:i + BATCH])]
-                if put_many is not None:
-                    put_many(pairs)
-                else:
-                    with db.batch() as b:
-                        for k, v in pairs:
-                            b.put(k, v)
+                db.put_many(pairs)
                 user += sum(len(k) + len(v) for k, v in pairs)
         write_s = time.perf_counter() - t
         st_before = safe_stats(db)
@@ -1201,17 +1179,11 @@ def fig_compaction_p99(cfg: dict) -> dict:
         rng = random.Random(cfg["seed"])
         keys = [rng.randbytes(KEY_SIZE) for _ in range(n)]
         vpool = rng.randbytes(vs + 4096)
-        put_many = getattr(db, "put_many", None)
         for rnd in range(2):  # two versions of every key: compaction has real work
             for i in range(0, n, BATCH):
                 pairs = [(k, vpool[(i + j + rnd) % 4096:(i + j + rnd) % 4096 + vs])
                          for j, k in enumerate(keys[i:i + BATCH])]
-                if put_many is not None:
-                    put_many(pairs)
-                else:
-                    with db.batch() as b:
-                        for k, v in pairs:
-                            b.put(k, v)
+                db.put_many(pairs)
         ops = cfg["ops"]
         seq = [(rng.random() < 0.1, keys[rng.randrange(n)]) for _ in range(ops)]
         val = vpool[:vs]
