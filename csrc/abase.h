@@ -120,6 +120,7 @@
 #define ABASE_ESKEW (-12)     /* remote clock too far ahead */
 #define ABASE_EAGAIN (-13)    /* logical clock exhausted for this ms: read the clock again */
 #define ABASE_ERANGE (-14)    /* a clock reading is out of the representable range */
+#define ABASE_EWOULDBLOCK (-15) /* a _nowait call would have had to wait: call the blocking one */
 
 /* ---- the part below is also given to cffi (see _build_ffi.py) ---- */
 
@@ -222,6 +223,13 @@ int64_t abase_put(abase_db *db, uint32_t ns, int op, const uint8_t *key,
                   size_t klen, const uint8_t *value, size_t vlen,
                   int64_t wall_ms);
 
+/* abase_put for a caller that holds an interpreter lock and must not block
+ * in it: ABASE_EWOULDBLOCK, with nothing written, when the put would wait
+ * for the lock, create a segment or sync; then call abase_put. */
+int64_t abase_put_nowait(abase_db *db, uint32_t ns, int op, const uint8_t *key,
+                         size_t klen, const uint8_t *value, size_t vlen,
+                         int64_t wall_ms);
+
 /* Append n records as one atomic batch.
  *   ops[i], nss[i]: op and namespace of record i
  *   blob, lens: key i then value i, concatenated; lens[2i] = key length,
@@ -266,6 +274,11 @@ int abase_sync(abase_db *db);
 int64_t abase_get(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
                   uint64_t at_hlc, uint32_t at_node, int mode, uint8_t *buf,
                   size_t cap, abase_getinfo *info);
+
+/* abase_get that returns ABASE_EWOULDBLOCK instead of waiting for the lock. */
+int64_t abase_get_nowait(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
+                         uint64_t at_hlc, uint32_t at_node, int mode, uint8_t *buf,
+                         size_t cap, abase_getinfo *info);
 
 /* Address of the newest live record of (ns, key), 0 if the log has none.
  * Any append to the key, or compaction of its versions, changes it. */

@@ -839,8 +839,12 @@ static int check_sizes(size_t klen, size_t vlen)
     return ABASE_OK;
 }
 
-int64_t abase_put(abase_db *db, uint32_t ns, int op, const uint8_t *key,
-                  size_t klen, const uint8_t *value, size_t vlen, int64_t wall_ms)
+/* abase_put and abase_put_nowait. With nowait, anything that could block
+ * (the lock held elsewhere, a new segment to create, a sync to wait for)
+ * returns ABASE_EWOULDBLOCK before anything is written. */
+static int64_t put_impl(abase_db *db, uint32_t ns, int op, const uint8_t *key,
+                        size_t klen, const uint8_t *value, size_t vlen,
+                        int64_t wall_ms, int nowait)
 {
     int rc = check_sizes(klen, vlen);
     if (rc != ABASE_OK)
@@ -848,8 +852,20 @@ int64_t abase_put(abase_db *db, uint32_t ns, int op, const uint8_t *key,
     if ((op != ABASE_OP_PUT && op != ABASE_OP_DELETE) || (klen && !key) || (vlen && !value))
         return ABASE_EINVAL;
     uint64_t need = align8(ABASE_REC_HEADER_SIZE + klen + vlen);
-    pthread_rwlock_wrlock(&db->lock);
     segment *s;
+    if (nowait) {
+        if (db->durability == ABASE_DUR_SYNC)
+            return ABASE_EWOULDBLOCK;
+        if (pthread_rwlock_trywrlock(&db->lock) != 0)
+            return ABASE_EWOULDBLOCK;
+        s = active_seg(db);
+        if (!s || s->used + need > s->mapped) {
+            pthread_rwlock_unlock(&db->lock);
+            return ABASE_EWOULDBLOCK;
+        }
+    } else {
+        pthread_rwlock_wrlock(&db->lock);
+    }
     rc = room_for(db, need, &s);
     uint64_t hlc = 0, end = 0;
     if (rc == ABASE_OK)
@@ -880,6 +896,18 @@ int64_t abase_put(abase_db *db, uint32_t ns, int op, const uint8_t *key,
             return rc;
     }
     return (int64_t)hlc;
+}
+
+int64_t abase_put(abase_db *db, uint32_t ns, int op, const uint8_t *key,
+                  size_t klen, const uint8_t *value, size_t vlen, int64_t wall_ms)
+{
+    return put_impl(db, ns, op, key, klen, value, vlen, wall_ms, 0);
+}
+
+int64_t abase_put_nowait(abase_db *db, uint32_t ns, int op, const uint8_t *key,
+                         size_t klen, const uint8_t *value, size_t vlen, int64_t wall_ms)
+{
+    return put_impl(db, ns, op, key, klen, value, vlen, wall_ms, 1);
 }
 
 /* Greatest timestamp among the key's log versions and the store's base,
@@ -1151,16 +1179,21 @@ static int64_t merge_get_locked(abase_db *db, uint64_t head, uint64_t at_hlc, ui
     return (int64_t)used;
 }
 
-int64_t abase_get(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
-                  uint64_t at_hlc, uint32_t at_node, int mode, uint8_t *buf,
-                  size_t cap, abase_getinfo *info)
+/* abase_get and abase_get_nowait (ABASE_EWOULDBLOCK while a writer holds
+ * the lock). */
+static int64_t get_impl(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
+                        uint64_t at_hlc, uint32_t at_node, int mode, uint8_t *buf,
+                        size_t cap, abase_getinfo *info, int nowait)
 {
     if (klen > ABASE_MAX_KEY)
         return ABASE_EKEYSIZE;
     if ((klen && !key) || !info || (cap && !buf))
         return ABASE_EINVAL;
     uint64_t h = abase_hash(ns, key, klen);
-    pthread_rwlock_rdlock(&db->lock);
+    if (!nowait)
+        pthread_rwlock_rdlock(&db->lock);
+    else if (pthread_rwlock_tryrdlock(&db->lock) != 0)
+        return ABASE_EWOULDBLOCK;
     uint64_t *slot = ix_find(&db->ix, h, ns, key, klen);
     uint64_t head = slot && rec_live(db, *slot) ? *slot : 0;
     int64_t rc;
@@ -1170,6 +1203,20 @@ int64_t abase_get(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
         rc = lww_get_locked(db, head, at_hlc, at_node, buf, cap, info);
     pthread_rwlock_unlock(&db->lock);
     return rc;
+}
+
+int64_t abase_get(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
+                  uint64_t at_hlc, uint32_t at_node, int mode, uint8_t *buf,
+                  size_t cap, abase_getinfo *info)
+{
+    return get_impl(db, ns, key, klen, at_hlc, at_node, mode, buf, cap, info, 0);
+}
+
+int64_t abase_get_nowait(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
+                         uint64_t at_hlc, uint32_t at_node, int mode, uint8_t *buf,
+                         size_t cap, abase_getinfo *info)
+{
+    return get_impl(db, ns, key, klen, at_hlc, at_node, mode, buf, cap, info, 1);
 }
 
 uint64_t abase_head(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen)
@@ -1655,10 +1702,12 @@ int abase_fold_open(abase_db *db, uint32_t seg_no, const uint32_t *lww_ns,
         memcpy(f->lww, lww_ns, n_lww * sizeof(uint32_t));
     pthread_rwlock_rdlock(&db->lock);
     segment *s = seg_by_no(db, seg_no);
+    const uint8_t *base = NULL;
     int rc = ABASE_OK;
     if (!s || !s->sealed) {
         rc = ABASE_EINVAL;
     } else {
+        base = s->base;
         f->offs = malloc((s->records ? s->records : 1) * sizeof(uint64_t));
         if (!f->offs)
             rc = ABASE_ENOMEM;
@@ -1669,10 +1718,14 @@ int abase_fold_open(abase_db *db, uint32_t seg_no, const uint32_t *lww_ns,
             f->offs[f->n++] = off;
             off += align8(len);
         }
-        if (rc == ABASE_OK)
-            rc = sort_handles(f->offs, f->n, fold_cmp, s->base);
     }
     pthread_rwlock_unlock(&db->lock);
+    /* Sort without the lock: writers would otherwise wait for the whole
+     * sort (hundreds of ms for a large segment). A sealed segment's bytes
+     * never change and its mapping stays until abase_segment_drop, which
+     * only the compaction that owns this fold calls, after it. */
+    if (rc == ABASE_OK)
+        rc = sort_handles(f->offs, f->n, fold_cmp, base);
     if (rc != ABASE_OK) {
         abase_fold_free(f);
         return rc;
