@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from .merge import LWW, MergeOperator
 from .record import Op
@@ -217,9 +217,15 @@ class Compactor:
                     if kind == TOMBSTONE:
                         txn.put(store.tomb_key(hlc, node, ns, key), key, db=store.tombs)
 
-            for chunk in log.fold_entries(no, lww):
-                puts: Dict[int, List[Tuple[bytes, bytes]]] = {}
-                for ns, key, op, flags, _count, hlc, node, data in chunk:
+            for pairs, tombs, rest, nbytes in log.fold_entries(no, lww):
+                # pairs need no look at the store: the newest record of an
+                # LWW key that was DOMINANT beats whatever the store holds
+                for ns, items in pairs.items():
+                    txn.cursor(db=store.db(ns)).putmulti(items)
+                written[0] += nbytes
+                for ns, key, hlc, node in tombs:
+                    txn.put(store.tomb_key(hlc, node, ns, key), key, db=store.tombs)
+                for ns, key, op, flags, _count, hlc, node, data in rest:
                     if ns == eng._NS_DEFS:
                         txn.put(b"ns:" + key, data[13:], db=store.meta)
                         continue
@@ -230,10 +236,7 @@ class Compactor:
                                 base = _decode(raw, store.path)
                                 if (base[1], base[2]) >= (hlc, node):
                                     continue  # the stored version is newer
-                        if key:
-                            puts.setdefault(ns, []).append((key, data))
-                        else:
-                            store.put_in(txn, ns, key, data)
+                        store.put_in(txn, ns, key, data)
                         written[0] += len(key) + len(data)
                         if op == _DELETE:
                             txn.put(store.tomb_key(hlc, node, ns, key), key, db=store.tombs)
@@ -243,8 +246,6 @@ class Compactor:
                             flush_merge()
                         group, group_key = [], (ns, key)
                     group.append((op, hlc, node, data))
-                for ns, items in puts.items():
-                    txn.cursor(db=store.db(ns)).putmulti(items)
                 time.sleep(0)  # let foreground threads take the GIL between chunks
             if group:
                 flush_merge()

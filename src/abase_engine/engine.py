@@ -51,8 +51,8 @@ from .errors import (
     SnapshotTooOldError,
     ValueTooLargeError,
 )
-from ._abase import ffi as _ffi
-from .log import DELETED, F_CHECKPOINT, MAX_KEY, MAX_VALUE, NEEDBASE, NOTFOUND, NS_DEFS, Log
+from . import _fast
+from .log import DELETED, F_CHECKPOINT, MAX_KEY, MAX_VALUE, NEEDBASE, NS_DEFS, Log
 from .merge import LWW, MergeOperator
 from .record import MAX_NODE_ID, Change, Op, Timestamp
 from .store import TOMBSTONE, VALUE, Store
@@ -74,7 +74,6 @@ DEFAULT_OPTIONS: Dict[str, Any] = {
 }
 
 _PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
-_ffi_buffer = _ffi.buffer
 _OPEN_PATHS: Dict[str, "Engine"] = {}
 _READ_CACHE_ENTRIES = 4096  # decoded values kept per merge namespace
 _OPEN_LOCK = threading.Lock()
@@ -543,16 +542,29 @@ class Engine(Namespace):
             self._release_lock()
             raise
         self._closed = False
-        self._c_db, self._c_put, self._c_get, self._c_bufs = self._log.fast_paths()
         self._dbi0 = self._store.db(0)
+        handle, functions = self._log.fast_handle()
+        self._fastpath = _fast.FastPath(
+            handle, functions, 0, Timestamp, self.node_id,
+            slow_put=Namespace.put.__get__(self), slow_get=Namespace.get.__get__(self),
+            slow_put_many=self._put_many_general, store_get=self._get_stored, fail=self._log.error)
         # a fake clock, a listener or digest upkeep takes the general path
         self._fast = self._clock_fn is None and not self._options["digests"]
         self._compactor = Compactor(self, opts["compact_interval"])
 
     # -- hot paths (default namespace) --------------------------------------
-    # One C call per put and per log-resident get; everything unusual (a
-    # fake clock, non-bytes arguments, a snapshot read, an error) takes the
+    # One C call per put, per log-resident get and per batch, made by
+    # csrc/fastcall.c without going through cffi; everything unusual (a fake
+    # clock, non-bytes arguments, a snapshot read, an error) takes the
     # general path in Namespace.
+
+    @property
+    def _fast(self) -> bool:
+        return bool(self._fastpath.enabled)
+
+    @_fast.setter
+    def _fast(self, on: bool) -> None:
+        self._fastpath.enabled = on
 
     def put(self, key: bytes, value: bytes) -> Timestamp:
         """Store ``value`` under ``key`` in the default namespace; returns its timestamp.
@@ -566,11 +578,7 @@ class Engine(Namespace):
 
         Thread-safety: safe.
         """
-        if type(key) is bytes and type(value) is bytes and self._fast:
-            rc = self._c_put(self._c_db, 0, 1, key, len(key), value, len(value), -1)
-            if rc > 0:
-                return _new_ts(Timestamp, (rc, self.node_id))
-        return Namespace.put(self, key, value)
+        return self._fastpath.put(key, value)
 
     def get(self, key: bytes, default: Any = None, *, at: Optional[Timestamp] = None) -> Any:
         """The value of ``key`` in the default namespace, or ``default``.
@@ -581,32 +589,29 @@ class Engine(Namespace):
 
         :raises SnapshotTooOldError: the history ``at`` needs was compacted.
         """
-        if type(key) is bytes and key and at is None and self._fast:
-            bufs = self._c_bufs
-            buf = bufs.buf
-            n = self._c_get(self._c_db, 0, key, len(key), 0, 0, 0, buf, bufs.cap, bufs.info)
-            if n >= 0:
-                return _ffi_buffer(buf, n)[:]
-            if n == NOTFOUND:
-                store = self._store
-                r = store._readers.r
-                r.lock.acquire()
-                try:
-                    txn = r.txn
-                    if r.generation != store.generation or txn is None:
-                        txn = store._fresh(r)
-                    raw = txn.get(key, db=self._dbi0)
-                finally:
-                    r.lock.release()
-                if raw is None:
-                    return default
-                if raw[0] == VALUE:
-                    return raw[13:]
-                if raw[0] == TOMBSTONE:
-                    return default
-            elif n == DELETED:
-                return default
-        return Namespace.get(self, key, default, at=at)
+        if at is not None:
+            return Namespace.get(self, key, default, at=at)
+        return self._fastpath.get(key, default)
+
+    def _get_stored(self, key: bytes, default: Any) -> Any:
+        """get() of a key the log does not hold: its version in the store."""
+        store = self._store
+        r = store._readers.r
+        r.lock.acquire()
+        try:
+            txn = r.txn
+            if r.generation != store.generation or txn is None:
+                txn = store._fresh(r)
+            raw = txn.get(key, db=self._dbi0)
+        finally:
+            r.lock.release()
+        if raw is None:
+            return default
+        if raw[0] == VALUE:
+            return raw[13:]
+        if raw[0] == TOMBSTONE:
+            return default
+        return Namespace.get(self, key, default)
 
     # -- opening and closing ------------------------------------------------
     def _take_lock(self) -> int:
@@ -691,6 +696,7 @@ class Engine(Namespace):
             return
         self._closed = True
         self._fast = False
+        self._fastpath.detach()
         self._compactor.stop()
         if self._options["digests"]:
             self._save_digests()
@@ -804,7 +810,14 @@ class Engine(Namespace):
         return Batch(self)
 
     def put_many(self, items: Iterable[Tuple[bytes, bytes]]) -> Optional[Timestamp]:
-        """Put many (key, value) pairs in the default namespace as one atomic batch."""
+        """Put many (key, value) pairs in the default namespace as one atomic batch.
+
+        Returns the last record's timestamp, None for no pairs. A list of
+        ``(bytes, bytes)`` tuples crosses into C once for the whole batch.
+        """
+        return self._fastpath.put_many(items)
+
+    def _put_many_general(self, items: Iterable[Tuple[bytes, bytes]]) -> Optional[Timestamp]:
         self._check_open()
         parts: List[bytes] = []
         for k, v in items:
@@ -822,9 +835,9 @@ class Engine(Namespace):
         return _ts(last, self.node_id)
 
     def get_many(self, keys: Iterable[bytes]) -> List[Optional[bytes]]:
-        """Values of many keys of the default namespace (None where missing)."""
-        get = self.get
-        return [get(k) for k in keys]
+        """Values of many keys of the default namespace (None where missing),
+        in one C call for the keys the log holds."""
+        return self._fastpath.get_many(keys)
 
     def _commit_with_merges(self, b: Batch) -> Timestamp:
         """Commit a batch holding merge operations: build each operand (reading

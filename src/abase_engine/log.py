@@ -18,6 +18,7 @@ import threading
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from ._abase import ffi, lib
+from ._fast import fold_split
 from .errors import (
     AbaseError,
     ClockSkewError,
@@ -63,6 +64,7 @@ _STATUS_NAMES = {
     lib.ABASE_EVALSIZE: "value too large",
     lib.ABASE_ESKEW: "clock skew",
     lib.ABASE_ERANGE: "clock out of range",
+    lib.ABASE_EWOULDBLOCK: "would block",
 }
 
 
@@ -141,11 +143,16 @@ class Log:
             raise err
 
     # -- hot paths ---------------------------------------------------------
-    def fast_paths(self):
-        """``(handle, put_fn, get_fn, buffers)`` for the Engine's one-call put
-        and get: the raw C functions and this log's per-thread buffers. The
-        caller must map negative statuses through :meth:`error`."""
-        return self._db, lib.abase_put, lib.abase_get, self._tls
+    def fast_handle(self) -> Tuple[int, Tuple[int, int, int, int, int]]:
+        """The database handle and the addresses of ``abase_put``,
+        ``abase_put_nowait``, ``abase_get``, ``abase_get_nowait`` and
+        ``abase_write_batch``, as integers, for ``_fast.FastPath`` (which
+        maps negative statuses through :meth:`error`)."""
+        def addr(obj) -> int:
+            return int(ffi.cast("uintptr_t", obj))
+
+        names = ("abase_put", "abase_put_nowait", "abase_get", "abase_get_nowait", "abase_write_batch")
+        return addr(self._db), tuple(addr(ffi.addressof(lib, n)) for n in names)  # type: ignore[return-value]
 
     def error(self, rc: int, what: str) -> AbaseError:
         """The exception for a negative status returned by a fast path."""
@@ -395,12 +402,22 @@ class Log:
                 yield ns, data[k0:k0 + klen], op, flags, hlc, node, data[k0 + klen:k0 + klen + vlen]
                 pos += (length + 7) & ~7
 
-    def fold_entries(self, seg_no: int, lww_ns: Sequence[int], chunk: int = 256 * 1024) -> Iterator[list]:
-        """Yield lists of ``(ns, key, op, flags, count, hlc, node, data)`` for a
-        sealed segment in (namespace, key, newest first) order; see
-        ``abase_fold_open``. ``data`` is the store encoding for namespaces in
-        ``lww_ns`` (newest record per key only), the raw value otherwise."""
+    def fold_entries(self, seg_no: int, lww_ns: Sequence[int], chunk: int = 1 << 20) -> Iterator[tuple]:
+        """Yield ``(pairs, tombs, rest, nbytes)`` per chunk of a sealed
+        segment, in (namespace, key, newest first) order; see
+        ``abase_fold_open`` and ``_fast.fold_split``.
+
+        ``pairs``: ``{ns: [(key, stored value), ...]}`` for keys of namespaces
+        in ``lww_ns`` whose newest record was DOMINANT (nothing in the store
+        can be newer), ready for the store; ``tombs``: ``(ns, key, hlc, node)``
+        of the deletes among them; ``rest``: ``(ns, key, op, flags, count, hlc,
+        node, data)`` for every other entry, where ``data`` is the store
+        encoding for ``lww_ns`` namespaces and the raw value otherwise;
+        ``nbytes``: key + value bytes of the pairs. Namespace definitions
+        (``NS_DEFS``) always come in ``rest``.
+        """
         ids = sorted(set(lww_ns))
+        id_set = set(ids) - {NS_DEFS}  # definitions go to the store's meta: always in ``rest``
         out = ffi.new("abase_fold **")
         rc = lib.abase_fold_open(self._db, seg_no, ffi.new("uint32_t[]", ids or [0]), len(ids), out)
         if rc != 0:
@@ -409,7 +426,6 @@ class Log:
         cap = chunk
         buf = ffi.new("uint8_t[]", cap)
         items = ffi.new("uint32_t *")
-        unpack = _FOLD_ENTRY.unpack_from
         while True:
             n = lib.abase_fold_next(fold, buf, cap, items)
             if n == ETOOSMALL:
@@ -420,17 +436,7 @@ class Log:
                 raise self._fail(n, f"fold segment {seg_no}")
             if n == 0:
                 return
-            data = ffi.buffer(buf, n)[:]
-            off = 0
-            batch = []
-            for _ in range(items[0]):
-                ns, klen, op, flags, slen, count, hlc, node, _z = unpack(data, off)
-                off += 32
-                key = data[off:off + klen]
-                off += (klen + 7) & ~7
-                batch.append((ns, key, op, flags, count, hlc, node, data[off:off + slen]))
-                off += (slen + 7) & ~7
-            yield batch
+            yield fold_split(ffi.buffer(buf, n)[:], items[0], id_set)
 
     def read_from(self, seg_no: int, offset: int, chunk: int = 1 << 20) -> Iterator[Tuple[int, int, LogRecord]]:
         """Yield ``(seg_no, next_offset, record)`` for every record from the

@@ -1,0 +1,600 @@
+/*
+ * fastcall.c: the CPython-API fast path for the engine's hot calls.
+ *
+ * The C core is bound through cffi (abase_engine._abase). A cffi call costs
+ * an argument tuple, per-argument conversion and a release and re-take of
+ * the GIL, several times the ~100 ns a put or a log-resident get does in C,
+ * and while another thread (the compactor) wants the GIL, every release
+ * becomes a thread switch. This module is only glue for the calls a program
+ * makes millions of times: put, get, put_many and get_many of one
+ * namespace. It takes the core's function addresses from cffi, so the core
+ * is compiled and linked once, and it:
+ *   - takes exact bytes arguments and nothing else; any other argument,
+ *     keyword or state goes to the general Python path given at creation;
+ *   - calls the _nowait variants with the GIL held, and only when they
+ *     report ABASE_EWOULDBLOCK (lock busy, new segment, sync) releases the
+ *     GIL and calls the blocking variant;
+ *   - builds the result (bytes, a Timestamp) directly.
+ * Errors are turned into exceptions by the Python callable `fail`, so the
+ * mapping from status to exception stays in log.py.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "abase.h"
+
+typedef int64_t (*put_fn)(abase_db *, uint32_t, int, const uint8_t *, size_t,
+                          const uint8_t *, size_t, int64_t);
+typedef int64_t (*get_fn)(abase_db *, uint32_t, const uint8_t *, size_t, uint64_t,
+                          uint32_t, int, uint8_t *, size_t, abase_getinfo *);
+typedef int64_t (*batch_fn)(abase_db *, uint32_t, const uint8_t *, const uint32_t *,
+                            const uint8_t *, const uint32_t *, const uint64_t *,
+                            const uint32_t *, const uint64_t *, const uint32_t *,
+                            const uint8_t *, uint8_t *, const uint8_t *, int64_t);
+
+/* Values up to this size are read into a stack buffer, then copied once
+ * into the result; larger ones are read straight into a new bytes object. */
+#define SMALL_VALUE 1024
+
+typedef struct {
+    PyObject_HEAD
+    abase_db *db; /* NULL once detached: every call takes the general path */
+    put_fn put, put_nowait;
+    get_fn get, get_nowait;
+    batch_fn write_batch;
+    uint32_t ns;
+    char enabled;           /* cleared while writes need the general path */
+    PyObject *ts_type;      /* Timestamp, a tuple subclass (hlc, node) */
+    PyObject *node;         /* this engine's node id (int) */
+    PyObject *slow_put;     /* (key, value) -> Timestamp */
+    PyObject *slow_get;     /* (key, default=None, *, at=None) -> value */
+    PyObject *slow_put_many;/* (pairs) -> Timestamp | None */
+    PyObject *store_get;    /* (key, default) -> value, for a key the log lacks */
+    PyObject *fail;         /* (status, what) -> exception instance */
+} FastPath;
+
+/* ------------------------------------------------------------ helpers */
+
+static PyObject *raise_status(FastPath *self, int64_t rc, const char *what)
+{
+    PyObject *exc = PyObject_CallFunction(self->fail, "Ls", (long long)rc, what);
+    if (exc) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+static PyObject *make_ts(FastPath *self, int64_t hlc)
+{
+    PyTypeObject *tp = (PyTypeObject *)self->ts_type;
+    PyObject *h = PyLong_FromLongLong(hlc);
+    if (!h)
+        return NULL;
+    PyObject *t = tp->tp_alloc(tp, 2);
+    if (!t) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    Py_INCREF(self->node);
+    PyTuple_SET_ITEM(t, 0, h);
+    PyTuple_SET_ITEM(t, 1, self->node);
+    return t;
+}
+
+static int usable(FastPath *self) { return self->enabled && self->db != NULL; }
+
+/* ------------------------------------------------------------ put */
+
+static PyObject *fp_put(FastPath *self, PyObject *const *args, Py_ssize_t nargsf,
+                        PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 2 || kwnames || !usable(self) || !PyBytes_CheckExact(args[0]) ||
+        !PyBytes_CheckExact(args[1]))
+        return PyObject_Vectorcall(self->slow_put, args, nargsf, kwnames);
+    const uint8_t *k = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    const uint8_t *v = (const uint8_t *)PyBytes_AS_STRING(args[1]);
+    size_t kl = (size_t)PyBytes_GET_SIZE(args[0]), vl = (size_t)PyBytes_GET_SIZE(args[1]);
+    abase_db *db = self->db;
+    int64_t rc = self->put_nowait(db, self->ns, ABASE_OP_PUT, k, kl, v, vl, -1);
+    if (rc == ABASE_EWOULDBLOCK) {
+        put_fn put = self->put;
+        uint32_t ns = self->ns;
+        Py_BEGIN_ALLOW_THREADS
+        rc = put(db, ns, ABASE_OP_PUT, k, kl, v, vl, -1);
+        Py_END_ALLOW_THREADS
+    }
+    if (rc > 0)
+        return make_ts(self, rc);
+    if (rc == ABASE_EAGAIN) /* clock exhausted: the general path waits it out */
+        return PyObject_Vectorcall(self->slow_put, args, nargsf, kwnames);
+    return raise_status(self, rc, "put");
+}
+
+/* ------------------------------------------------------------ get */
+
+/* One log read of a non-empty exact-bytes key. Returns a new reference to
+ * the value, or NULL with *rc set to the status (no exception) when the log
+ * did not produce a value, or NULL with an exception set. */
+static PyObject *log_value(FastPath *self, PyObject *key, int64_t *rc)
+{
+    const uint8_t *k = (const uint8_t *)PyBytes_AS_STRING(key);
+    size_t kl = (size_t)PyBytes_GET_SIZE(key);
+    abase_db *db = self->db;
+    uint32_t ns = self->ns;
+    uint8_t small[SMALL_VALUE];
+    abase_getinfo info;
+    int64_t n = self->get_nowait(db, ns, k, kl, 0, 0, ABASE_MODE_LWW, small, sizeof(small), &info);
+    if (n == ABASE_EWOULDBLOCK) {
+        get_fn get = self->get;
+        Py_BEGIN_ALLOW_THREADS
+        n = get(db, ns, k, kl, 0, 0, ABASE_MODE_LWW, small, sizeof(small), &info);
+        Py_END_ALLOW_THREADS
+    }
+    if (n >= 0)
+        return PyBytes_FromStringAndSize((const char *)small, (Py_ssize_t)n);
+    while (n == ABASE_ETOOSMALL) {
+        /* Large value: read it into a bytes object of the reported size; if
+         * it grew meanwhile, try again with the new size. */
+        if (info.needed > (uint64_t)PY_SSIZE_T_MAX)
+            return PyErr_NoMemory();
+        PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)info.needed);
+        if (!out)
+            return NULL;
+        uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
+        size_t cap = (size_t)info.needed;
+        get_fn get = self->get;
+        Py_BEGIN_ALLOW_THREADS
+        n = get(db, ns, k, kl, 0, 0, ABASE_MODE_LWW, dst, cap, &info);
+        Py_END_ALLOW_THREADS
+        if (n == (int64_t)cap)
+            return out;
+        if (n >= 0) {
+            PyObject *shorter = PyBytes_FromStringAndSize((const char *)dst, (Py_ssize_t)n);
+            Py_DECREF(out);
+            return shorter;
+        }
+        Py_DECREF(out);
+    }
+    *rc = n;
+    return NULL;
+}
+
+/* The value of key or dflt, resolving what the log cannot decide through
+ * the store or the general path. New reference, or NULL with an exception. */
+static PyObject *get_one(FastPath *self, PyObject *key, PyObject *dflt)
+{
+    int64_t rc = 0;
+    PyObject *v = log_value(self, key, &rc);
+    if (v || PyErr_Occurred())
+        return v;
+    if (rc == ABASE_DELETED) {
+        Py_INCREF(dflt);
+        return dflt;
+    }
+    PyObject *args[2] = {key, dflt};
+    if (rc == ABASE_NOTFOUND)
+        return PyObject_Vectorcall(self->store_get, args, 2, NULL);
+    return PyObject_Vectorcall(self->slow_get, args, 2, NULL);
+}
+
+static PyObject *fp_get(FastPath *self, PyObject *const *args, Py_ssize_t nargsf,
+                        PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if ((nargs != 1 && nargs != 2) || kwnames || !usable(self) || !PyBytes_CheckExact(args[0]) ||
+        PyBytes_GET_SIZE(args[0]) == 0)
+        return PyObject_Vectorcall(self->slow_get, args, nargsf, kwnames);
+    return get_one(self, args[0], nargs == 2 ? args[1] : Py_None);
+}
+
+static PyObject *fp_get_many(FastPath *self, PyObject *keys)
+{
+    PyObject *seq = PySequence_Fast(keys, "get_many needs an iterable of keys");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *out = PyList_New(n);
+    if (!out) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = items[i], *v;
+        if (usable(self) && PyBytes_CheckExact(k) && PyBytes_GET_SIZE(k) > 0)
+            v = get_one(self, k, Py_None);
+        else
+            v = PyObject_Vectorcall(self->slow_get, &k, 1, NULL);
+        if (!v) {
+            Py_DECREF(out);
+            Py_DECREF(seq);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+/* ------------------------------------------------------------ put_many */
+
+static PyObject *fp_put_many(FastPath *self, PyObject *pairs)
+{
+    if (!usable(self) || !(PyList_CheckExact(pairs) || PyTuple_CheckExact(pairs)))
+        return PyObject_CallOneArg(self->slow_put_many, pairs);
+    PyObject *seq = PySequence_Fast(pairs, "");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    /* Every item an exact (bytes, bytes) tuple within the record limits, or
+     * the whole batch goes to the general path, which says what is wrong. */
+    size_t total = 0;
+    int plain = n > 0 && (uint64_t)n <= UINT32_MAX;
+    for (Py_ssize_t i = 0; plain && i < n; i++) {
+        PyObject *it = items[i];
+        if (!PyTuple_CheckExact(it) || PyTuple_GET_SIZE(it) != 2) {
+            plain = 0;
+            break;
+        }
+        PyObject *k = PyTuple_GET_ITEM(it, 0), *v = PyTuple_GET_ITEM(it, 1);
+        if (!PyBytes_CheckExact(k) || !PyBytes_CheckExact(v) ||
+            PyBytes_GET_SIZE(k) > ABASE_MAX_KEY || PyBytes_GET_SIZE(v) > ABASE_MAX_VALUE) {
+            plain = 0;
+            break;
+        }
+        total += (size_t)PyBytes_GET_SIZE(k) + (size_t)PyBytes_GET_SIZE(v);
+    }
+    if (!plain) {
+        Py_DECREF(seq);
+        return PyObject_CallOneArg(self->slow_put_many, pairs);
+    }
+    uint32_t count = (uint32_t)n;
+    uint8_t *blob = malloc(total ? total : 1);
+    uint32_t *lens = malloc(sizeof(uint32_t) * 2 * (size_t)count);
+    uint32_t *nss = malloc(sizeof(uint32_t) * (size_t)count);
+    uint8_t *ops = malloc(count);
+    if (!blob || !lens || !nss || !ops) {
+        free(blob), free(lens), free(nss), free(ops);
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    size_t off = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        PyObject *k = PyTuple_GET_ITEM(items[i], 0), *v = PyTuple_GET_ITEM(items[i], 1);
+        size_t kl = (size_t)PyBytes_GET_SIZE(k), vl = (size_t)PyBytes_GET_SIZE(v);
+        memcpy(blob + off, PyBytes_AS_STRING(k), kl);
+        off += kl;
+        memcpy(blob + off, PyBytes_AS_STRING(v), vl);
+        off += vl;
+        lens[2 * i] = (uint32_t)kl;
+        lens[2 * i + 1] = (uint32_t)vl;
+        nss[i] = self->ns;
+        ops[i] = ABASE_OP_PUT;
+    }
+    Py_DECREF(seq);
+    abase_db *db = self->db;
+    batch_fn wb = self->write_batch;
+    int64_t rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = wb(db, count, ops, nss, blob, lens, NULL, NULL, NULL, NULL, NULL, NULL, NULL, -1);
+    Py_END_ALLOW_THREADS
+    free(blob), free(lens), free(nss), free(ops);
+    if (rc > 0)
+        return make_ts(self, rc);
+    if (rc == ABASE_EAGAIN)
+        return PyObject_CallOneArg(self->slow_put_many, pairs);
+    return raise_status(self, rc, "write batch");
+}
+
+/* ------------------------------------------------------------ fold_split */
+
+static uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static size_t pad8(size_t n) { return (n + 7u) & ~(size_t)7u; }
+
+/* Appends (key, data) to the list of namespace ns in the dict. */
+static int add_pair(PyObject *pairs, uint32_t ns, PyObject *key, PyObject *data)
+{
+    PyObject *k = PyLong_FromUnsignedLong(ns);
+    if (!k)
+        return -1;
+    PyObject *lst = PyDict_GetItemWithError(pairs, k);
+    if (!lst) {
+        if (PyErr_Occurred() || !(lst = PyList_New(0)) || PyDict_SetItem(pairs, k, lst) < 0) {
+            Py_XDECREF(lst);
+            Py_DECREF(k);
+            return -1;
+        }
+        Py_DECREF(lst); /* the dict holds it */
+    }
+    Py_DECREF(k);
+    PyObject *t = PyTuple_Pack(2, key, data);
+    if (!t)
+        return -1;
+    int rc = PyList_Append(lst, t);
+    Py_DECREF(t);
+    return rc;
+}
+
+/* fold_split(data, items, lww_ids) -> (pairs, tombs, rest, nbytes)
+ *
+ * Splits one buffer of abase_fold_next entries (layout in abase.h) for the
+ * compactor. An entry of a namespace in lww_ids whose record was DOMINANT
+ * and whose key is not empty needs no look at the store: it goes to
+ * pairs[ns] as (key, stored value), ready for a cursor putmulti, and if it
+ * is a delete also to tombs as (ns, key, hlc, node). Every other entry goes
+ * to rest as (ns, key, op, flags, count, hlc, node, data), for the Python
+ * fold. nbytes: key + value bytes of the pairs. */
+static PyObject *fold_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_CheckExact(args[0]) || !PyLong_Check(args[1]) ||
+        !PyAnySet_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "fold_split(data: bytes, items: int, lww_ids: set)");
+        return NULL;
+    }
+    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    size_t n = (size_t)PyBytes_GET_SIZE(args[0]);
+    unsigned long items = PyLong_AsUnsignedLong(args[1]);
+    if (items == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    PyObject *lww = args[2];
+    PyObject *pairs = PyDict_New(), *tombs = PyList_New(0), *rest = PyList_New(0);
+    if (!pairs || !tombs || !rest)
+        goto fail;
+    size_t off = 0;
+    unsigned long long nbytes = 0;
+    for (unsigned long i = 0; i < items; i++) {
+        if (n - off < 32) {
+            PyErr_Format(PyExc_ValueError, "fold entry %lu runs past the buffer", i);
+            goto fail;
+        }
+        const uint8_t *e = buf + off;
+        uint32_t ns = rd32(e), slen = rd32(e + 8), count = rd32(e + 12), node = rd32(e + 24);
+        uint16_t klen = rd16(e + 4);
+        uint8_t op = e[6], flags = e[7];
+        uint64_t hlc = rd64(e + 16);
+        size_t kpad = pad8(klen), spad = pad8(slen);
+        if (n - off - 32 < kpad || n - off - 32 - kpad < spad) {
+            PyErr_Format(PyExc_ValueError, "fold entry %lu runs past the buffer", i);
+            goto fail;
+        }
+        PyObject *key = PyBytes_FromStringAndSize((const char *)e + 32, klen);
+        PyObject *data = key ? PyBytes_FromStringAndSize((const char *)e + 32 + kpad, slen) : NULL;
+        PyObject *nso = data ? PyLong_FromUnsignedLong(ns) : NULL;
+        if (!nso) {
+            Py_XDECREF(key);
+            Py_XDECREF(data);
+            goto fail;
+        }
+        int in_lww = PySet_Contains(lww, nso);
+        int rc = in_lww < 0 ? -1 : 0;
+        if (rc == 0 && in_lww && (flags & ABASE_F_DOMINANT) && klen > 0) {
+            rc = add_pair(pairs, ns, key, data);
+            nbytes += klen + slen;
+            if (rc == 0 && op == ABASE_OP_DELETE) {
+                PyObject *t = Py_BuildValue("(OOKI)", nso, key, (unsigned long long)hlc, node);
+                rc = t ? PyList_Append(tombs, t) : -1;
+                Py_XDECREF(t);
+            }
+        } else if (rc == 0) {
+            PyObject *t = Py_BuildValue("(OOBBIKIO)", nso, key, op, flags, count,
+                                        (unsigned long long)hlc, node, data);
+            rc = t ? PyList_Append(rest, t) : -1;
+            Py_XDECREF(t);
+        }
+        Py_DECREF(nso);
+        Py_DECREF(key);
+        Py_DECREF(data);
+        if (rc < 0)
+            goto fail;
+        off += 32 + kpad + spad;
+    }
+    return Py_BuildValue("(NNNK)", pairs, tombs, rest, nbytes);
+fail:
+    Py_XDECREF(pairs);
+    Py_XDECREF(tombs);
+    Py_XDECREF(rest);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ the type */
+
+static PyObject *fp_detach(FastPath *self, PyObject *Py_UNUSED(ignored))
+{
+    self->db = NULL;
+    Py_RETURN_NONE;
+}
+
+static int read_addr(PyObject *seq, Py_ssize_t i, void **out)
+{
+    PyObject *o = PySequence_GetItem(seq, i);
+    if (!o)
+        return -1;
+    void *p = PyLong_AsVoidPtr(o);
+    Py_DECREF(o);
+    if (!p) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "null function address");
+        return -1;
+    }
+    *out = p;
+    return 0;
+}
+
+static int fp_init(FastPath *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"db", "functions", "ns", "ts_type", "node", "slow_put", "slow_get",
+                             "slow_put_many", "store_get", "fail", NULL};
+    PyObject *db, *fns, *ts_type, *node, *sp, *sg, *spm, *stg, *fail;
+    unsigned int ns;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOIOOOOOOO", kwlist, &db, &fns, &ns, &ts_type,
+                                     &node, &sp, &sg, &spm, &stg, &fail))
+        return -1;
+    if (!PyType_Check(ts_type) || !PyType_IsSubtype((PyTypeObject *)ts_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "ts_type must be a tuple subclass");
+        return -1;
+    }
+    if (!PyCallable_Check(sp) || !PyCallable_Check(sg) || !PyCallable_Check(spm) ||
+        !PyCallable_Check(stg) || !PyCallable_Check(fail)) {
+        PyErr_SetString(PyExc_TypeError, "the general paths must be callables");
+        return -1;
+    }
+    if (!PySequence_Check(fns) || PySequence_Size(fns) != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "functions: addresses of put, put_nowait, get, get_nowait, write_batch");
+        return -1;
+    }
+    void *p[5];
+    for (Py_ssize_t i = 0; i < 5; i++)
+        if (read_addr(fns, i, &p[i]) < 0)
+            return -1;
+    void *dbp = PyLong_AsVoidPtr(db);
+    if (!dbp) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "null database handle");
+        return -1;
+    }
+    self->db = dbp;
+    self->put = (put_fn)p[0];
+    self->put_nowait = (put_fn)p[1];
+    self->get = (get_fn)p[2];
+    self->get_nowait = (get_fn)p[3];
+    self->write_batch = (batch_fn)p[4];
+    self->ns = ns;
+    self->enabled = 1;
+    Py_INCREF(ts_type);
+    Py_XSETREF(self->ts_type, ts_type);
+    Py_INCREF(node);
+    Py_XSETREF(self->node, node);
+    Py_INCREF(sp);
+    Py_XSETREF(self->slow_put, sp);
+    Py_INCREF(sg);
+    Py_XSETREF(self->slow_get, sg);
+    Py_INCREF(spm);
+    Py_XSETREF(self->slow_put_many, spm);
+    Py_INCREF(stg);
+    Py_XSETREF(self->store_get, stg);
+    Py_INCREF(fail);
+    Py_XSETREF(self->fail, fail);
+    return 0;
+}
+
+static int fp_traverse(FastPath *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->ts_type);
+    Py_VISIT(self->node);
+    Py_VISIT(self->slow_put);
+    Py_VISIT(self->slow_get);
+    Py_VISIT(self->slow_put_many);
+    Py_VISIT(self->store_get);
+    Py_VISIT(self->fail);
+    return 0;
+}
+
+static int fp_clear(FastPath *self)
+{
+    self->db = NULL;
+    Py_CLEAR(self->ts_type);
+    Py_CLEAR(self->node);
+    Py_CLEAR(self->slow_put);
+    Py_CLEAR(self->slow_get);
+    Py_CLEAR(self->slow_put_many);
+    Py_CLEAR(self->store_get);
+    Py_CLEAR(self->fail);
+    return 0;
+}
+
+static void fp_dealloc(FastPath *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    fp_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef fp_methods[] = {
+    {"put", (PyCFunction)(void (*)(void))fp_put, METH_FASTCALL | METH_KEYWORDS,
+     "put(key, value) -> Timestamp"},
+    {"get", (PyCFunction)(void (*)(void))fp_get, METH_FASTCALL | METH_KEYWORDS,
+     "get(key, default=None, *, at=None) -> value"},
+    {"get_many", (PyCFunction)fp_get_many, METH_O, "get_many(keys) -> list"},
+    {"put_many", (PyCFunction)fp_put_many, METH_O, "put_many(pairs) -> Timestamp | None"},
+    {"detach", (PyCFunction)fp_detach, METH_NOARGS,
+     "Forget the database handle: later calls take the general path."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef fp_members[] = {
+    {"enabled", T_BOOL, offsetof(FastPath, enabled), 0,
+     "False: every call takes the general path (listeners, digests, a fake clock)."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot fp_slots[] = {
+    {Py_tp_doc, "Hot calls of one namespace, bypassing cffi; see fastcall.c."},
+    {Py_tp_init, fp_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, fp_dealloc},
+    {Py_tp_traverse, fp_traverse},
+    {Py_tp_clear, fp_clear},
+    {Py_tp_methods, fp_methods},
+    {Py_tp_members, fp_members},
+    {0, NULL},
+};
+
+static PyType_Spec fp_spec = {
+    .name = "abase_engine._fast.FastPath",
+    .basicsize = sizeof(FastPath),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = fp_slots,
+};
+
+static int fast_exec(PyObject *m)
+{
+    PyObject *tp = PyType_FromSpec(&fp_spec);
+    if (!tp)
+        return -1;
+    if (PyModule_AddObject(m, "FastPath", tp) < 0) {
+        Py_DECREF(tp);
+        return -1;
+    }
+    return 0;
+}
+
+static PyMethodDef fast_functions[] = {
+    {"fold_split", (PyCFunction)(void (*)(void))fold_split, METH_FASTCALL,
+     "fold_split(data, items, lww_ids) -> (pairs, tombs, rest, nbytes); see fastcall.c."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyModuleDef_Slot fast_slots[] = {
+    {Py_mod_exec, fast_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef fast_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "abase_engine._fast",
+    .m_doc = "CPython-API glue for the engine's hot calls (see csrc/fastcall.c).",
+    .m_size = 0,
+    .m_methods = fast_functions,
+    .m_slots = fast_slots,
+};
+
+PyMODINIT_FUNC PyInit__fast(void)
+{
+    return PyModuleDef_Init(&fast_module);
+}
