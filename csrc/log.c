@@ -67,7 +67,10 @@ struct abase_db {
     abase_hlc clock;
     abase_error err;
     /* group commit, under sync_mu */
+    pthread_cond_t sync_cv; /* a sync finished */
+    int syncing;            /* a leader is syncing */
     uint64_t synced_addr;   /* every address below is on disk */
+    /* the leader's */
     int sync_fd;            /* dup of the active segment's fd */
     uint32_t sync_fd_no;
     uint64_t sealed_synced; /* under lock: end address of the last segment synced at seal */
@@ -380,6 +383,7 @@ int abase_db_new(const char *dir, uint32_t node_id, uint64_t segment_size,
     db->sync_fd = -1;
     pthread_rwlock_init(&db->lock, NULL);
     pthread_mutex_init(&db->sync_mu, NULL);
+    pthread_cond_init(&db->sync_cv, NULL);
     ix_init(&db->ix, rec_mapped, db);
     *out = db;
     return ABASE_OK;
@@ -405,6 +409,7 @@ void abase_db_free(abase_db *db)
     free(db->logdir);
     pthread_rwlock_destroy(&db->lock);
     pthread_mutex_destroy(&db->sync_mu);
+    pthread_cond_destroy(&db->sync_cv);
     free(db);
 }
 
@@ -763,16 +768,11 @@ int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep)
 
 /* ------------------------------------------------------------ group commit */
 
-/* Make every address below `target` durable. Callers that arrive while a
- * sync runs wait for it and usually find their write covered (group
- * commit). Holds neither the read nor the write lock while syncing. */
-static int sync_upto(abase_db *db, uint64_t target, int all_segments)
+/* One fdatasync of the active segment (and, with all_segments, of every
+ * sealed segment not yet synced). Returns the address it made durable in
+ * *end. Called by the leader, with neither lock held. */
+static int sync_once(abase_db *db, int all_segments, uint64_t *end)
 {
-    pthread_mutex_lock(&db->sync_mu);
-    if (!all_segments && db->synced_addr >= target) {
-        pthread_mutex_unlock(&db->sync_mu);
-        return ABASE_OK;
-    }
     int rc = ABASE_OK;
     pthread_rwlock_rdlock(&db->lock);
     if (all_segments) {
@@ -788,38 +788,64 @@ static int sync_upto(abase_db *db, uint64_t target, int all_segments)
         }
     }
     segment *s = active_seg(db);
-    uint64_t end = 0;
+    *end = 0;
+    int fd = -1;
     if (s) {
-        end = make_addr(s->no, s->used);
+        *end = make_addr(s->no, s->used);
+        /* sync_fd belongs to the leader; only one leader at a time */
         if (db->sync_fd_no != s->no || db->sync_fd < 0) {
             if (db->sync_fd >= 0)
                 close(db->sync_fd);
             db->sync_fd = dup(s->fd);
             db->sync_fd_no = s->no;
         }
-    } else if (db->sealed_synced > end) {
-        end = db->sealed_synced;
-    }
-    int fd = s ? db->sync_fd : -1;
-    pthread_rwlock_unlock(&db->lock);
-    if (rc == ABASE_OK && fd >= 0) {
-        if (fdatasync(fd) != 0) /* fsync point: group commit */
+        fd = db->sync_fd;
+        if (fd < 0 && rc == ABASE_OK)
             rc = ABASE_EIO;
-    } else if (rc == ABASE_OK && s && fd < 0) {
+    } else if (db->sealed_synced > *end) {
+        *end = db->sealed_synced;
+    }
+    pthread_rwlock_unlock(&db->lock);
+    if (rc == ABASE_OK && fd >= 0 && fdatasync(fd) != 0) /* fsync point: group commit */
         rc = ABASE_EIO;
+    return rc;
+}
+
+/* Make every address below `target` durable. One writer at a time is the
+ * leader and syncs, without holding sync_mu; the others wait on sync_cv
+ * and leave as soon as a sync covers their write (group commit). */
+static int sync_upto(abase_db *db, uint64_t target, int all_segments)
+{
+    int rc = ABASE_OK, led = 0;
+    pthread_mutex_lock(&db->sync_mu);
+    for (;;) {
+        if (!all_segments && db->synced_addr >= target)
+            break;
+        if (db->syncing) {
+            pthread_cond_wait(&db->sync_cv, &db->sync_mu);
+            continue;
+        }
+        db->syncing = 1;
+        led = 1;
+        pthread_mutex_unlock(&db->sync_mu);
+        uint64_t end = 0;
+        rc = sync_once(db, all_segments, &end);
+        pthread_mutex_lock(&db->sync_mu);
+        db->syncing = 0;
+        if (rc == ABASE_OK && end > db->synced_addr)
+            db->synced_addr = end;
+        pthread_cond_broadcast(&db->sync_cv);
+        break;
     }
-    if (rc == ABASE_OK && end > db->synced_addr)
-        db->synced_addr = end;
     pthread_mutex_unlock(&db->sync_mu);
+    pthread_rwlock_wrlock(&db->lock);
     if (rc != ABASE_OK) {
-        pthread_rwlock_wrlock(&db->lock);
         set_error(db, ABASE_EIO, errno, db->logdir, 0, "fdatasync failed");
-        pthread_rwlock_unlock(&db->lock);
     } else {
-        pthread_rwlock_wrlock(&db->lock);
-        db->syncs++;
-        pthread_rwlock_unlock(&db->lock);
+        db->syncs += led;
+        db->synced_writes++;
     }
+    pthread_rwlock_unlock(&db->lock);
     return rc;
 }
 
