@@ -550,6 +550,13 @@ class Engine(Namespace):
             slow_put_many=self._put_many_general, store_get=self._get_stored, fail=self._log.error)
         # a fake clock, a listener or digest upkeep takes the general path
         self._fast = self._clock_fn is None and not self._options["digests"]
+        # The hot calls resolve straight to C, saving a Python frame each
+        # (~0.1 us); the methods below say what they do, and stay in charge
+        # for a subclass that overrides them.
+        cls = type(self)
+        for name in ("put", "get", "put_many", "get_many"):
+            if getattr(cls, name) is getattr(Engine, name):
+                setattr(self, name, getattr(self._fastpath, name))
         self._compactor = Compactor(self, opts["compact_interval"])
 
     # -- hot paths (default namespace) --------------------------------------
