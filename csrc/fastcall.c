@@ -197,18 +197,19 @@ static PyObject *fp_get(FastPath *self, PyObject *const *args, Py_ssize_t nargsf
 
 static PyObject *fp_get_many(FastPath *self, PyObject *keys)
 {
-    PyObject *seq = PySequence_Fast(keys, "get_many needs an iterable of keys");
+    /* A private copy: the calls below can run Python code (the store, the
+     * general path) or release the GIL, and the caller's list could change. */
+    PyObject *seq = PySequence_List(keys);
     if (!seq)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_ssize_t n = PyList_GET_SIZE(seq);
     PyObject *out = PyList_New(n);
     if (!out) {
         Py_DECREF(seq);
         return NULL;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *k = items[i], *v;
+        PyObject *k = PyList_GET_ITEM(seq, i), *v;
         if (usable(self) && PyBytes_CheckExact(k) && PyBytes_GET_SIZE(k) > 0)
             v = get_one(self, k, Py_None);
         else

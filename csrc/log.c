@@ -885,7 +885,7 @@ static int64_t put_impl(abase_db *db, uint32_t ns, int op, const uint8_t *key,
         if (pthread_rwlock_trywrlock(&db->lock) != 0)
             return ABASE_EWOULDBLOCK;
         s = active_seg(db);
-        if (!s || s->used + need > s->mapped) {
+        if (!s || s->used + need > s->mapped || abase_hlc_would_wait(&db->clock, wall_ms)) {
             pthread_rwlock_unlock(&db->lock);
             return ABASE_EWOULDBLOCK;
         }

@@ -369,3 +369,54 @@ def test_recovery_after_full_compaction_is_empty_log(tmp_path):
     with _open(tmp_path, segment_size=4096) as db:
         assert db.recovery["records"] == 1
         assert db.get(b"k1") == b"new" and db.get(b"k2") == b"v2"
+
+
+# -- the _nowait calls (used with the GIL held by csrc/fastcall.c) ------------
+
+def _now_ms() -> int:
+    import time
+
+    return time.time_ns() // 1_000_000
+
+
+def test_hlc_would_wait_only_when_a_future_millisecond_is_used_up():
+    clk = ffi.new("abase_hlc *")
+    future = _now_ms() + 60_000
+    clk.last = (future << 16) | 0xFFFF
+    assert lib.abase_hlc_would_wait(clk, -1) == 1
+    assert lib.abase_hlc_would_wait(clk, future) == 0  # injected clock: the caller advances it
+    clk.last = (future << 16) | 0xFFFE
+    assert lib.abase_hlc_would_wait(clk, -1) == 0  # one logical tick left
+    clk.last = ((_now_ms() - 60_000) << 16) | 0xFFFF
+    assert lib.abase_hlc_would_wait(clk, -1) == 0  # the wall clock is past it
+
+
+def test_put_nowait_refuses_to_wait_for_the_clock_and_writes_nothing(tmp_path):
+    db = ae.open(str(tmp_path / "db"), compact_interval=None)
+    try:
+        db.put(b"k", b"old")
+        c_db = db._log._db
+        lib.abase_db_clock_observe(c_db, ((_now_ms() + 60_000) << 16) | 0xFFFF)
+        before = db.stats()["log_bytes"]
+        rc = lib.abase_put_nowait(c_db, 0, lib.ABASE_OP_PUT, b"k", 1, b"new", 3, -1)
+        assert rc == lib.ABASE_EWOULDBLOCK
+        assert db.get(b"k") == b"old"
+        assert db.stats()["log_bytes"] == before
+    finally:
+        db.close()
+
+
+def test_put_nowait_refuses_on_sync_durability_and_get_nowait_reads(tmp_path):
+    db = ae.open(str(tmp_path / "db"), compact_interval=None, durability="sync")
+    try:
+        c_db = db._log._db
+        rc = lib.abase_put_nowait(c_db, 0, lib.ABASE_OP_PUT, b"k", 1, b"v", 1, -1)
+        assert rc == lib.ABASE_EWOULDBLOCK  # a sync put must wait for its fdatasync
+        assert db.get(b"k") is None
+        db.put(b"k", b"v")
+        info = ffi.new("abase_getinfo *")
+        buf = ffi.new("uint8_t[]", 16)
+        n = lib.abase_get_nowait(c_db, 0, b"k", 1, 0, 0, lib.ABASE_MODE_LWW, buf, 16, info)
+        assert n == 1 and ffi.buffer(buf, 1)[:] == b"v"
+    finally:
+        db.close()
