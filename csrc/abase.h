@@ -293,8 +293,10 @@ int abase_newest(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
 
 /* Key-ordered scans of the keys the log holds for one namespace.
  * abase_scan_open copies the keys in [start, stop) (NULL: unbounded) that
- * begin with prefix into a sorted private list. abase_scan_next resolves
- * up to max_items of them into buf as entries of
+ * begin with prefix, with the address of each key's newest record, into a
+ * sorted private list. abase_scan_next resolves up to max_items of them,
+ * from those records back (so versions appended after the open are not
+ * seen: take the snapshot before opening), into buf as entries of
  *   [u32 klen][u32 vlen][i32 status][u32 0][u64 hlc][u32 node][u32 op]
  *   [key][value], each padded to 8
  * where status is the abase_get LWW result for the key (>= 0: a value;

@@ -408,6 +408,67 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------ scan_split */
+
+/* scan_split(data, items) -> [(key, status, value, hlc, node, op), ...]
+ *
+ * Decodes one buffer of abase_scan_next entries (layout in abase.h); value
+ * is None where the entry carries none (see log.py's Log.scan). */
+static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "scan_split(data: bytes, items: int)");
+        return NULL;
+    }
+    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(args[0]);
+    size_t n = (size_t)PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t items = PyLong_AsSsize_t(args[1]);
+    if (items < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "negative item count");
+        return NULL;
+    }
+    PyObject *out = PyList_New(items);
+    if (!out)
+        return NULL;
+    size_t off = 0;
+    for (Py_ssize_t i = 0; i < items; i++) {
+        if (n - off < 40) {
+            PyErr_Format(PyExc_ValueError, "scan entry %zd runs past the buffer", i);
+            Py_DECREF(out);
+            return NULL;
+        }
+        const uint8_t *e = buf + off;
+        uint32_t klen = rd32(e), vlen = rd32(e + 4), node = rd32(e + 24), op = rd32(e + 28);
+        int32_t status = (int32_t)rd32(e + 8);
+        uint64_t hlc = rd64(e + 16);
+        size_t kpad = pad8(klen), vpad = pad8(vlen);
+        if (n - off - 40 < kpad || n - off - 40 - kpad < vpad) {
+            PyErr_Format(PyExc_ValueError, "scan entry %zd runs past the buffer", i);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyObject *value;
+        if (status >= 0 || (status == ABASE_NEEDBASE && op != 0))
+            value = PyBytes_FromStringAndSize((const char *)e + 40 + kpad, vlen);
+        else
+        {
+            Py_INCREF(Py_None);
+            value = Py_None;
+        }
+        PyObject *t = value ? Py_BuildValue("(y#iNKII)", (const char *)e + 40, (Py_ssize_t)klen,
+                                            (int)status, value, (unsigned long long)hlc, node, op)
+                            : NULL;
+        if (!t) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, t);
+        off += 40 + kpad + vpad;
+    }
+    return out;
+}
+
 /* ------------------------------------------------------------ the type */
 
 static PyObject *fp_detach(FastPath *self, PyObject *Py_UNUSED(ignored))
@@ -578,6 +639,8 @@ static int fast_exec(PyObject *m)
 static PyMethodDef fast_functions[] = {
     {"fold_split", (PyCFunction)(void (*)(void))fold_split, METH_FASTCALL,
      "fold_split(data, items, lww_ids) -> (pairs, tombs, rest, nbytes); see fastcall.c."},
+    {"scan_split", (PyCFunction)(void (*)(void))scan_split, METH_FASTCALL,
+     "scan_split(data, items) -> [(key, status, value, hlc, node, op)]; see fastcall.c."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -86,6 +86,7 @@ struct abase_scan {
     uint32_t ns;
     uint8_t *keys;     /* arena of key bytes, in order */
     uint64_t *offs;    /* count + 1 offsets into keys */
+    uint64_t *heads;   /* each key's newest record at open */
     uint64_t count;
     uint64_t pos;
     int reverse;
@@ -1333,14 +1334,6 @@ static int collect_one(void *arg, uint64_t addr)
     return 0;
 }
 
-static int addr_key_cmp(const void *ctx, uint64_t a, uint64_t b)
-{
-    abase_db *db = (abase_db *)ctx;
-    const uint8_t *ra = rec_mapped(db, a), *rb = rec_mapped(db, b);
-    return key_cmp(ra + ABASE_REC_HEADER_SIZE, ld16(ra + R_KLEN),
-                   rb + ABASE_REC_HEADER_SIZE, ld16(rb + R_KLEN));
-}
-
 typedef int (*order_fn)(const void *ctx, uint64_t a, uint64_t b);
 
 /* Stable bottom-up merge sort of 64-bit handles by `cmp` (qsort has no
@@ -1388,6 +1381,87 @@ static int sort_handles(uint64_t *a, uint64_t n, order_fn cmp, const void *ctx)
     return ABASE_OK;
 }
 
+/* A key of a scan being sorted: where it lies in the scan's arena. */
+typedef struct scan_key {
+    const uint8_t *key;
+    uint64_t len;
+    uint64_t head; /* the key's newest record when the scan opened */
+} scan_key;
+
+static void insertion_sort_keys(scan_key *a, uint64_t n)
+{
+    for (uint64_t i = 1; i < n; i++) {
+        scan_key v = a[i];
+        uint64_t j = i;
+        while (j > 0 && key_cmp(a[j - 1].key, a[j - 1].len, v.key, v.len) > 0) {
+            a[j] = a[j - 1];
+            j--;
+        }
+        a[j] = v;
+    }
+}
+
+/* Most-significant-byte radix sort of keys: one counting pass per byte
+ * position over each bucket that still holds several keys, insertion sort
+ * for small buckets. A key that ends at the current position sorts before
+ * every longer one. Pending buckets live on a heap stack, so key length
+ * does not bound the C stack. Keys are distinct (one per index entry). */
+static int radix_sort_keys(scan_key *a, uint64_t n)
+{
+    typedef struct { uint64_t lo, n, depth; } task;
+    if (n < 2)
+        return ABASE_OK;
+    scan_key *tmp = malloc(n * sizeof(*tmp));
+    uint64_t cap = 256, top = 0;
+    task *stack = malloc(cap * sizeof(*stack));
+    if (!tmp || !stack) {
+        free(tmp);
+        free(stack);
+        return ABASE_ENOMEM;
+    }
+    stack[top++] = (task){0, n, 0};
+    while (top) {
+        task t = stack[--top];
+        scan_key *v = a + t.lo;
+        if (t.n <= 32) {
+            insertion_sort_keys(v, t.n);
+            continue;
+        }
+        uint64_t count[257] = {0};
+        for (uint64_t i = 0; i < t.n; i++)
+            count[v[i].len > t.depth ? (uint32_t)v[i].key[t.depth] + 1 : 0]++;
+        uint64_t pos[257], sum = 0;
+        for (int b = 0; b < 257; b++) {
+            pos[b] = sum;
+            sum += count[b];
+        }
+        for (uint64_t i = 0; i < t.n; i++)
+            tmp[pos[v[i].len > t.depth ? (uint32_t)v[i].key[t.depth] + 1 : 0]++] = v[i];
+        memcpy(v, tmp, t.n * sizeof(*v));
+        /* bucket 0 (keys ending here) holds at most one key */
+        uint64_t lo = count[0];
+        for (int b = 1; b < 257; b++) {
+            if (count[b] > 1) {
+                if (top == cap) {
+                    task *ns = realloc(stack, cap * 2 * sizeof(*stack));
+                    if (!ns) {
+                        free(tmp);
+                        free(stack);
+                        return ABASE_ENOMEM;
+                    }
+                    stack = ns;
+                    cap *= 2;
+                }
+                stack[top++] = (task){t.lo + lo, count[b], t.depth + 1};
+            }
+            lo += count[b];
+        }
+    }
+    free(tmp);
+    free(stack);
+    return ABASE_OK;
+}
+
 int abase_scan_open(abase_db *db, uint32_t ns, const uint8_t *start,
                     size_t start_len, int has_start, const uint8_t *stop,
                     size_t stop_len, int has_stop, const uint8_t *prefix,
@@ -1411,27 +1485,53 @@ int abase_scan_open(abase_db *db, uint32_t ns, const uint8_t *start,
     abase_scan *sc = calloc(1, sizeof(*sc));
     if (!sc)
         return ABASE_ENOMEM;
+    /* Under the lock only the keys are copied out; the sort runs on the
+     * copy, so writers do not wait for it. */
     pthread_rwlock_rdlock(&db->lock);
     ix_foreach(&db->ix, collect_one, &c);
-    int rc = c.oom ? ABASE_ENOMEM : sort_handles(c.addrs, c.n, addr_key_cmp, db);
+    int rc = c.oom ? ABASE_ENOMEM : ABASE_OK;
+    uint8_t *arena = NULL;
+    if (rc == ABASE_OK) {
+        arena = malloc(c.key_bytes ? c.key_bytes : 1);
+        if (!arena)
+            rc = ABASE_ENOMEM;
+    }
+    scan_key *order = NULL;
+    if (rc == ABASE_OK) {
+        order = malloc((c.n ? c.n : 1) * sizeof(*order));
+        if (!order)
+            rc = ABASE_ENOMEM;
+    }
+    uint64_t o = 0;
+    for (uint64_t i = 0; rc == ABASE_OK && i < c.n; i++) {
+        const uint8_t *r = rec_mapped(db, c.addrs[i]);
+        uint32_t kl = ld16(r + R_KLEN);
+        memcpy(arena + o, r + ABASE_REC_HEADER_SIZE, kl);
+        order[i] = (scan_key){arena + o, kl, c.addrs[i]};
+        o += kl;
+    }
+    pthread_rwlock_unlock(&db->lock);
+    if (rc == ABASE_OK)
+        rc = radix_sort_keys(order, c.n);
     if (rc == ABASE_OK) {
         sc->keys = malloc(c.key_bytes ? c.key_bytes : 1);
         sc->offs = malloc((c.n + 1) * sizeof(uint64_t));
-        if (!sc->keys || !sc->offs)
+        sc->heads = malloc((c.n ? c.n : 1) * sizeof(uint64_t));
+        if (!sc->keys || !sc->offs || !sc->heads)
             rc = ABASE_ENOMEM;
     }
     if (rc == ABASE_OK) {
-        uint64_t o = 0;
+        uint64_t k = 0;
         for (uint64_t i = 0; i < c.n; i++) {
-            const uint8_t *r = rec_mapped(db, c.addrs[i]);
-            uint32_t kl = ld16(r + R_KLEN);
-            sc->offs[i] = o;
-            memcpy(sc->keys + o, r + ABASE_REC_HEADER_SIZE, kl);
-            o += kl;
+            sc->offs[i] = k;
+            sc->heads[i] = order[i].head;
+            memcpy(sc->keys + k, order[i].key, order[i].len);
+            k += order[i].len;
         }
-        sc->offs[c.n] = o;
+        sc->offs[c.n] = k;
     }
-    pthread_rwlock_unlock(&db->lock);
+    free(order);
+    free(arena);
     free(c.addrs);
     if (rc != ABASE_OK) {
         abase_scan_free(sc);
@@ -1460,9 +1560,10 @@ int64_t abase_scan_next(abase_scan *sc, uint64_t at_hlc, uint32_t at_node,
         uint64_t i = sc->reverse ? sc->count - 1 - sc->pos : sc->pos;
         const uint8_t *key = sc->keys + sc->offs[i];
         uint32_t klen = (uint32_t)(sc->offs[i + 1] - sc->offs[i]);
-        uint64_t h = abase_hash(sc->ns, key, klen);
-        uint64_t *slot = ix_find(&db->ix, h, sc->ns, key, klen);
-        uint64_t head = slot && rec_live(db, *slot) ? *slot : 0;
+        /* Versions appended after the open are newer than any snapshot
+         * the scan can read at, so the head seen at open is enough; one
+         * compacted since reads as "ask the store". */
+        uint64_t head = rec_live(db, sc->heads[i]) ? sc->heads[i] : 0;
         int status = ABASE_NEEDBASE;
         const uint8_t *w = NULL;
         if (mode != ABASE_MODE_MERGE) {
@@ -1517,6 +1618,7 @@ void abase_scan_free(abase_scan *sc)
         return;
     free(sc->keys);
     free(sc->offs);
+    free(sc->heads);
     free(sc);
 }
 

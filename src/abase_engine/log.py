@@ -18,7 +18,7 @@ import threading
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from ._abase import ffi, lib
-from ._fast import fold_split
+from ._fast import fold_split, scan_split
 from .errors import (
     AbaseError,
     ClockSkewError,
@@ -332,7 +332,6 @@ class Log:
         buf = ffi.new("uint8_t[]", cap)
         count = ffi.new("uint32_t *")
         mode = MODE_MERGE if merge_mode else MODE_LWW
-        unpack = _SCAN_ENTRY.unpack_from
         while True:
             if self._db is None:
                 raise EngineClosedError("scan used after the engine was closed")
@@ -345,16 +344,7 @@ class Log:
                 raise self._fail(n, "scan")
             if n == 0:
                 return
-            data = ffi.buffer(buf, n)[:]
-            off = 0
-            for _ in range(count[0]):
-                klen, vlen, status, _z, hlc, node, op = unpack(data, off)
-                off += 40
-                key = data[off:off + klen]
-                off += (klen + 7) & ~7
-                value = data[off:off + vlen] if status >= 0 or status == NEEDBASE and op else None
-                off += (vlen + 7) & ~7
-                yield key, status, value, hlc, node, op
+            yield from scan_split(ffi.buffer(buf, n)[:], count[0])
 
     # -- segments (compactor) --------------------------------------------
     def seal(self) -> None:
