@@ -47,8 +47,6 @@ F_CHECKPOINT = lib.ABASE_F_CHECKPOINT
 
 _REC_HEADER = struct.Struct("<IIQQIIBBHI")  # crc len prev hlc node ns op flags klen vlen
 _ENTRY = struct.Struct("<BBHIQII")  # merge-mode entry: op flags 0 vlen hlc node 0
-_SCAN_ENTRY = struct.Struct("<IIiIQII")
-_FOLD_ENTRY = struct.Struct("<IHBBIIQII")  # ns klen op flags slen count hlc node 0  # klen vlen status 0 hlc node op (+8 zero)
 _INITIAL_BUF = 64 * 1024
 
 #: One record as the compactor and recovery see it.
