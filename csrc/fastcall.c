@@ -329,7 +329,7 @@ static int add_pair(PyObject *pairs, uint32_t ns, PyObject *key, PyObject *data)
 
 /* fold_split(data, items, lww_ids) -> (pairs, tombs, rest, nbytes)
  *
- * Splits one buffer of abase_fold_next entries (layout in abase.h) for the
+ * Splits one buffer (any object with the buffer protocol, read in place) of abase_fold_next entries (layout in abase.h) for the
  * compactor. An entry of a namespace in lww_ids whose record was DOMINANT
  * and whose key is not empty needs no look at the store: it goes to
  * pairs[ns] as (key, stored value), ready for a cursor putmulti, and if it
@@ -338,16 +338,18 @@ static int add_pair(PyObject *pairs, uint32_t ns, PyObject *key, PyObject *data)
  * fold. nbytes: key + value bytes of the pairs. */
 static PyObject *fold_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 || !PyBytes_CheckExact(args[0]) || !PyLong_Check(args[1]) ||
-        !PyAnySet_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "fold_split(data: bytes, items: int, lww_ids: set)");
+    if (nargs != 3 || !PyLong_Check(args[1]) || !PyAnySet_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "fold_split(data: buffer, items: int, lww_ids: set)");
         return NULL;
     }
-    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(args[0]);
-    size_t n = (size_t)PyBytes_GET_SIZE(args[0]);
     unsigned long items = PyLong_AsUnsignedLong(args[1]);
     if (items == (unsigned long)-1 && PyErr_Occurred())
         return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *buf = (const uint8_t *)view.buf;
+    size_t n = (size_t)view.len;
     PyObject *lww = args[2];
     PyObject *pairs = PyDict_New(), *tombs = PyList_New(0), *rest = PyList_New(0);
     if (!pairs || !tombs || !rest)
@@ -400,8 +402,10 @@ static PyObject *fold_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
             goto fail;
         off += 32 + kpad + spad;
     }
+    PyBuffer_Release(&view);
     return Py_BuildValue("(NNNK)", pairs, tombs, rest, nbytes);
 fail:
+    PyBuffer_Release(&view);
     Py_XDECREF(pairs);
     Py_XDECREF(tombs);
     Py_XDECREF(rest);
@@ -412,30 +416,36 @@ fail:
 
 /* scan_split(data, items) -> [(key, status, value, hlc, node, op), ...]
  *
- * Decodes one buffer of abase_scan_next entries (layout in abase.h); value
+ * Decodes one buffer (read in place) of abase_scan_next entries (layout in abase.h); value
  * is None where the entry carries none (see log.py's Log.scan). */
 static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyLong_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "scan_split(data: bytes, items: int)");
+    if (nargs != 2 || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "scan_split(data: buffer, items: int)");
         return NULL;
     }
-    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(args[0]);
-    size_t n = (size_t)PyBytes_GET_SIZE(args[0]);
     Py_ssize_t items = PyLong_AsSsize_t(args[1]);
     if (items < 0) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "negative item count");
         return NULL;
     }
-    PyObject *out = PyList_New(items);
-    if (!out)
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
+    const uint8_t *buf = (const uint8_t *)view.buf;
+    size_t n = (size_t)view.len;
+    PyObject *out = PyList_New(items);
+    if (!out) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
     size_t off = 0;
     for (Py_ssize_t i = 0; i < items; i++) {
         if (n - off < 40) {
             PyErr_Format(PyExc_ValueError, "scan entry %zd runs past the buffer", i);
             Py_DECREF(out);
+            PyBuffer_Release(&view);
             return NULL;
         }
         const uint8_t *e = buf + off;
@@ -446,6 +456,7 @@ static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
         if (n - off - 40 < kpad || n - off - 40 - kpad < vpad) {
             PyErr_Format(PyExc_ValueError, "scan entry %zd runs past the buffer", i);
             Py_DECREF(out);
+            PyBuffer_Release(&view);
             return NULL;
         }
         PyObject *value;
@@ -461,11 +472,13 @@ static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
                             : NULL;
         if (!t) {
             Py_DECREF(out);
+            PyBuffer_Release(&view);
             return NULL;
         }
         PyList_SET_ITEM(out, i, t);
         off += 40 + kpad + vpad;
     }
+    PyBuffer_Release(&view);
     return out;
 }
 

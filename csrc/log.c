@@ -1776,6 +1776,7 @@ struct abase_fold {
     uint32_t *lww;   /* sorted namespace ids resolved LWW */
     uint32_t n_lww;
     uint64_t *offs;  /* record offsets in fold order */
+    const uint8_t *base; /* the sealed segment's mapping */
     uint64_t n;
     uint64_t pos;
 };
@@ -1830,28 +1831,29 @@ int abase_fold_open(abase_db *db, uint32_t seg_no, const uint32_t *lww_ns,
         memcpy(f->lww, lww_ns, n_lww * sizeof(uint32_t));
     pthread_rwlock_rdlock(&db->lock);
     segment *s = seg_by_no(db, seg_no);
-    const uint8_t *base = NULL;
-    int rc = ABASE_OK;
-    if (!s || !s->sealed) {
-        rc = ABASE_EINVAL;
-    } else {
-        base = s->base;
-        f->offs = malloc((s->records ? s->records : 1) * sizeof(uint64_t));
+    int rc = s && s->sealed ? ABASE_OK : ABASE_EINVAL;
+    const uint8_t *base = rc == ABASE_OK ? s->base : NULL;
+    uint64_t used = rc == ABASE_OK ? s->used : 0;
+    uint64_t records = rc == ABASE_OK ? s->records : 0;
+    pthread_rwlock_unlock(&db->lock);
+    /* The walk and the sort run without the lock, so writers never wait
+     * for them (tens to hundreds of ms for a large segment): a sealed
+     * segment's bytes never change and its mapping stays until
+     * abase_segment_drop, which only the compaction that owns this fold
+     * calls, after it. */
+    f->base = base;
+    if (rc == ABASE_OK) {
+        f->offs = malloc((records ? records : 1) * sizeof(uint64_t));
         if (!f->offs)
             rc = ABASE_ENOMEM;
-        for (uint64_t off = ABASE_SEG_HEADER_SIZE; rc == ABASE_OK && off < s->used;) {
-            uint32_t len = ld32(s->base + off + R_LEN);
-            if (len < ABASE_REC_HEADER_SIZE || f->n >= s->records)
-                break;
-            f->offs[f->n++] = off;
-            off += align8(len);
-        }
     }
-    pthread_rwlock_unlock(&db->lock);
-    /* Sort without the lock: writers would otherwise wait for the whole
-     * sort (hundreds of ms for a large segment). A sealed segment's bytes
-     * never change and its mapping stays until abase_segment_drop, which
-     * only the compaction that owns this fold calls, after it. */
+    for (uint64_t off = ABASE_SEG_HEADER_SIZE; rc == ABASE_OK && off < used;) {
+        uint32_t len = ld32(base + off + R_LEN);
+        if (len < ABASE_REC_HEADER_SIZE || len > used - off || f->n >= records)
+            break;
+        f->offs[f->n++] = off;
+        off += align8(len);
+    }
     if (rc == ABASE_OK)
         rc = sort_handles(f->offs, f->n, fold_cmp, base);
     if (rc != ABASE_OK) {
@@ -1882,23 +1884,20 @@ int64_t abase_fold_next(abase_fold *f, uint8_t *buf, size_t cap, uint32_t *items
     *items = 0;
     if (!f || !buf)
         return ABASE_EINVAL;
-    abase_db *db = f->db;
-    pthread_rwlock_rdlock(&db->lock);
-    segment *s = seg_by_no(db, f->seg_no);
-    if (!s) {
-        pthread_rwlock_unlock(&db->lock);
-        return ABASE_EINVAL;
-    }
+    /* No lock: the fold reads only the sealed segment's bytes, which never
+     * change and stay mapped until its compaction drops it (see
+     * abase_fold_open), so puts never wait for a fold. */
+    const uint8_t *base = f->base;
     uint64_t used = 0;
     int64_t rc = 0;
     while (f->pos < f->n) {
-        const uint8_t *r = s->base + f->offs[f->pos];
+        const uint8_t *r = base + f->offs[f->pos];
         uint32_t ns = ld32(r + R_NS), klen = ld16(r + R_KLEN), vlen = ld32(r + R_VLEN);
         int lww = is_lww(f, ns);
         uint32_t count = 1;
         if (lww) { /* the newest comes first; skip the key's older records */
             while (f->pos + count < f->n) {
-                const uint8_t *q = s->base + f->offs[f->pos + count];
+                const uint8_t *q = base + f->offs[f->pos + count];
                 if (ld32(q + R_NS) != ns ||
                     key_cmp(q + ABASE_REC_HEADER_SIZE, ld16(q + R_KLEN),
                             r + ABASE_REC_HEADER_SIZE, klen) != 0)
@@ -1941,33 +1940,47 @@ int64_t abase_fold_next(abase_fold *f, uint8_t *buf, size_t cap, uint32_t *items
         (*items)++;
         f->pos += count;
     }
-    pthread_rwlock_unlock(&db->lock);
     return rc < 0 ? rc : (int64_t)used;
 }
 
 int abase_retire_step(abase_db *db, uint32_t seg_no, uint64_t *offset, uint32_t budget)
 {
-    pthread_rwlock_wrlock(&db->lock);
+    enum { STEP = 512 };
+    uint64_t offs[STEP], hashes[STEP];
+    if (budget == 0 || budget > STEP)
+        budget = STEP;
+    pthread_rwlock_rdlock(&db->lock);
     segment *s = seg_by_no(db, seg_no);
-    int more = 0;
-    if (s && seg_no < db->live_first) {
-        uint64_t off = *offset < ABASE_SEG_HEADER_SIZE ? ABASE_SEG_HEADER_SIZE : *offset;
-        uint64_t limit = make_addr(db->live_first, 0);
-        while (off < s->used && budget-- > 0) {
-            const uint8_t *r = s->base + off;
-            uint32_t len = ld32(r + R_LEN);
-            if (len < ABASE_REC_HEADER_SIZE)
-                break;
-            uint32_t ns = ld32(r + R_NS), klen = ld16(r + R_KLEN);
-            uint64_t h = abase_hash(ns, r + ABASE_REC_HEADER_SIZE, klen);
-            ix_remove_below(&db->ix, h, ns, r + ABASE_REC_HEADER_SIZE, klen, limit);
-            off += align8(len);
-        }
-        *offset = off;
-        more = off < s->used;
+    int compacted = s && seg_no < db->live_first;
+    const uint8_t *base = compacted ? s->base : NULL;
+    uint64_t used = compacted ? s->used : 0;
+    pthread_rwlock_unlock(&db->lock);
+    if (!compacted)
+        return 0;
+    /* Keys are read and hashed without the lock (a compacted segment never
+     * changes and only its compaction unmaps it, after the last step); the
+     * write lock is held only for the index removals. */
+    uint64_t off = *offset < ABASE_SEG_HEADER_SIZE ? ABASE_SEG_HEADER_SIZE : *offset;
+    uint32_t n = 0;
+    while (off < used && n < budget) {
+        const uint8_t *r = base + off;
+        uint32_t len = ld32(r + R_LEN);
+        if (len < ABASE_REC_HEADER_SIZE || len > used - off)
+            break;
+        offs[n] = off;
+        hashes[n++] = abase_hash(ld32(r + R_NS), r + ABASE_REC_HEADER_SIZE, ld16(r + R_KLEN));
+        off += align8(len);
+    }
+    pthread_rwlock_wrlock(&db->lock);
+    uint64_t limit = make_addr(db->live_first, 0);
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *r = base + offs[i];
+        ix_remove_below(&db->ix, hashes[i], ld32(r + R_NS), r + ABASE_REC_HEADER_SIZE,
+                        ld16(r + R_KLEN), limit);
     }
     pthread_rwlock_unlock(&db->lock);
-    return more;
+    *offset = off;
+    return n == budget && off < used;
 }
 
 int abase_segment_drop(abase_db *db, uint32_t seg_no)

@@ -342,7 +342,7 @@ class Log:
                 raise self._fail(n, "scan")
             if n == 0:
                 return
-            yield from scan_split(ffi.buffer(buf, n)[:], count[0])
+            yield from scan_split(ffi.buffer(buf, n), count[0])
 
     # -- segments (compactor) --------------------------------------------
     def seal(self) -> None:
@@ -424,7 +424,7 @@ class Log:
                 raise self._fail(n, f"fold segment {seg_no}")
             if n == 0:
                 return
-            yield fold_split(ffi.buffer(buf, n)[:], items[0], id_set)
+            yield fold_split(ffi.buffer(buf, n), items[0], id_set)
 
     def read_from(self, seg_no: int, offset: int, chunk: int = 1 << 20) -> Iterator[Tuple[int, int, LogRecord]]:
         """Yield ``(seg_no, next_offset, record)`` for every record from the
@@ -473,7 +473,7 @@ class Log:
         if rc != 0:
             raise self._fail(rc, "compacted_through")
 
-    def retire(self, seg_no: int, budget: int = 4096) -> None:
+    def retire(self, seg_no: int, budget: int = 512) -> None:
         """Drop index entries whose newest version was in seg_no, a chunk at a
         time so foreground calls wait at most one chunk; then delete the file."""
         off = ffi.new("uint64_t *", 0)
