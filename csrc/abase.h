@@ -340,8 +340,10 @@ uint64_t abase_log_lag(abase_db *db, uint32_t seg_no, uint64_t offset);
  * and unlinks the files. */
 int abase_compacted_through(abase_db *db, uint32_t seg_no);
 
-/* Folding a sealed segment, ordered for the store. abase_fold_open sorts
- * the segment's records by (namespace, key, newest timestamp first);
+/* Folding sealed segments, ordered for the store. abase_fold_open sorts the
+ * records of the n_segs consecutive sealed segments from first_no on by
+ * (namespace, key, newest timestamp first), so each key's versions from
+ * all of them come together;
  * abase_fold_next emits them into buf as entries of
  *   [u32 ns][u16 klen][u8 op][u8 flags][u32 vlen][u32 count][u64 hlc]
  *   [u32 node][u32 0][key, padded to 8][stored value, padded to 8]
@@ -352,7 +354,7 @@ int abase_compacted_through(abase_db *db, uint32_t seg_no);
  * record is emitted with its raw value and count 1. Returns bytes used,
  * 0 at the end; *items = entries written. */
 typedef struct abase_fold abase_fold;
-int abase_fold_open(abase_db *db, uint32_t seg_no, const uint32_t *lww_ns,
+int abase_fold_open(abase_db *db, uint32_t first_no, uint32_t n_segs, const uint32_t *lww_ns,
                     uint32_t n_lww, abase_fold **out);
 int64_t abase_fold_next(abase_fold *f, uint8_t *buf, size_t cap, uint32_t *items);
 void abase_fold_free(abase_fold *f);

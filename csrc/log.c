@@ -1772,20 +1772,27 @@ int abase_compacted_through(abase_db *db, uint32_t seg_no)
 
 struct abase_fold {
     abase_db *db;
-    uint32_t seg_no;
-    uint32_t *lww;   /* sorted namespace ids resolved LWW */
+    uint32_t first_no;      /* the folded segments: first_no, first_no + 1, ... */
+    uint32_t n_segs;
+    const uint8_t **bases;  /* their mappings */
+    uint32_t *lww;          /* sorted namespace ids resolved LWW */
     uint32_t n_lww;
-    uint64_t *offs;  /* record offsets in fold order */
-    const uint8_t *base; /* the sealed segment's mapping */
+    uint64_t *addrs;        /* record addresses in fold order */
     uint64_t n;
     uint64_t pos;
 };
 
-/* (ns, key) ascending, then timestamp descending; ctx is the segment base. */
+static const uint8_t *fold_rec(const abase_fold *f, uint64_t addr)
+{
+    return f->bases[(uint32_t)(addr >> 32) - f->first_no] + (addr & 0xffffffffu);
+}
+
+/* (ns, key) ascending, then timestamp descending, then address descending;
+ * ctx is the fold. */
 static int fold_cmp(const void *ctx, uint64_t a, uint64_t b)
 {
-    const uint8_t *base = ctx;
-    const uint8_t *ra = base + a, *rb = base + b;
+    const abase_fold *f = ctx;
+    const uint8_t *ra = fold_rec(f, a), *rb = fold_rec(f, b);
     uint32_t na = ld32(ra + R_NS), nb = ld32(rb + R_NS);
     if (na != nb)
         return na < nb ? -1 : 1;
@@ -1799,63 +1806,77 @@ static int fold_cmp(const void *ctx, uint64_t a, uint64_t b)
         return -1;
     if (ts_greater(hb, db_, ha, da))
         return 1;
-    return a < b ? -1 : (a > b);
+    return a > b ? -1 : (a < b);
 }
 
 void abase_fold_free(abase_fold *f)
 {
     if (!f)
         return;
+    free(f->bases);
     free(f->lww);
-    free(f->offs);
+    free(f->addrs);
     free(f);
 }
 
-int abase_fold_open(abase_db *db, uint32_t seg_no, const uint32_t *lww_ns,
+int abase_fold_open(abase_db *db, uint32_t first_no, uint32_t n_segs, const uint32_t *lww_ns,
                     uint32_t n_lww, abase_fold **out)
 {
-    if (!out || (n_lww && !lww_ns))
+    if (!out || (n_lww && !lww_ns) || n_segs == 0 || first_no + (uint64_t)n_segs > UINT32_MAX)
         return ABASE_EINVAL;
     abase_fold *f = calloc(1, sizeof(*f));
     if (!f)
         return ABASE_ENOMEM;
     f->db = db;
-    f->seg_no = seg_no;
+    f->first_no = first_no;
+    f->n_segs = n_segs;
     f->n_lww = n_lww;
     f->lww = malloc((n_lww ? n_lww : 1) * sizeof(uint32_t));
-    if (!f->lww) {
+    f->bases = calloc(n_segs, sizeof(*f->bases));
+    uint64_t *used = calloc(n_segs, sizeof(uint64_t));
+    if (!f->lww || !f->bases || !used) {
+        free(used);
         abase_fold_free(f);
         return ABASE_ENOMEM;
     }
     if (n_lww)
         memcpy(f->lww, lww_ns, n_lww * sizeof(uint32_t));
+    int rc = ABASE_OK;
+    uint64_t records = 0;
     pthread_rwlock_rdlock(&db->lock);
-    segment *s = seg_by_no(db, seg_no);
-    int rc = s && s->sealed ? ABASE_OK : ABASE_EINVAL;
-    const uint8_t *base = rc == ABASE_OK ? s->base : NULL;
-    uint64_t used = rc == ABASE_OK ? s->used : 0;
-    uint64_t records = rc == ABASE_OK ? s->records : 0;
+    for (uint32_t i = 0; i < n_segs && rc == ABASE_OK; i++) {
+        segment *s = seg_by_no(db, first_no + i);
+        if (!s || !s->sealed) {
+            rc = ABASE_EINVAL;
+            break;
+        }
+        f->bases[i] = s->base;
+        used[i] = s->used;
+        records += s->records;
+    }
     pthread_rwlock_unlock(&db->lock);
     /* The walk and the sort run without the lock, so writers never wait
-     * for them (tens to hundreds of ms for a large segment): a sealed
-     * segment's bytes never change and its mapping stays until
-     * abase_segment_drop, which only the compaction that owns this fold
-     * calls, after it. */
-    f->base = base;
+     * for them (hundreds of ms for large segments): a sealed segment's
+     * bytes never change and its mapping stays until abase_segment_drop,
+     * which only the compaction that owns this fold calls, after it. */
     if (rc == ABASE_OK) {
-        f->offs = malloc((records ? records : 1) * sizeof(uint64_t));
-        if (!f->offs)
+        f->addrs = malloc((records ? records : 1) * sizeof(uint64_t));
+        if (!f->addrs)
             rc = ABASE_ENOMEM;
     }
-    for (uint64_t off = ABASE_SEG_HEADER_SIZE; rc == ABASE_OK && off < used;) {
-        uint32_t len = ld32(base + off + R_LEN);
-        if (len < ABASE_REC_HEADER_SIZE || len > used - off || f->n >= records)
-            break;
-        f->offs[f->n++] = off;
-        off += align8(len);
+    for (uint32_t i = 0; i < n_segs && rc == ABASE_OK; i++) {
+        const uint8_t *base = f->bases[i];
+        for (uint64_t off = ABASE_SEG_HEADER_SIZE; off < used[i];) {
+            uint32_t len = ld32(base + off + R_LEN);
+            if (len < ABASE_REC_HEADER_SIZE || len > used[i] - off || f->n >= records)
+                break;
+            f->addrs[f->n++] = make_addr(first_no + i, off);
+            off += align8(len);
+        }
     }
+    free(used);
     if (rc == ABASE_OK)
-        rc = sort_handles(f->offs, f->n, fold_cmp, base);
+        rc = sort_handles(f->addrs, f->n, fold_cmp, f);
     if (rc != ABASE_OK) {
         abase_fold_free(f);
         return rc;
@@ -1884,20 +1905,19 @@ int64_t abase_fold_next(abase_fold *f, uint8_t *buf, size_t cap, uint32_t *items
     *items = 0;
     if (!f || !buf)
         return ABASE_EINVAL;
-    /* No lock: the fold reads only the sealed segment's bytes, which never
-     * change and stay mapped until its compaction drops it (see
+    /* No lock: the fold reads only sealed segments' bytes, which never
+     * change and stay mapped until its compaction drops them (see
      * abase_fold_open), so puts never wait for a fold. */
-    const uint8_t *base = f->base;
     uint64_t used = 0;
     int64_t rc = 0;
     while (f->pos < f->n) {
-        const uint8_t *r = base + f->offs[f->pos];
+        const uint8_t *r = fold_rec(f, f->addrs[f->pos]);
         uint32_t ns = ld32(r + R_NS), klen = ld16(r + R_KLEN), vlen = ld32(r + R_VLEN);
         int lww = is_lww(f, ns);
         uint32_t count = 1;
         if (lww) { /* the newest comes first; skip the key's older records */
             while (f->pos + count < f->n) {
-                const uint8_t *q = base + f->offs[f->pos + count];
+                const uint8_t *q = fold_rec(f, f->addrs[f->pos + count]);
                 if (ld32(q + R_NS) != ns ||
                     key_cmp(q + ABASE_REC_HEADER_SIZE, ld16(q + R_KLEN),
                             r + ABASE_REC_HEADER_SIZE, klen) != 0)

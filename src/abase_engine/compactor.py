@@ -191,16 +191,22 @@ class Compactor:
         lww_set = set(lww)
         written = [0]
 
+        first = segs[0]["no"]
+        assert [seg["no"] for seg in segs] == list(range(first, first + len(segs))), "live segments are consecutive"
+
         def work(txn) -> None:
             written[0] = 0
-            for seg in segs:
-                fold_one(txn, seg["no"])
+            fold_all(txn)
             last = segs[-1]["no"]
             store.put_meta_u64(txn, b"compacted_through", last)
             hw = store.meta_u64(b"hlc_high_water", 0)
             store.put_meta_u64(txn, b"hlc_high_water", max([hw, log.clock()] + [s["max_hlc"] for s in segs]))
 
-        def fold_one(txn, no: int) -> None:
+        def fold_all(txn) -> None:
+            # The fold comes in key order, so a namespace whose table is
+            # empty can be appended to (MDB_APPEND fills pages instead of
+            # splitting them in half: the store ends ~30% smaller).
+            append = {ns: txn.stat(store.db(ns))["entries"] == 0 for ns in lww_set if ns != eng._NS_DEFS}
             group: List[Version] = []
             group_key: Optional[Tuple[int, bytes]] = None
 
@@ -217,11 +223,17 @@ class Compactor:
                     if kind == TOMBSTONE:
                         txn.put(store.tomb_key(hlc, node, ns, key), key, db=store.tombs)
 
-            for pairs, tombs, rest, nbytes in log.fold_entries(no, lww):
+            for pairs, tombs, rest, nbytes in log.fold_entries(first, len(segs), lww):
                 # pairs need no look at the store: the newest record of an
                 # LWW key that was DOMINANT beats whatever the store holds
                 for ns, items in pairs.items():
-                    txn.cursor(db=store.db(ns)).putmulti(items)
+                    cur = txn.cursor(db=store.db(ns))
+                    if append.get(ns):
+                        _consumed, added = cur.putmulti(items, append=True)
+                        if added == len(items):
+                            continue
+                        append[ns] = False  # not after the last key after all: plain puts
+                    cur.putmulti(items)
                 written[0] += nbytes
                 for ns, key, hlc, node in tombs:
                     txn.put(store.tomb_key(hlc, node, ns, key), key, db=store.tombs)

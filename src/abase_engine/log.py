@@ -390,10 +390,12 @@ class Log:
                 yield ns, data[k0:k0 + klen], op, flags, hlc, node, data[k0 + klen:k0 + klen + vlen]
                 pos += (length + 7) & ~7
 
-    def fold_entries(self, seg_no: int, lww_ns: Sequence[int], chunk: int = 1 << 20) -> Iterator[tuple]:
-        """Yield ``(pairs, tombs, rest, nbytes)`` per chunk of a sealed
-        segment, in (namespace, key, newest first) order; see
-        ``abase_fold_open`` and ``_fast.fold_split``.
+    def fold_entries(self, first_no: int, n_segs: int, lww_ns: Sequence[int],
+                     chunk: int = 1 << 20) -> Iterator[tuple]:
+        """Yield ``(pairs, tombs, rest, nbytes)`` per chunk of the sealed
+        segments ``first_no .. first_no + n_segs - 1`` together, in
+        (namespace, key, newest first) order; see ``abase_fold_open`` and
+        ``_fast.fold_split``.
 
         ``pairs``: ``{ns: [(key, stored value), ...]}`` for keys of namespaces
         in ``lww_ns`` whose newest record was DOMINANT (nothing in the store
@@ -407,9 +409,10 @@ class Log:
         ids = sorted(set(lww_ns))
         id_set = set(ids) - {NS_DEFS}  # definitions go to the store's meta: always in ``rest``
         out = ffi.new("abase_fold **")
-        rc = lib.abase_fold_open(self._db, seg_no, ffi.new("uint32_t[]", ids or [0]), len(ids), out)
+        what = f"fold segments {first_no}..{first_no + n_segs - 1}"
+        rc = lib.abase_fold_open(self._db, first_no, n_segs, ffi.new("uint32_t[]", ids or [0]), len(ids), out)
         if rc != 0:
-            raise self._fail(rc, f"fold segment {seg_no}")
+            raise self._fail(rc, what)
         fold = ffi.gc(out[0], lib.abase_fold_free)
         cap = chunk
         buf = ffi.new("uint8_t[]", cap)
@@ -421,7 +424,7 @@ class Log:
                 buf = ffi.new("uint8_t[]", cap)
                 continue
             if n < 0:
-                raise self._fail(n, f"fold segment {seg_no}")
+                raise self._fail(n, what)
             if n == 0:
                 return
             yield fold_split(ffi.buffer(buf, n), items[0], id_set)
