@@ -74,6 +74,16 @@ __attribute__((target("sse4.2")))
 static uint32_t crc32c_sse42(uint32_t crc, const uint8_t *data, size_t len)
 {
     uint64_t c = (uint32_t)~crc;
+    while (len >= 32) {
+        uint64_t w[4];
+        memcpy(w, data, 32);
+        c = _mm_crc32_u64(c, w[0]);
+        c = _mm_crc32_u64(c, w[1]);
+        c = _mm_crc32_u64(c, w[2]);
+        c = _mm_crc32_u64(c, w[3]);
+        data += 32;
+        len -= 32;
+    }
     while (len >= 8) {
         uint64_t word;
         memcpy(&word, data, 8);

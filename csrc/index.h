@@ -5,9 +5,11 @@
  * An entry is 12 bytes: the 64-bit record address and a 32-bit tag taken
  * from the key's hash. Keys are never copied: a tag match is confirmed by
  * comparing the key where it lies in the log, through `rec`. Open
- * addressing with linear probing; deleted slots become tombstones. Growth
- * is incremental: a new table is allocated and every write moves a few
- * slots of the old one, so no single call pays for a full rehash.
+ * addressing with linear probing from the slot named by the top bits of
+ * the hash (so slots are in hash order); deleted slots become tombstones.
+ * Growth is incremental: a new table is allocated and every write moves a
+ * few slots of the old one, so no single call pays for a full rehash.
+ * Recovery fills the index with ix_load, sized once and in slot order.
  *
  * Not thread-safe: the caller holds the engine's lock (read lock for
  * ix_find, write lock for everything that changes the table).
@@ -26,6 +28,7 @@ typedef struct ix_table {
     uint64_t *addr;
     uint32_t *tag; /* 0 empty, 1 tombstone, >= 2 live */
     uint64_t cap;  /* power of two, or 0 */
+    unsigned shift; /* 64 - log2(cap): a hash's top bits are its home slot */
     uint64_t live;
     uint64_t tombs;
 } ix_table;
@@ -46,6 +49,23 @@ uint64_t *ix_find(abase_index *ix, uint64_t hash, uint32_t ns,
 /* Set the entry's address, inserting it if absent. ABASE_OK or ENOMEM. */
 int ix_set(abase_index *ix, uint64_t hash, uint32_t ns, const uint8_t *key,
            size_t klen, uint64_t addr);
+/* One entry for ix_load: a key's hash and the address of its record (the
+ * key is read through `rec` only when a tag matches). */
+typedef struct ix_item {
+    uint64_t hash;
+    uint64_t addr;
+} ix_item;
+
+/* Bulk ix_set, for recovery. `distinct`: about how many of the items'
+ * keys are distinct (an empty index is sized for them as growth would have
+ * sized it; a short estimate costs growth on the way). Items must come in
+ * increasing address order, above every address already in the index; the
+ * index ends as if ix_set had been called for each in that order (a key's
+ * entry is its item of greatest address). Reorders `items`. ABASE_OK;
+ * ENOMEM; or EINVAL when a key comparison needs an item's record and `rec`
+ * does not answer for it (then or on ENOMEM, some items are set and others
+ * not). */
+int ix_load(abase_index *ix, ix_item *items, size_t n, uint64_t distinct);
 /* Make sure n more entries can be set without allocating. ABASE_OK or ENOMEM. */
 int ix_reserve(abase_index *ix, uint64_t n);
 /* Remove the entry if its address is below limit. 1 removed, 0 not. */

@@ -547,12 +547,78 @@ static int list_segments(abase_db *db, uint32_t first_live, uint32_t **out, uint
     return ABASE_OK;
 }
 
+/* Whether the 64 bytes at p are all zero. */
+static int zero64(const uint8_t *p)
+{
+    return (ld64(p) | ld64(p + 8) | ld64(p + 16) | ld64(p + 24) | ld64(p + 32) |
+            ld64(p + 40) | ld64(p + 48) | ld64(p + 56)) == 0;
+}
+
 static int all_zero(const uint8_t *p, uint64_t n)
 {
-    for (uint64_t i = 0; i < n; i++)
+    uint64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        if (!zero64(p + i))
+            return 0;
+    for (; i < n; i++)
         if (p[i])
             return 0;
     return 1;
+}
+
+/* 1 + the offset of the last non-zero byte of p[0, n), or 0 when all are zero. */
+static uint64_t last_nonzero(const uint8_t *p, uint64_t n)
+{
+    uint64_t i = n;
+    while ((i & 7) && p[i - 1] == 0)
+        i--;
+    if (i & 7)
+        return i;
+    while (i >= 64 && zero64(p + i - 64))
+        i -= 64;
+    while (i >= 8 && ld64(p + i - 8) == 0)
+        i -= 8;
+    while (i > 0 && p[i - 1] == 0)
+        i--;
+    return i;
+}
+
+/* End of the last non-zero byte of [from, to) of the segment file fd
+ * (mapped at base), or `from` when all of it is zero. Ranges the file system
+ * reports as holes read as zero by definition, so they are skipped unread:
+ * the preallocated, never-written tail of the newest segment is one, and
+ * touching it would bring up to a whole segment of zero pages into memory.
+ * Where SEEK_DATA is not supported, everything is read. */
+static uint64_t nonzero_end(int fd, uint8_t *base, uint64_t from, uint64_t to)
+{
+    /* No readahead while reading here: it would fill the holes ahead with
+     * zero pages, which SEEK_DATA then reports as data, and so on to the
+     * end of the file. */
+    long pg = sysconf(_SC_PAGESIZE);
+    uint64_t first = pg > 0 ? from / (uint64_t)pg * (uint64_t)pg : 0;
+    int advised = madvise(base + first, to - first, MADV_RANDOM) == 0;
+    uint64_t last = from, pos = from;
+    while (pos < to) {
+        uint64_t d = pos, h = to;
+        off_t r = lseek(fd, (off_t)pos, SEEK_DATA);
+        if (r >= 0) {
+            if ((uint64_t)r >= to)
+                break;
+            d = (uint64_t)r < pos ? pos : (uint64_t)r;
+            off_t e = lseek(fd, (off_t)d, SEEK_HOLE);
+            if (e >= 0 && (uint64_t)e > d && (uint64_t)e < to)
+                h = (uint64_t)e;
+        } else if (errno == ENXIO) {
+            break; /* only holes from pos to the end of the file */
+        }
+        uint64_t z = last_nonzero(base + d, h - d);
+        if (z)
+            last = d + z;
+        pos = h;
+    }
+    if (advised)
+        (void)madvise(base + first, to - first, MADV_NORMAL);
+    return last;
 }
 
 /* Why the record at off is not valid, or NULL if it is. */
@@ -575,25 +641,86 @@ static const char *check_record(const uint8_t *base, uint64_t off, uint64_t end)
     return NULL;
 }
 
-static int index_record(abase_db *db, segment *s, uint64_t off)
+/* Recovery checks every segment first, queueing (hash, address) of each
+ * record to index, then sizes the index once and fills it (ix_load):
+ * growing it record by record would move every entry several times, each
+ * move a random read of the entry's key in the log, and inserting in log
+ * order would miss the cache on nearly every insert. The index is sized for
+ * the number of distinct keys, estimated with a HyperLogLog sketch of the
+ * hashes (a log that rewrites few keys must not get an index sized for its
+ * records: the index never shrinks). The queue costs 16 bytes a record
+ * until the index is filled. */
+#define HLL_BITS 14
+#define HLL_REGS (1u << HLL_BITS)
+
+typedef struct recovery_queue {
+    ix_item *items; /* records to index, in log order */
+    size_t n, cap;
+    uint8_t hll[HLL_REGS];
+} recovery_queue;
+
+/* Natural logarithm of x >= 1 (no libm here): x = 2^k * f, f in [1, 2),
+ * ln f = 2 atanh((f - 1) / (f + 1)) by its series. */
+static double ln_ge1(double x)
 {
-    const uint8_t *p = s->base + off;
-    uint32_t ns = ld32(p + R_NS);
-    uint32_t klen = ld16(p + R_KLEN);
-    uint64_t h = abase_hash(ns, p + ABASE_REC_HEADER_SIZE, klen);
-    uint64_t hlc = ld64(p + R_HLC);
-    uint32_t node = ld32(p + R_NODE);
-    if (ts_greater(hlc, node, s->max_hlc, s->max_node)) {
-        s->max_hlc = hlc;
-        s->max_node = node;
+    int k = 0;
+    while (x >= 2) {
+        x /= 2;
+        k++;
     }
-    s->records++;
-    return ix_set(&db->ix, h, ns, p + ABASE_REC_HEADER_SIZE, klen, make_addr(s->no, off));
+    double z = (x - 1) / (x + 1), z2 = z * z, term = z, sum = 0;
+    for (int i = 1; i < 40; i += 2) {
+        sum += term / i;
+        term *= z2;
+    }
+    return 2 * sum + k * 0.69314718055994531;
 }
 
-/* Open, map and index one segment. `newest`: a torn tail is cut, not an
- * error. */
-static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery *rep)
+/* Distinct hashes among those queued, estimated: HyperLogLog (0.8%
+ * standard error), linear counting of the empty registers when small. */
+static uint64_t hll_estimate(const recovery_queue *q)
+{
+    double sum = 0, m = HLL_REGS;
+    uint32_t empty = 0;
+    for (uint32_t j = 0; j < HLL_REGS; j++) {
+        sum += 1.0 / (double)(UINT64_C(1) << q->hll[j]);
+        empty += q->hll[j] == 0;
+    }
+    double est = 0.7213 / (1.0 + 1.079 / m) * m * m / sum;
+    if (est <= 2.5 * m && empty > 0)
+        est = m * ln_ge1(m / empty);
+    return est >= 9e18 ? UINT64_MAX : (uint64_t)est + 1;
+}
+
+/* Queue the (valid) record at off of segment s for the index. */
+static int index_record(recovery_queue *q, const segment *s, uint64_t off)
+{
+    if (q->n == q->cap) {
+        size_t cap = q->cap ? q->cap * 2 : 4096;
+        if (cap > SIZE_MAX / sizeof(ix_item))
+            return ABASE_ENOMEM;
+        ix_item *ni = realloc(q->items, cap * sizeof(ix_item));
+        if (!ni)
+            return ABASE_ENOMEM;
+        q->items = ni;
+        q->cap = cap;
+    }
+    const uint8_t *p = s->base + off;
+    uint64_t h = abase_hash(ld32(p + R_NS), p + ABASE_REC_HEADER_SIZE, ld16(p + R_KLEN));
+    uint32_t reg = (uint32_t)(h >> (64 - HLL_BITS));
+    uint8_t rank = (uint8_t)(__builtin_clzll((h << HLL_BITS) | (UINT64_C(1) << (HLL_BITS - 1))) + 1);
+    if (rank > q->hll[reg])
+        q->hll[reg] = rank;
+    q->items[q->n].hash = h;
+    q->items[q->n].addr = make_addr(s->no, off);
+    q->n++;
+    return ABASE_OK;
+}
+
+/* Open, map and check one segment, queueing its records for the index.
+ * `newest`: a torn tail is cut, not an error. */
+static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery *rep,
+                           recovery_queue *q)
 {
     char path[1100];
     seg_path(db, no, path, sizeof(path));
@@ -673,65 +800,88 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
 
     uint64_t off = ABASE_SEG_HEADER_SIZE;
     uint64_t batch_start = 0; /* offset of the first record of an open batch */
+    size_t batch_first = 0;   /* its place in the queue */
+    /* what the open batch adds to s when it ends */
+    uint32_t batch_records = 0;
+    uint64_t batch_hlc = 0;
+    uint32_t batch_node = 0;
     const char *why = NULL;
     while (off + 8 <= size) {
-        uint32_t len = ld32(base + off + R_LEN);
-        if (len == 0 && ld32(base + off) == 0)
+        const uint8_t *p = base + off;
+        uint32_t len = ld32(p + R_LEN);
+        if (len == 0 && ld32(p) == 0)
             break; /* zero tail */
         why = check_record(base, off, size);
         if (why)
             break;
-        uint8_t flags = base[off + R_FLAGS];
+        uint8_t flags = p[R_FLAGS];
         uint64_t next = off + align8(len);
         if (next > size)
             next = size;
-        /* The index reads keys through rec_mapped, which only answers for
-         * bytes below `used`: extend it over the record before indexing. */
-        s->used = next;
+        if (!(flags & ABASE_F_BATCH) && batch_start != 0) {
+            why = "batch interrupted by a record outside it";
+            break;
+        }
+        rc = index_record(q, s, off);
+        if (rc != ABASE_OK)
+            return rc;
+        uint64_t hlc = ld64(p + R_HLC);
+        uint32_t node = ld32(p + R_NODE);
         if (flags & ABASE_F_BATCH) {
-            if (batch_start == 0)
+            if (batch_start == 0) {
                 batch_start = off;
+                batch_first = q->n - 1;
+            }
+            batch_records++;
+            if (ts_greater(hlc, node, batch_hlc, batch_node)) {
+                batch_hlc = hlc;
+                batch_node = node;
+            }
             if (flags & ABASE_F_BATCH_END) {
-                for (uint64_t o = batch_start; o < next;) {
-                    rc = index_record(db, s, o);
-                    if (rc != ABASE_OK)
-                        return rc;
-                    rep->records++;
-                    o += align8(ld32(base + o + R_LEN));
+                s->records += batch_records;
+                rep->records += batch_records;
+                if (ts_greater(batch_hlc, batch_node, s->max_hlc, s->max_node)) {
+                    s->max_hlc = batch_hlc;
+                    s->max_node = batch_node;
                 }
                 batch_start = 0;
+                batch_records = 0;
+                batch_hlc = 0;
+                batch_node = 0;
             }
         } else {
-            if (batch_start != 0) {
-                why = "batch interrupted by a record outside it";
-                break;
-            }
-            rc = index_record(db, s, off);
-            if (rc != ABASE_OK)
-                return rc;
+            s->records++;
             rep->records++;
+            if (ts_greater(hlc, node, s->max_hlc, s->max_node)) {
+                s->max_hlc = hlc;
+                s->max_node = node;
+            }
         }
         off = next;
     }
-    uint64_t end = batch_start ? batch_start : off; /* W2: an unfinished batch is dropped */
+    uint64_t end = off;
+    if (batch_start) {
+        end = batch_start; /* W2: an unfinished batch is dropped */
+        q->n = batch_first;
+    }
     if (!newest) {
-        if (why || batch_start || (off < size && !all_zero(base + off, size - off))) {
+        if (why || batch_start || (off < size && nonzero_end(fd, base, off, size) != off)) {
             set_error(db, ABASE_ECORRUPT, 0, path, why ? off : end, "%s",
                       why ? why : "unfinished batch or garbage after the end of a sealed segment");
             return ABASE_ECORRUPT;
         }
-    } else if (end < size && !all_zero(base + end, size - end)) {
+    } else if (end < size) {
         /* W1/W2: torn tail. Count what is dropped, then zero it, so that
          * stale bytes can never be read as records after later appends. */
-        uint64_t last = size;
-        while (last > end && base[last - 1] == 0)
-            last--;
-        rep->dropped_bytes += last - end;
-        rep->dropped_offset = end;
-        memset(base + end, 0, last - end);
-        if (msync(base, map_size, MS_SYNC) != 0) { /* fsync point: the cut */
-            set_error(db, ABASE_EIO, errno, path, end, "cannot sync the truncated tail");
-            return ABASE_EIO;
+        uint64_t last = nonzero_end(fd, base, end, size);
+        if (last > end) {
+            rep->dropped_bytes += last - end;
+            rep->dropped_offset = end;
+            memset(base + end, 0, last - end);
+            if (msync(base, map_size, MS_SYNC) != 0) { /* fsync point: the cut */
+                set_error(db, ABASE_EIO, errno, path, end, "cannot sync the truncated tail");
+                return ABASE_EIO;
+            }
         }
     }
     s->used = end;
@@ -744,6 +894,9 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
 int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep)
 {
     memset(rep, 0, sizeof(*rep));
+    recovery_queue *q = calloc(1, sizeof(*q));
+    if (!q)
+        return ABASE_ENOMEM;
     pthread_rwlock_wrlock(&db->lock);
     uint32_t *nums = NULL, n = 0;
     int rc = list_segments(db, first_live, &nums, &n);
@@ -757,10 +910,18 @@ int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep)
             rc = ABASE_ECORRUPT;
             break;
         }
-        rc = recover_segment(db, nums[i], i + 1 == n, rep);
+        rc = recover_segment(db, nums[i], i + 1 == n, rep, q);
         db->next_no = nums[i] + 1;
     }
     free(nums);
+    if (rc == ABASE_OK && q->n) {
+        /* Every segment is mapped and its `used` final, so the index can
+         * read any queued record's key. */
+        uint64_t distinct = hll_estimate(q);
+        rc = ix_load(&db->ix, q->items, q->n, distinct < q->n ? distinct : q->n);
+    }
+    free(q->items);
+    free(q);
     rep->segments = db->nsegs;
     abase_hlc_observe(&db->clock, rep->max_hlc);
     pthread_rwlock_unlock(&db->lock);
