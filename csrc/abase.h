@@ -146,6 +146,7 @@ typedef struct abase_recovery {
     uint64_t dropped_bytes;  /* torn tail dropped from the newest segment */
     uint64_t dropped_offset; /* where the torn tail started */
     uint64_t max_hlc;        /* greatest hlc seen (raises the clock) */
+    uint64_t ns_def_records; /* records of namespace ABASE_NS_DEFS indexed */
 } abase_recovery;
 
 /* Outcome of a read that did not return a plain value (see abase_get). */

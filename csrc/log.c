@@ -802,7 +802,7 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
     uint64_t batch_start = 0; /* offset of the first record of an open batch */
     size_t batch_first = 0;   /* its place in the queue */
     /* what the open batch adds to s when it ends */
-    uint32_t batch_records = 0;
+    uint32_t batch_records = 0, batch_defs = 0;
     uint64_t batch_hlc = 0;
     uint32_t batch_node = 0;
     const char *why = NULL;
@@ -827,7 +827,9 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
             return rc;
         uint64_t hlc = ld64(p + R_HLC);
         uint32_t node = ld32(p + R_NODE);
+        uint32_t is_def = ld32(p + R_NS) == ABASE_NS_DEFS;
         if (flags & ABASE_F_BATCH) {
+            batch_defs += is_def;
             if (batch_start == 0) {
                 batch_start = off;
                 batch_first = q->n - 1;
@@ -840,18 +842,21 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
             if (flags & ABASE_F_BATCH_END) {
                 s->records += batch_records;
                 rep->records += batch_records;
+                rep->ns_def_records += batch_defs;
                 if (ts_greater(batch_hlc, batch_node, s->max_hlc, s->max_node)) {
                     s->max_hlc = batch_hlc;
                     s->max_node = batch_node;
                 }
                 batch_start = 0;
                 batch_records = 0;
+                batch_defs = 0;
                 batch_hlc = 0;
                 batch_node = 0;
             }
         } else {
             s->records++;
             rep->records++;
+            rep->ns_def_records += is_def;
             if (ts_greater(hlc, node, s->max_hlc, s->max_node)) {
                 s->max_hlc = hlc;
                 s->max_node = node;

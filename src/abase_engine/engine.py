@@ -690,6 +690,8 @@ class Engine(Namespace):
         self._ns_defs: Dict[str, Tuple[int, str]] = {}
         for k, v in self._store.meta_items(b"ns:"):
             self._ns_defs[k[3:].decode()] = _parse_ns_def(v)
+        if not self._log.recovery.ns_def_records:
+            return  # no definition in the log: skip a walk of the whole index
         for key, status, value, _h, _n, _op in self._log.scan(NS_DEFS, None, None, None, False, 0, 0, False):
             if status >= 0 and value is not None:
                 self._ns_defs[key.decode()] = _parse_ns_def(value)
