@@ -414,16 +414,22 @@ fail:
 
 /* ------------------------------------------------------------ scan_split */
 
-/* scan_split(data, items) -> [(key, status, value, hlc, node, op), ...]
+/* scan_split(data, items, pairs=False) -> [(key, status, value, hlc, node, op), ...]
  *
- * Decodes one buffer (read in place) of abase_scan_next entries (layout in abase.h); value
- * is None where the entry carries none (see log.py's Log.scan). */
+ * Decodes one buffer (read in place) of abase_scan_next entries (layout in
+ * abase.h); value is None where the entry carries none (see log.py's
+ * Log.scan). With pairs true, an entry with a value (status >= 0) becomes
+ * just (key, value), a deleted one (ABASE_DELETED) is left out, and the
+ * result is (entries, only_pairs). */
 static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyLong_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "scan_split(data: buffer, items: int)");
+    if ((nargs != 2 && nargs != 3) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "scan_split(data: buffer, items: int, pairs: bool = False)");
         return NULL;
     }
+    int pairs = nargs == 3 ? PyObject_IsTrue(args[2]) : 0;
+    if (pairs < 0)
+        return NULL;
     Py_ssize_t items = PyLong_AsSsize_t(args[1]);
     if (items < 0) {
         if (!PyErr_Occurred())
@@ -435,12 +441,13 @@ static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
         return NULL;
     const uint8_t *buf = (const uint8_t *)view.buf;
     size_t n = (size_t)view.len;
-    PyObject *out = PyList_New(items);
+    PyObject *out = PyList_New(0);
     if (!out) {
         PyBuffer_Release(&view);
         return NULL;
     }
     size_t off = 0;
+    int only_pairs = 1;
     for (Py_ssize_t i = 0; i < items; i++) {
         if (n - off < 40) {
             PyErr_Format(PyExc_ValueError, "scan entry %zd runs past the buffer", i);
@@ -459,6 +466,9 @@ static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
             PyBuffer_Release(&view);
             return NULL;
         }
+        off += 40 + kpad + vpad;
+        if (pairs && status == ABASE_DELETED)
+            continue;
         PyObject *value;
         if (status >= 0 || (status == ABASE_NEEDBASE && op != 0))
             value = PyBytes_FromStringAndSize((const char *)e + 40 + kpad, vlen);
@@ -467,18 +477,23 @@ static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
             Py_INCREF(Py_None);
             value = Py_None;
         }
-        PyObject *t = value ? Py_BuildValue("(y#iNKII)", (const char *)e + 40, (Py_ssize_t)klen,
-                                            (int)status, value, (unsigned long long)hlc, node, op)
-                            : NULL;
-        if (!t) {
+        PyObject *t = NULL;
+        if (value && pairs && status >= 0)
+            t = Py_BuildValue("(y#N)", (const char *)e + 40, (Py_ssize_t)klen, value);
+        else if (value && (only_pairs = 0, 1))
+            t = Py_BuildValue("(y#iNKII)", (const char *)e + 40, (Py_ssize_t)klen, (int)status,
+                              value, (unsigned long long)hlc, node, op);
+        if (!t || PyList_Append(out, t) < 0) {
+            Py_XDECREF(t);
             Py_DECREF(out);
             PyBuffer_Release(&view);
             return NULL;
         }
-        PyList_SET_ITEM(out, i, t);
-        off += 40 + kpad + vpad;
+        Py_DECREF(t);
     }
     PyBuffer_Release(&view);
+    if (pairs)
+        return Py_BuildValue("(NO)", out, only_pairs ? Py_True : Py_False);
     return out;
 }
 
@@ -653,7 +668,7 @@ static PyMethodDef fast_functions[] = {
     {"fold_split", (PyCFunction)(void (*)(void))fold_split, METH_FASTCALL,
      "fold_split(data, items, lww_ids) -> (pairs, tombs, rest, nbytes); see fastcall.c."},
     {"scan_split", (PyCFunction)(void (*)(void))scan_split, METH_FASTCALL,
-     "scan_split(data, items) -> [(key, status, value, hlc, node, op)]; see fastcall.c."},
+     "scan_split(data, items, pairs=False) -> list of entries; see fastcall.c."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1474,17 +1474,6 @@ static int key_cmp(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
 static int collect_one(void *arg, uint64_t addr)
 {
     collect *c = arg;
-    const uint8_t *r = rec_mapped(c->db, addr);
-    if (!r || ld32(r + R_NS) != c->ns)
-        return 0;
-    const uint8_t *k = r + ABASE_REC_HEADER_SIZE;
-    size_t kl = ld16(r + R_KLEN);
-    if (c->has_start && key_cmp(k, kl, c->start, c->start_len) < 0)
-        return 0;
-    if (c->has_stop && key_cmp(k, kl, c->stop, c->stop_len) >= 0)
-        return 0;
-    if (c->prefix_len && (kl < c->prefix_len || memcmp(k, c->prefix, c->prefix_len) != 0))
-        return 0;
     if (c->n == c->cap) {
         uint64_t cap = c->cap ? c->cap * 2 : 256;
         uint64_t *na = realloc(c->addrs, cap * sizeof(uint64_t));
@@ -1496,8 +1485,35 @@ static int collect_one(void *arg, uint64_t addr)
         c->cap = cap;
     }
     c->addrs[c->n++] = addr;
-    c->key_bytes += kl;
     return 0;
+}
+
+/* Whether the record's key belongs to the scan. */
+static int scan_wants(const collect *c, const uint8_t *r)
+{
+    if (ld32(r + R_NS) != c->ns)
+        return 0;
+    const uint8_t *k = r + ABASE_REC_HEADER_SIZE;
+    size_t kl = ld16(r + R_KLEN);
+    if (c->has_start && key_cmp(k, kl, c->start, c->start_len) < 0)
+        return 0;
+    if (c->has_stop && key_cmp(k, kl, c->stop, c->stop_len) >= 0)
+        return 0;
+    if (c->prefix_len && (kl < c->prefix_len || memcmp(k, c->prefix, c->prefix_len) != 0))
+        return 0;
+    return 1;
+}
+
+/* Ask the CPU for the record at addr ahead of use (records of consecutive
+ * index entries or sorted keys lie far apart in the log). Read lock held. */
+static void rec_prefetch(abase_db *db, uint64_t addr)
+{
+    segment *s = seg_by_no(db, (uint32_t)(addr >> 32));
+    uint64_t off = addr & 0xffffffffu;
+    if (s && off + 64 <= s->mapped) {
+        __builtin_prefetch(s->base + off);
+        __builtin_prefetch(s->base + off + 63);
+    }
 }
 
 typedef int (*order_fn)(const void *ctx, uint64_t a, uint64_t b);
@@ -1653,30 +1669,46 @@ int abase_scan_open(abase_db *db, uint32_t ns, const uint8_t *start,
         return ABASE_ENOMEM;
     /* Under the lock only the keys are copied out; the sort runs on the
      * copy, so writers do not wait for it. */
+    enum { AHEAD = 32 };
     pthread_rwlock_rdlock(&db->lock);
     ix_foreach(&db->ix, collect_one, &c);
     int rc = c.oom ? ABASE_ENOMEM : ABASE_OK;
+    uint64_t arena_cap = 16 * (c.n ? c.n : 1), o = 0, kept = 0;
     uint8_t *arena = NULL;
-    if (rc == ABASE_OK) {
-        arena = malloc(c.key_bytes ? c.key_bytes : 1);
-        if (!arena)
-            rc = ABASE_ENOMEM;
-    }
     scan_key *order = NULL;
     if (rc == ABASE_OK) {
+        arena = malloc(arena_cap);
         order = malloc((c.n ? c.n : 1) * sizeof(*order));
-        if (!order)
+        if (!arena || !order)
             rc = ABASE_ENOMEM;
     }
-    uint64_t o = 0;
     for (uint64_t i = 0; rc == ABASE_OK && i < c.n; i++) {
+        if (i + AHEAD < c.n)
+            rec_prefetch(db, c.addrs[i + AHEAD]);
         const uint8_t *r = rec_mapped(db, c.addrs[i]);
+        if (!r || !scan_wants(&c, r))
+            continue;
         uint32_t kl = ld16(r + R_KLEN);
+        if (o + kl > arena_cap) {
+            uint8_t *na = realloc(arena, arena_cap * 2 + kl);
+            if (!na) {
+                rc = ABASE_ENOMEM;
+                break;
+            }
+            arena = na;
+            arena_cap = arena_cap * 2 + kl;
+        }
         memcpy(arena + o, r + ABASE_REC_HEADER_SIZE, kl);
-        order[i] = (scan_key){arena + o, kl, c.addrs[i]};
+        order[kept++] = (scan_key){NULL, kl, c.addrs[i]};
         o += kl;
     }
     pthread_rwlock_unlock(&db->lock);
+    c.n = kept;
+    c.key_bytes = o;
+    for (uint64_t i = 0, k = 0; rc == ABASE_OK && i < kept; i++) {
+        order[i].key = arena + k; /* the arena has stopped moving */
+        k += order[i].len;
+    }
     if (rc == ABASE_OK)
         rc = radix_sort_keys(order, c.n);
     if (rc == ABASE_OK) {
@@ -1724,6 +1756,9 @@ int64_t abase_scan_next(abase_scan *sc, uint64_t at_hlc, uint32_t at_node,
     pthread_rwlock_rdlock(&db->lock);
     while (sc->pos < sc->count && *count < max_items) {
         uint64_t i = sc->reverse ? sc->count - 1 - sc->pos : sc->pos;
+        uint64_t ahead = sc->pos + 32;
+        if (ahead < sc->count)
+            rec_prefetch(db, sc->heads[sc->reverse ? sc->count - 1 - ahead : ahead]);
         const uint8_t *key = sc->keys + sc->offs[i];
         uint32_t klen = (uint32_t)(sc->offs[i + 1] - sc->offs[i]);
         /* Versions appended after the open are newer than any snapshot

@@ -314,9 +314,20 @@ class Log:
              reverse: bool, at_hlc: int, at_node: int, merge_mode: bool, batch: int = 512) -> Iterator[tuple]:
         """Yield ``(key, status, value, hlc, node, op)`` for the log's keys in key order.
 
-        The key list is fixed when the scan starts; each key is resolved as
-        of ``(at_hlc, at_node)`` when its batch is read.
+        The key list and each key's newest record are fixed when the scan
+        starts (take the snapshot first); each key is resolved as of
+        ``(at_hlc, at_node)`` when its batch is read.
         """
+        for chunk in self.scan_chunks(ns, start, stop, prefix, reverse, at_hlc, at_node, merge_mode, batch):
+            yield from chunk
+
+    def scan_chunks(self, ns: int, start: Optional[bytes], stop: Optional[bytes], prefix: Optional[bytes],
+                    reverse: bool, at_hlc: int, at_node: int, merge_mode: bool, batch: int = 512,
+                    pairs: bool = False) -> Iterator[list]:
+        """:meth:`scan` a list of entries at a time. With ``pairs`` (LWW
+        mode) each chunk is ``(entries, only_pairs)``: an entry with a value
+        comes as just ``(key, value)``, a deleted key is left out, the others
+        stay 6-tuples, and ``only_pairs`` says there are no others."""
         out = ffi.new("abase_scan **")
         s = b"" if start is None else start
         e = b"" if stop is None else stop
@@ -342,7 +353,7 @@ class Log:
                 raise self._fail(n, "scan")
             if n == 0:
                 return
-            yield from scan_split(ffi.buffer(buf, n), count[0])
+            yield scan_split(ffi.buffer(buf, n), count[0], pairs)
 
     # -- segments (compactor) --------------------------------------------
     def seal(self) -> None:
