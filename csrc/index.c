@@ -18,11 +18,18 @@
 
 /* A key's home slot is the top bits of its hash, so that a table is an
  * ordered map of hashes and keys of nearby hashes share cache lines
- * (ix_load relies on it); the tag is the low 32 bits, independent of the
- * home while tables hold fewer than 2^32 slots. */
+ * (ix_load relies on it). The tag is the top 32 bits: it contains the home
+ * slot of every table up to 2^TAG_HOME_BITS slots, so growth moves an
+ * entry without reading its key from the log (a cache miss per entry in a
+ * random place), and the 32 - log2(capacity) bits below the home still
+ * tell apart keys that share a home (1 in 2048 collide at 2M slots). Tags
+ * 0 and 1 mark empty and deleted slots; the hashes that would give them
+ * use 2 and 3, which have the same home in any table up to 2^30 slots. */
+#define TAG_HOME_BITS 30u
+
 static uint32_t tag_of(uint64_t hash)
 {
-    uint32_t t = (uint32_t)hash;
+    uint32_t t = (uint32_t)(hash >> 32);
     return t < 2 ? t + 2 : t;
 }
 
@@ -151,8 +158,8 @@ static void move_some(abase_index *ix, uint64_t budget)
     while (o->cap != 0 && budget-- > 0) {
         uint64_t i = ix->move_pos++;
         if (o->tag[i] >= 2) {
-            uint64_t h;
-            if (entry_hash(ix, o->addr[i], &h))
+            uint64_t h = (uint64_t)o->tag[i] << 32; /* what placement uses */
+            if (64 - ix->cur.shift <= TAG_HOME_BITS || entry_hash(ix, o->addr[i], &h))
                 table_place(&ix->cur, h, o->addr[i]);
             o->live--;
             /* a tombstone, not empty: probes in old must run past it */
