@@ -316,6 +316,12 @@ void abase_scan_free(abase_scan *scan);
 
 /* Segments, for the compactor. */
 int abase_seal(abase_db *db);  /* seal the active segment if it holds records */
+
+/* Fault in up to max_bytes of the active segment past its last record, so
+ * that appends there do not each take a page fault (MADV_POPULATE_WRITE;
+ * called by the compactor thread, off the write path). Returns the bytes
+ * populated, 0 when there was nothing to do or the kernel cannot. */
+uint64_t abase_prefault(abase_db *db, uint64_t max_bytes);
 uint32_t abase_segments(abase_db *db, abase_segstat *out, uint32_t cap);
 /* Copy whole records of sealed segment seg_no from *offset into buf, raw
  * as on disk (40-byte header, key, value, padding); advances *offset.

@@ -1825,6 +1825,36 @@ void abase_scan_free(abase_scan *sc)
 
 /* -------------------------------------------------------------- compaction */
 
+uint64_t abase_prefault(abase_db *db, uint64_t max_bytes)
+{
+    pthread_rwlock_rdlock(&db->lock);
+    segment *s = active_seg(db);
+    uint8_t *from = NULL;
+    uint64_t len = 0;
+    if (s) {
+        uint64_t start = (s->used + 4095u) & ~(uint64_t)4095u;
+        if (start < s->mapped) {
+            from = s->base + start;
+            len = s->mapped - start < max_bytes ? s->mapped - start : max_bytes;
+        }
+    }
+    pthread_rwlock_unlock(&db->lock);
+    /* Outside the lock: populating only maps pages (the kernel does not
+     * write to them), so appends may run into the range meanwhile; if the
+     * segment is sealed and shortened first, the call fails with EFAULT
+     * instead of raising SIGBUS. The mapping itself stays until close or
+     * the segment's compaction, neither of which runs concurrently with
+     * the compactor that calls this. */
+#ifdef MADV_POPULATE_WRITE
+    if (len && madvise(from, len, MADV_POPULATE_WRITE) != 0)
+        return 0;
+    return len;
+#else
+    (void)from;
+    return 0;
+#endif
+}
+
 int abase_seal(abase_db *db)
 {
     pthread_rwlock_wrlock(&db->lock);

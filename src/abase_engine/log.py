@@ -356,6 +356,11 @@ class Log:
             yield scan_split(ffi.buffer(buf, n), count[0], pairs)
 
     # -- segments (compactor) --------------------------------------------
+    def prefault(self, max_bytes: int) -> int:
+        """Fault in up to ``max_bytes`` of the active segment ahead of the
+        appends (off the write path); returns the bytes populated."""
+        return lib.abase_prefault(self._db, max_bytes)
+
     def seal(self) -> None:
         """Seal the active segment if it holds records, so compaction can take it."""
         rc = lib.abase_seal(self._db)
