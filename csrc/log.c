@@ -1827,6 +1827,11 @@ void abase_scan_free(abase_scan *sc)
 
 uint64_t abase_prefault(abase_db *db, uint64_t max_bytes)
 {
+    /* Not under durability "sync": populating a shared file mapping for
+     * writing marks its pages dirty, and the next fdatasync would write
+     * all of them. */
+    if (db->durability == ABASE_DUR_SYNC)
+        return 0;
     pthread_rwlock_rdlock(&db->lock);
     segment *s = active_seg(db);
     uint8_t *from = NULL;
