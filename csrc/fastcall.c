@@ -54,6 +54,7 @@ typedef struct {
     batch_fn write_batch;
     uint32_t ns;
     char enabled;           /* cleared while writes need the general path */
+    char store_empty;       /* the store holds nothing of this namespace */
     PyObject *ts_type;      /* Timestamp, a tuple subclass (hlc, node) */
     PyObject *node;         /* this engine's node id (int) */
     PyObject *slow_put;     /* (key, value) -> Timestamp */
@@ -184,8 +185,13 @@ static PyObject *get_one(FastPath *self, PyObject *key, PyObject *dflt)
         return dflt;
     }
     PyObject *args[2] = {key, dflt};
-    if (rc == ABASE_NOTFOUND)
+    if (rc == ABASE_NOTFOUND) {
+        if (self->store_empty) {
+            Py_INCREF(dflt);
+            return dflt;
+        }
         return PyObject_Vectorcall(self->store_get, args, 2, NULL);
+    }
     return PyObject_Vectorcall(self->slow_get, args, 2, NULL);
 }
 
@@ -631,6 +637,8 @@ static PyMethodDef fp_methods[] = {
 };
 
 static PyMemberDef fp_members[] = {
+    {"store_empty", T_BOOL, offsetof(FastPath, store_empty), 0,
+     "True while the store holds nothing of this namespace: a key the log lacks is absent."},
     {"enabled", T_BOOL, offsetof(FastPath, enabled), 0,
      "False: every call takes the general path (listeners, digests, a fake clock)."},
     {NULL, 0, 0, 0, NULL},

@@ -941,3 +941,47 @@ def test_get_many_list_mutated_during_call_does_not_crash(tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+
+
+def test_store_empty_flag_follows_the_store(tmp_path):
+    """While the store holds nothing of the default namespace, a key the log
+    lacks is answered without LMDB; the flag must turn off with the commit
+    that first stores something, before the log stops showing it."""
+    db = ae.open(str(tmp_path / "db"), compact_interval=None)
+    try:
+        assert db._fastpath.store_empty is True
+        db.put(b"k", b"v")
+        assert db.get(b"missing") is None and db.get_many([b"missing", b"k"]) == [None, b"v"]
+        db.compact(wait=True)
+        assert db._fastpath.store_empty is False
+        assert db.get(b"k") == b"v" and db.get_many([b"k"]) == [b"v"]
+        db.namespace("other").put(b"x", b"y")  # another namespace's data does not count
+        db.compact(wait=True)
+        assert db.namespace("other").get(b"x") == b"y"
+    finally:
+        db.close()
+    db = ae.open(str(tmp_path / "db"), compact_interval=None)
+    try:
+        assert db._fastpath.store_empty is False  # decided again at open
+        assert db.get(b"k") == b"v"
+    finally:
+        db.close()
+    db = ae.open(str(tmp_path / "db2"), compact_interval=None)
+    try:
+        db.namespace("other").put(b"x", b"y")
+        db.compact(wait=True)
+        assert db._fastpath.store_empty is True  # only the default namespace's table counts
+        assert db.get(b"x") is None
+    finally:
+        db.close()
+
+
+def test_empty_key_in_the_store_keeps_the_store_from_counting_as_empty(tmp_path):
+    db = ae.open(str(tmp_path / "db"), compact_interval=None)
+    try:
+        db.put(b"", b"empty")
+        db.compact(wait=True)
+        assert db._fastpath.store_empty is False
+        assert db.get(b"") == b"empty"
+    finally:
+        db.close()

@@ -550,6 +550,12 @@ class Engine(Namespace):
             slow_put_many=self._put_many_general, store_get=self._get_stored, fail=self._log.error)
         # a fake clock, a listener or digest upkeep takes the general path
         self._fast = self._clock_fn is None and not self._options["digests"]
+        # While the default namespace has nothing in the store, a key the
+        # log does not hold is absent: the fast path answers without LMDB.
+        # Kept current after every store commit, which comes before the log
+        # stops showing the versions that commit folded.
+        self._store.after_write = self._store_written
+        self._store_written()
         # The hot calls resolve straight to C, saving a Python frame each
         # (~0.1 us); the methods below say what they do, and stay in charge
         # for a subclass that overrides them.
@@ -1421,6 +1427,9 @@ class Engine(Namespace):
                 yield from self._scan_merge(ns, start, stop, reverse, pin, at is None)
         finally:
             self._remove_pin(pin)
+
+    def _store_written(self) -> None:
+        self._fastpath.store_empty = self._nothing_stored(self)
 
     def _nothing_stored(self, ns: Namespace) -> bool:
         """The store holds no version of any key of ``ns`` (the empty key included)."""

@@ -120,6 +120,9 @@ class Store:
         self._lock = threading.Lock()
         #: Incremented after every commit; readers renew their snapshot on change.
         self.generation = 0
+        #: Called after every committed write transaction (the engine keeps
+        #: facts about the store's contents up to date with it).
+        self.after_write: Optional[Callable[[], None]] = None
         self.bytes_written = 0
         raw = self.meta_get(b"format")
         if raw is None:
@@ -236,6 +239,8 @@ class Store:
                 txn.abort()
                 raise
             self.generation += 1
+            if self.after_write is not None:
+                self.after_write()
             return result
 
     def put_meta_u64(self, txn, key: bytes, value: int) -> None:
