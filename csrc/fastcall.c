@@ -59,7 +59,7 @@ typedef struct {
     PyObject *node;         /* this engine's node id (int) */
     PyObject *slow_put;     /* (key, value) -> Timestamp */
     PyObject *slow_get;     /* (key, default=None, *, at=None) -> value */
-    PyObject *slow_put_many;/* (pairs) -> Timestamp | None */
+    PyObject *slow_put_many;/* (pairs) -> Timestamp | None; NULL: no put_many */
     PyObject *store_get;    /* (key, default) -> value, for a key the log lacks */
     PyObject *fail;         /* (status, what) -> exception instance */
 } FastPath;
@@ -239,6 +239,10 @@ static PyObject *fp_get_many(FastPath *self, PyObject *keys)
 
 static PyObject *fp_put_many(FastPath *self, PyObject *pairs)
 {
+    if (!self->slow_put_many) {
+        PyErr_SetString(PyExc_AttributeError, "put_many is only offered for the default namespace");
+        return NULL;
+    }
     if (!usable(self) || !(PyList_CheckExact(pairs) || PyTuple_CheckExact(pairs)))
         return PyObject_CallOneArg(self->slow_put_many, pairs);
     PyObject *seq = PySequence_Fast(pairs, "");
@@ -544,11 +548,14 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "ts_type must be a tuple subclass");
         return -1;
     }
-    if (!PyCallable_Check(sp) || !PyCallable_Check(sg) || !PyCallable_Check(spm) ||
-        !PyCallable_Check(stg) || !PyCallable_Check(fail)) {
-        PyErr_SetString(PyExc_TypeError, "the general paths must be callables");
+    if (!PyCallable_Check(sp) || !PyCallable_Check(sg) ||
+        (spm != Py_None && !PyCallable_Check(spm)) || !PyCallable_Check(stg) ||
+        !PyCallable_Check(fail)) {
+        PyErr_SetString(PyExc_TypeError, "the general paths must be callables (slow_put_many may be None)");
         return -1;
     }
+    if (spm == Py_None)
+        spm = NULL;
     if (!PySequence_Check(fns) || PySequence_Size(fns) != 5) {
         PyErr_SetString(PyExc_TypeError,
                         "functions: addresses of put, put_nowait, get, get_nowait, write_batch");
@@ -580,7 +587,7 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->slow_put, sp);
     Py_INCREF(sg);
     Py_XSETREF(self->slow_get, sg);
-    Py_INCREF(spm);
+    Py_XINCREF(spm);
     Py_XSETREF(self->slow_put_many, spm);
     Py_INCREF(stg);
     Py_XSETREF(self->store_get, stg);

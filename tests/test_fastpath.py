@@ -985,3 +985,87 @@ def test_empty_key_in_the_store_keeps_the_store_from_counting_as_empty(tmp_path)
         assert db.get(b"") == b"empty"
     finally:
         db.close()
+
+
+# --------------------------------------------------------------------------
+# LWW namespaces other than the default one
+
+
+def test_namespace_put_get_take_the_fast_path_and_agree_with_the_general_one(tmp_path):
+    from abase_engine.crdt import PNCounter
+
+    db = ae.open(str(tmp_path / "db"), compact_interval=None)
+    try:
+        ns = db.namespace("users")
+        assert "put" in vars(ns) and "get" in vars(ns)  # bound to C at creation
+        ts = ns.put(b"k", b"v")
+        assert type(ts) is Timestamp and ts.node_id == db.node_id
+        assert ns.get(b"k") == b"v" and ns.get(b"missing", 7) == 7
+        assert db.get(b"k") is None  # other namespace
+        assert ns.get(b"k", at=ts) == b"v"  # keyword: general path
+        assert ns.get(bytearray(b"k")) == b"v"
+        with pytest.raises(TypeError):
+            ns.put("k", b"v")
+        with pytest.raises(errors.KeyTooLargeError):
+            ns.put(b"x" * (MAX_KEY + 1), b"v")
+        ns.delete(b"k")
+        assert ns.get(b"k") is None
+        ns.put(b"k2", b"v2")
+        db.compact(wait=True)  # now in the store: the flag must have turned off
+        assert ns.get(b"k2") == b"v2" and ns.get(b"k") is None
+        assert Namespace.get(ns, b"k2") == b"v2"
+        c = db.namespace("counters", merge=PNCounter())  # merge namespaces keep the general path
+        c.merge(b"x", PNCounter.increment(2))
+        assert c.get(b"x") == 2
+    finally:
+        db.close()
+    db = ae.open(str(tmp_path / "db"), compact_interval=None)
+    try:
+        ns = db.namespace("users")  # existing: the flag starts off until a commit says otherwise
+        assert ns.get(b"k2") == b"v2" and ns.get(b"k") is None
+    finally:
+        db.close()
+    with pytest.raises(errors.EngineClosedError):
+        ns.put(b"a", b"b")
+    with pytest.raises(errors.EngineClosedError):
+        ns.get(b"a")
+
+
+def test_namespace_fast_path_is_off_while_a_listener_is_registered(tmp_path):
+    db = ae.open(str(tmp_path / "db"), compact_interval=None)
+    try:
+        ns = db.namespace("n")
+        seen = []
+        unsubscribe = db.on_commit(seen.extend)
+        ns.put(b"k", b"v")
+        assert [(c.namespace, c.key, c.value) for c in seen] == [("n", b"k", b"v")]
+        unsubscribe()
+        ns.put(b"k", b"w")
+        assert len(seen) == 1 and ns.get(b"k") == b"w"
+        db.on_commit(seen.extend)
+        db.namespace("later").put(b"a", b"b")  # a namespace opened while a listener is registered
+        assert [(c.namespace, c.key) for c in seen[1:]] == [("later", b"a")]
+    finally:
+        db.close()
+
+
+@given(st.lists(st.tuples(st.sampled_from(["put", "delete", "compact"]),
+                          st.sampled_from([b"a", b"b", b"c"]), st.binary(max_size=8)), max_size=30))
+def test_property_namespace_fast_get_equals_general_get_and_model(tmp_path_factory, ops):
+    db = ae.open(str(tmp_path_factory.mktemp("nsfp") / "db"), compact_interval=None, segment_size=4096)
+    try:
+        ns = db.namespace("m")
+        model = {}
+        for op, key, value in ops:
+            if op == "put":
+                ns.put(key, value)
+                model[key] = value
+            elif op == "delete":
+                ns.delete(key)
+                model.pop(key, None)
+            else:
+                db.compact(wait=True)
+            for k in (b"a", b"b", b"c"):
+                assert ns.get(k) == model.get(k) == Namespace.get(ns, k)
+    finally:
+        db.close()

@@ -243,6 +243,36 @@ class Namespace:
             return self._get_lww(key, at)
         return self._get_state(key, at)
 
+    def _get_stored(self, key: bytes, default: Any) -> Any:
+        """get() of a key the log does not hold: its version in the store
+        (LWW namespaces; the fast path's fallback after a log miss)."""
+        store = self._engine._store
+        r = store._readers.r
+        with r.lock:
+            txn = r.txn
+            if r.generation != store.generation or txn is None:
+                txn = store._fresh(r)
+            raw = txn.get(key, None, self._dbi)  # positional: ~75 ns less than db=
+        if raw is None:
+            return default
+        if raw[0] == VALUE:
+            return raw[13:]
+        if raw[0] == TOMBSTONE:
+            return default
+        return Namespace.get(self, key, default)
+
+    def _bind_fast_path(self, fresh: bool) -> None:
+        """Route this LWW namespace's put and get through csrc/fastcall.c,
+        as the Engine does for the default namespace. ``fresh``: the
+        namespace was just created, so the store holds nothing of it."""
+        eng = self._engine
+        self._dbi = eng._store.db(self._id)
+        fp = eng._new_fast_path(self, None)
+        fp.enabled = eng._fast
+        fp.store_empty = fresh  # else decided at the next store commit
+        self.put = fp.put  # type: ignore[method-assign]
+        self.get = fp.get  # type: ignore[method-assign]
+
     def _get_lww(self, key: bytes, at: Optional[Timestamp]) -> Optional[bytes]:
         eng = self._engine
         at_h, at_n = (at._hlc, at._node) if at is not None else (0, 0)
@@ -542,12 +572,11 @@ class Engine(Namespace):
             self._release_lock()
             raise
         self._closed = False
-        self._dbi0 = self._store.db(0)
-        handle, functions = self._log.fast_handle()
-        self._fastpath = _fast.FastPath(
-            handle, functions, 0, Timestamp, self.node_id,
-            slow_put=Namespace.put.__get__(self), slow_get=Namespace.get.__get__(self),
-            slow_put_many=self._put_many_general, store_get=self._get_stored, fail=self._log.error)
+        self._dbi = self._store.db(0)
+        #: (namespace, its FastPath): the default namespace first, then every
+        #: LWW namespace opened since (see Namespace._bind_fast_path).
+        self._fastpaths: List[Tuple[Namespace, Any]] = []
+        self._fastpath = self._new_fast_path(self, self._put_many_general)
         # a fake clock, a listener or digest upkeep takes the general path
         self._fast = self._clock_fn is None and not self._options["digests"]
         # While the default namespace has nothing in the store, a key the
@@ -577,7 +606,19 @@ class Engine(Namespace):
 
     @_fast.setter
     def _fast(self, on: bool) -> None:
-        self._fastpath.enabled = on
+        for _ns, fp in self._fastpaths:
+            fp.enabled = on
+
+    def _new_fast_path(self, ns: Namespace, put_many: Optional[Callable]) -> Any:
+        """A ``_fast.FastPath`` for the LWW namespace ``ns``, registered so
+        that enabling, the store-empty flag and close reach it."""
+        handle, functions = self._log.fast_handle()
+        fp = _fast.FastPath(
+            handle, functions, ns._id, Timestamp, self.node_id,
+            slow_put=Namespace.put.__get__(ns), slow_get=Namespace.get.__get__(ns),
+            slow_put_many=put_many, store_get=ns._get_stored, fail=self._log.error)
+        self._fastpaths.append((ns, fp))
+        return fp
 
     def put(self, key: bytes, value: bytes) -> Timestamp:
         """Store ``value`` under ``key`` in the default namespace; returns its timestamp.
@@ -605,23 +646,6 @@ class Engine(Namespace):
         if at is not None:
             return Namespace.get(self, key, default, at=at)
         return self._fastpath.get(key, default)
-
-    def _get_stored(self, key: bytes, default: Any) -> Any:
-        """get() of a key the log does not hold: its version in the store."""
-        store = self._store
-        r = store._readers.r
-        with r.lock:
-            txn = r.txn
-            if r.generation != store.generation or txn is None:
-                txn = store._fresh(r)
-            raw = txn.get(key, None, self._dbi0)  # positional: ~75 ns less than db=
-        if raw is None:
-            return default
-        if raw[0] == VALUE:
-            return raw[13:]
-        if raw[0] == TOMBSTONE:
-            return default
-        return Namespace.get(self, key, default)
 
     # -- opening and closing ------------------------------------------------
     def _take_lock(self) -> int:
@@ -708,7 +732,8 @@ class Engine(Namespace):
             return
         self._closed = True
         self._fast = False
-        self._fastpath.detach()
+        for _ns, fp in self._fastpaths:
+            fp.detach()
         self._compactor.stop()
         if self._options["digests"]:
             self._save_digests()
@@ -797,6 +822,8 @@ class Engine(Namespace):
                 self._ns_defs[name] = (ns_id, want)
             operator = None if want == LWW.name else merge
             ns = Namespace(self, name, ns_id, operator)
+            if operator is None:
+                ns._bind_fast_path(fresh=known is None)
             self._ns_by_id[ns_id] = ns
             self._namespaces[name] = ns
             return ns
@@ -1429,7 +1456,8 @@ class Engine(Namespace):
             self._remove_pin(pin)
 
     def _store_written(self) -> None:
-        self._fastpath.store_empty = self._nothing_stored(self)
+        for ns, fp in list(self._fastpaths):
+            fp.store_empty = self._nothing_stored(ns)
 
     def _nothing_stored(self, ns: Namespace) -> bool:
         """The store holds no version of any key of ``ns`` (the empty key included)."""
