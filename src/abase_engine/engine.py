@@ -125,6 +125,8 @@ class Namespace:
         self.merge_operator: MergeOperator = operator if operator is not None else LWW()
         #: key -> (head address, store generation, value): merge namespaces only.
         self._read_cache: Dict[bytes, Tuple[int, int, Any]] = {}
+        #: The C fast path of an LWW namespace (see _bind_fast_path), else None.
+        self._fastpath: Any = None
 
     def __repr__(self) -> str:
         return f"<Namespace {self.name!r} merge={self.merge_operator!r}>"
@@ -267,7 +269,7 @@ class Namespace:
         namespace was just created, so the store holds nothing of it."""
         eng = self._engine
         self._dbi = eng._store.db(self._id)
-        fp = eng._new_fast_path(self, None)
+        fp = self._fastpath = eng._new_fast_path(self, None)
         fp.enabled = eng._fast
         fp.store_empty = fresh  # else decided at the next store commit
         self.put = fp.put  # type: ignore[method-assign]
@@ -1433,7 +1435,8 @@ class Engine(Namespace):
         pin = at if at is not None else _ts(self._log.clock(), MAX_NODE_ID)
         self._add_pin(pin)
         try:
-            if at is None and ns._operator is None and self._nothing_stored(ns):
+            fast = ns._fastpath if ns._operator is None else None
+            if at is None and fast is not None and fast.store_empty:
                 # The scan is the log's, decoded in C a batch at a time (here,
                 # not in a helper generator: one delegation less per item). A
                 # key compacted meanwhile reads as NOTFOUND or NEEDBASE and
@@ -1456,15 +1459,15 @@ class Engine(Namespace):
             self._remove_pin(pin)
 
     def _store_written(self) -> None:
-        for ns, fp in list(self._fastpaths):
-            fp.store_empty = self._nothing_stored(ns)
-
-    def _nothing_stored(self, ns: Namespace) -> bool:
-        """The store holds no version of any key of ``ns`` (the empty key included)."""
+        """After each store commit: which LWW namespaces the store holds
+        nothing of (no entries, no empty-key slot), for the fast paths' and
+        scans' shortcuts."""
         store = self._store
-        dbi = store.db(ns._id)
+        pairs = [(ns, fp, ns._dbi) for ns, fp in list(self._fastpaths)]
         with store.env.begin(buffers=False) as txn:
-            return txn.stat(dbi)["entries"] == 0 and txn.get(_store.empty_key_slot(ns._id), db=store.meta) is None
+            for ns, fp, dbi in pairs:
+                fp.store_empty = (txn.stat(dbi)["entries"] == 0
+                                  and txn.get(_store.empty_key_slot(ns._id), db=store.meta) is None)
 
     def _scan_merge(self, ns: Namespace, start, stop, reverse, pin: Timestamp, pin_is_now: bool = False):
         store = self._store
