@@ -197,9 +197,10 @@ uint64_t abase_hash(uint32_t ns, const uint8_t *key, size_t klen);
 
 /* clock: wall_ms < 0 reads CLOCK_REALTIME; >= 0 is an injected reading */
 int abase_hlc_now(abase_hlc *clk, int64_t wall_ms, uint64_t *out);
-/* 1 when abase_hlc_now would have to wait for the wall clock (the logical
- * counter of a millisecond not yet reached is used up), else 0. */
-int abase_hlc_would_wait(const abase_hlc *clk, int64_t wall_ms);
+/* CLOCK_REALTIME in ms (-1 if it cannot be read): passed to abase_hlc_now
+ * as an injected reading, it makes a used-up millisecond ABASE_EAGAIN
+ * instead of a wait for the next one. */
+int64_t abase_wall_ms(void);
 int abase_hlc_update(abase_hlc *clk, uint64_t remote, int64_t wall_ms,
                      uint64_t max_skew_ms, uint64_t *out);
 void abase_hlc_observe(abase_hlc *clk, uint64_t seen);

@@ -69,12 +69,9 @@ int abase_hlc_now(abase_hlc *clk, int64_t wall_ms, uint64_t *out)
     return ABASE_OK;
 }
 
-int abase_hlc_would_wait(const abase_hlc *clk, int64_t wall_ms)
+int64_t abase_wall_ms(void)
 {
-    uint64_t pt;
-    if (wall_ms >= 0 || read_clock(-1, &pt) != ABASE_OK)
-        return 0; /* an injected clock never waits; a bad reading fails later */
-    return pt <= (clk->last >> ABASE_LOGICAL_BITS) && (clk->last & LOGICAL_MASK) == LOGICAL_MASK;
+    return real_ms();
 }
 
 int abase_hlc_update(abase_hlc *clk, uint64_t remote, int64_t wall_ms,

@@ -1046,13 +1046,19 @@ static int64_t put_impl(abase_db *db, uint32_t ns, int op, const uint8_t *key,
         return ABASE_EINVAL;
     uint64_t need = align8(ABASE_REC_HEADER_SIZE + klen + vlen);
     segment *s;
+    /* A nowait put reads the wall clock once and hands it to the HLC as an
+     * injected reading: a used-up millisecond then comes back as EAGAIN
+     * (turned into EWOULDBLOCK below) instead of a sleep. */
+    int real_clock = wall_ms < 0;
+    if (nowait && real_clock)
+        wall_ms = abase_wall_ms();
     if (nowait) {
         if (db->durability == ABASE_DUR_SYNC)
             return ABASE_EWOULDBLOCK;
         if (pthread_rwlock_trywrlock(&db->lock) != 0)
             return ABASE_EWOULDBLOCK;
         s = active_seg(db);
-        if (!s || s->used + need > s->mapped || abase_hlc_would_wait(&db->clock, wall_ms)) {
+        if (!s || s->used + need > s->mapped) {
             pthread_rwlock_unlock(&db->lock);
             return ABASE_EWOULDBLOCK;
         }
@@ -1063,8 +1069,11 @@ static int64_t put_impl(abase_db *db, uint32_t ns, int op, const uint8_t *key,
     uint64_t hlc = 0, end = 0;
     if (rc == ABASE_OK)
         rc = ix_reserve(&db->ix, 1); /* so that indexing cannot fail after the append */
-    if (rc == ABASE_OK)
+    if (rc == ABASE_OK) {
         rc = abase_hlc_now(&db->clock, wall_ms, &hlc);
+        if (rc == ABASE_EAGAIN && nowait && real_clock)
+            rc = ABASE_EWOULDBLOCK; /* nothing written yet */
+    }
     if (rc == ABASE_OK) {
         uint64_t h = abase_hash(ns, key, klen);
         uint64_t *slot = ix_find(&db->ix, h, ns, key, klen);

@@ -379,16 +379,33 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def test_hlc_would_wait_only_when_a_future_millisecond_is_used_up():
-    clk = ffi.new("abase_hlc *")
+def test_put_nowait_waits_for_the_clock_only_when_a_future_millisecond_is_used_up(tmp_path):
+    """EWOULDBLOCK exactly when abase_put would sleep for the wall clock."""
+    def put_after(last: int) -> int:
+        db = ae.open(str(tmp_path / f"db{last}"), compact_interval=None)
+        try:
+            db.put(b"first", b"x")  # an active segment with room: only the clock can block
+            lib.abase_db_clock_observe(db._log._db, last)
+            return lib.abase_put_nowait(db._log._db, 0, lib.ABASE_OP_PUT, b"k", 1, b"v", 1, -1)
+        finally:
+            db.close()
+
     future = _now_ms() + 60_000
-    clk.last = (future << 16) | 0xFFFF
-    assert lib.abase_hlc_would_wait(clk, -1) == 1
-    assert lib.abase_hlc_would_wait(clk, future) == 0  # injected clock: the caller advances it
-    clk.last = (future << 16) | 0xFFFE
-    assert lib.abase_hlc_would_wait(clk, -1) == 0  # one logical tick left
-    clk.last = ((_now_ms() - 60_000) << 16) | 0xFFFF
-    assert lib.abase_hlc_would_wait(clk, -1) == 0  # the wall clock is past it
+    assert put_after((future << 16) | 0xFFFF) == lib.ABASE_EWOULDBLOCK
+    assert put_after((future << 16) | 0xFFFE) > 0  # one logical tick left
+    assert put_after(((_now_ms() - 60_000) << 16) | 0xFFFF) > 0  # the wall clock is past it
+
+
+def test_put_nowait_with_an_injected_clock_reports_eagain_not_ewouldblock(tmp_path):
+    db = ae.open(str(tmp_path / "db"), compact_interval=None)
+    try:
+        db.put(b"first", b"x")
+        ms = _now_ms() + 60_000
+        lib.abase_db_clock_observe(db._log._db, (ms << 16) | 0xFFFF)
+        rc = lib.abase_put_nowait(db._log._db, 0, lib.ABASE_OP_PUT, b"k", 1, b"v", 1, ms)
+        assert rc == lib.ABASE_EAGAIN  # the caller advances an injected clock
+    finally:
+        db.close()
 
 
 def test_put_nowait_refuses_to_wait_for_the_clock_and_writes_nothing(tmp_path):
