@@ -61,21 +61,30 @@ def segment_for(nbytes: float) -> int:
     return min(1 << 31, (want + 4095) // 4096 * 4096)
 
 
-def open_db(ae, path, **opts):
+def open_abase(ae, path, opts: dict, report=None):
     """``ae.open(path, node_id=1, **opts)``, dropping keyword options the engine
-    refuses by name (so the suite works while the API grows)."""
+    refuses by name (TypeError or InvalidOptionError naming them), so the
+    benchmarks work while the API grows; ``report(name, value, message)`` is
+    told of each. Returns (db, accepted opts)."""
     opts = dict(opts)
     refused = (TypeError, getattr(ae, "InvalidOptionError", TypeError))
     while True:
         try:
-            return ae.open(str(path), node_id=1, **opts)
+            return ae.open(str(path), node_id=1, **opts), opts
         except refused as e:
             msg = str(e)
             bad = [k for k in opts if k != "durability" and (f"'{k}'" in msg or f" {k}" in msg)]
             if not bad:
                 raise
             for k in bad:
+                if report is not None:
+                    report(k, opts[k], msg)
                 opts.pop(k)
+
+
+def open_db(ae, path, **opts):
+    """:func:`open_abase` for the pytest suite: the engine only."""
+    return open_abase(ae, path, opts)[0]
 
 
 def try_stats(db) -> dict:

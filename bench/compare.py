@@ -83,6 +83,8 @@ import time
 import traceback
 from itertools import islice
 
+from benchutil import open_abase  # bench/ is on sys.path: compare.py runs as a script
+
 # --------------------------------------------------------------------------
 # Constants
 # --------------------------------------------------------------------------
@@ -364,23 +366,14 @@ class Store:
         pass
 
 
+def _report_dropped(name, value, msg) -> None:
+    print(f"  [abase] option {name}={value!r} refused ({msg}): dropped", file=sys.stderr)
+
+
 def _open_abase(ae, path: str, opts: dict):
-    """``ae.open(path, node_id=1, **opts)``, dropping keyword options the
-    engine does not (yet) accept (TypeError or InvalidOptionError naming them);
+    """:func:`benchutil.open_abase`, reporting dropped options on stderr;
     returns (db, accepted opts)."""
-    opts = dict(opts)
-    refused = (TypeError, getattr(ae, "InvalidOptionError", TypeError))
-    while True:
-        try:
-            return ae.open(path, node_id=1, **opts), opts
-        except refused as e:
-            msg = str(e)
-            bad = [k for k in opts if k != "durability" and (f"'{k}'" in msg or f" {k}" in msg)]
-            if not bad:
-                raise
-            for k in bad:
-                print(f"  [abase] option {k}={opts[k]!r} refused ({msg}): dropped", file=sys.stderr)
-                opts.pop(k)
+    return open_abase(ae, path, opts, report=_report_dropped)
 
 
 class AbaseStore(Store):
