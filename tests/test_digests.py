@@ -19,9 +19,10 @@ def _open(path):
 
 
 def _maintained_equals_rebuild(db):
-    kept = {k: list(v) for k, v in db._leaves.items()}
-    db._leaves.clear()
-    return all(db._ns_leaves(db._ns_by_id[k]) == v for k, v in kept.items())
+    names = ("", "s", "n")
+    kept = {name: db._digests.leaves(db.namespace(name)) for name in names}
+    db._digests.forget()
+    return all(db._digests.leaves(db.namespace(name)) == kept[name] for name in names)
 
 
 @settings(max_examples=40, deadline=None)

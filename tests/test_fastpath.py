@@ -38,7 +38,7 @@ _SEG_64K = 64 * 1024
 
 def _general_get(db, key, default=None):
     """The general (pure Python) read path of the default namespace."""
-    return Namespace.get(db, key, default)
+    return Namespace.get(db.namespace(""), key, default)
 
 
 def _value(size: int, seed: int = 0) -> bytes:
@@ -85,7 +85,7 @@ def test_put_get_round_trip_and_timestamps(open_db):
         got = db.get(key)
         assert type(got) is bytes and got == value
     # a general-path put and a fast put share one clock
-    gts = Namespace.put(db, b"general", b"g")
+    gts = Namespace.put(db.namespace(""), b"general", b"g")
     fts = db.put(b"fast", b"f")
     assert prev < gts < fts and fts.node_id == 7
     assert db.get(b"general") == b"g" and db.get(b"fast") == b"f"

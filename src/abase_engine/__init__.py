@@ -14,7 +14,10 @@ from .errors import (
     FormatVersionError,
     KeyTooLargeError,
     LockedError,
+    InvalidOptionError,
+    MergeOperandError,
     MergeOperatorMismatch,
+    SlotInvalidatedError,
     SnapshotTooOldError,
     ValueTooLargeError,
 )
@@ -33,5 +36,6 @@ __all__ = [
     "open", "Engine", "Namespace", "Batch", "Snapshot", "ReplicationSlot", "Timestamp", "Op", "Change", "HLC",
     "MergeOperator", "LWW", "crdt", "errors", "AbaseError", "CorruptionError", "LockedError",
     "EngineClosedError", "KeyTooLargeError", "ValueTooLargeError", "ClockSkewError",
-    "SnapshotTooOldError", "FormatVersionError", "MergeOperatorMismatch",
+    "SnapshotTooOldError", "FormatVersionError", "MergeOperatorMismatch", "MergeOperandError",
+    "SlotInvalidatedError", "InvalidOptionError",
 ]

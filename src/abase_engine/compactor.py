@@ -14,8 +14,17 @@ folded twice.
 A segment that holds versions newer than an open snapshot waits until the
 snapshot closes, so ``get(at=...)`` keeps seeing the history it needs.
 
-Thread-safety: one compaction pass runs at a time (``_pass_lock``); the
-thread and ``Engine.compact(wait=True)`` share it.
+Collaborators (given explicitly, never the whole engine): the log and the
+store; the catalog (which namespaces are LWW, and the operators of the
+others); ``oldest_pin`` and ``retention_floor`` (what open snapshots, scans,
+feeds and replication slots still need); the engine's ``fold_lock`` (held
+across the store commit and ``compacted_through``, so ``apply`` never reads
+the store and the log disagreeing) and ``merge_lock`` (held while purging
+tombstones, with the digest tree's upkeep); and the digest tree, told about
+purged tombstones.
+
+Locks: one compaction pass runs at a time (the pass lock); the thread and
+``Engine.compact(wait=True)`` share it. Lock order: merge lock, fold lock.
 """
 
 from __future__ import annotations
@@ -23,84 +32,54 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
-from .merge import LWW, MergeOperator
+from .log import NS_DEFS, Log
 from .record import Op
-from .store import STATE, TOMBSTONE, VALUE, Stored, encode
+from .resolve import Version, fold_lww, fold_merge
+from .store import TOMBSTONE, Store, decode, encode
 
-__all__ = ["Compactor", "fold_lww", "fold_merge"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .catalog import Catalog
+    from .digest import DigestTree
 
-_log = logging.getLogger("abase_engine.compactor")
+__all__ = ["Compactor", "fold_lww", "fold_merge"]  # the folds live in resolve.py
+
+_logger = logging.getLogger("abase_engine.compactor")
 
 _PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
 _DOMINANT = 0x01  # record flag, see csrc/abase.h
-
-#: (op, hlc, node, value) of one log version.
-Version = Tuple[int, int, int, bytes]
-
-
-def fold_lww(base: Optional[Stored], versions: Sequence[Version]) -> Optional[Stored]:
-    """The LWW result of a stored version and log versions: the greatest (hlc, node)."""
-    best = None
-    for op, hlc, node, value in versions:
-        if best is None or (hlc, node) > (best[1], best[2]):
-            best = (op, hlc, node, value)
-    if base is not None and (best is None or (base[1], base[2]) >= (best[1], best[2])):
-        return base
-    if best is None:
-        return None
-    op, hlc, node, value = best
-    if op == _DELETE:
-        return (TOMBSTONE, hlc, node, 0, 0, b"")
-    return (VALUE, hlc, node, 0, 0, value)
-
-
-def fold_merge(operator: MergeOperator, base: Optional[Stored], versions: Sequence[Version]) -> Optional[Stored]:
-    """The merge-namespace result of a stored version and log versions.
-
-    The anchor is the newest delete; every put or merge operand newer than it
-    is joined (a put joins like an operand: a CRDT state is its own delta).
-    Returns a STATE (with its anchor), a TOMBSTONE, or None.
-    """
-    anchor = (0, 0)
-    for op, hlc, node, _v in versions:
-        if op == _DELETE and (hlc, node) > anchor:
-            anchor = (hlc, node)
-    if base is not None:
-        kind, bh, bn, ah, an, _bv = base
-        if kind == TOMBSTONE and (bh, bn) > anchor:
-            anchor = (bh, bn)
-        elif kind != TOMBSTONE and (ah, an) > anchor:
-            anchor = (ah, an)
-    operands: List[bytes] = []
-    newest = anchor
-    if base is not None and base[0] != TOMBSTONE and (base[1], base[2]) > anchor:
-        operands.append(base[5])
-        newest = max(newest, (base[1], base[2]))
-    for op, hlc, node, value in sorted(versions, key=lambda v: (v[1], v[2])):
-        if op != _DELETE and (hlc, node) > anchor:
-            operands.append(value)
-            newest = max(newest, (hlc, node))
-    if not operands:
-        if anchor == (0, 0):
-            return None
-        return (TOMBSTONE, anchor[0], anchor[1], 0, 0, b"")
-    state = operands[0] if len(operands) == 1 else operator.full_merge(None, operands)
-    return (STATE, newest[0], newest[1], anchor[0], anchor[1], state)
 
 
 class Compactor:
     """Background folding of sealed segments into the store.
 
-    :param engine: the owning Engine (its ``_log``, ``_store``, namespaces,
-        pins and options are used).
+    :param log, store: the two layers.
+    :param catalog: which namespaces are LWW; the operators of the others.
+    :param oldest_pin: ``() -> (hlc, node) | None``, the oldest open snapshot or scan.
+    :param retention_floor: ``() -> segment | None``, the oldest segment a
+        feed or replication slot still reads.
+    :param fold_lock, merge_lock: the engine's locks (see the module docstring).
+    :param digests: the digest tree to tell about purged tombstones, or None.
+    :param tombstone_grace_ms: how long a stored tombstone is kept.
     :param interval: seconds between checks for sealed segments; None: only
         explicit :meth:`run_pass` calls compact (no thread).
     """
 
-    def __init__(self, engine, interval: Optional[float]) -> None:
-        self._engine = engine
+    def __init__(self, log: Log, store: Store, catalog: "Catalog", *,
+                 oldest_pin: Callable[[], Optional[Tuple[int, int]]],
+                 retention_floor: Callable[[], Optional[int]],
+                 fold_lock: threading.Lock, merge_lock: threading.RLock, digests: Optional["DigestTree"],
+                 tombstone_grace_ms: int, interval: Optional[float]) -> None:
+        self._log = log
+        self._store = store
+        self._catalog = catalog
+        self._oldest_pin = oldest_pin
+        self._retention_floor = retention_floor
+        self._fold_lock = fold_lock
+        self._merge_lock = merge_lock
+        self._digests = digests
+        self._grace_ms = tombstone_grace_ms
         self._interval = interval
         self._pass_lock = threading.Lock()
         self._wake = threading.Condition()
@@ -141,11 +120,11 @@ class Compactor:
                     return
             try:
                 with self._pass_lock:  # no pass may drop the segment meanwhile
-                    self._engine._log.prefault(self.prefault_bytes)
+                    self._log.prefault(self.prefault_bytes)
                 self.run_pass(seal=False)
             except BaseException as exc:  # reported, never kills the engine
                 self.errors.append(exc)
-                _log.exception("compaction pass failed")
+                _logger.exception("compaction pass failed")
 
     def run_pass(self, seal: bool) -> int:
         """Fold every eligible sealed segment, oldest first; returns how many.
@@ -153,14 +132,13 @@ class Compactor:
         ``seal=True`` first seals the active segment so the pass covers every
         write acknowledged so far (``Engine.compact(wait=True)``).
         """
-        eng = self._engine
         with self._pass_lock:
             if seal:
-                eng._log.seal()
+                self._log.seal()
             segs = []
-            pin = eng._oldest_pin()
-            floor = eng._retention_floor()
-            for seg in eng._log.segments():
+            pin = self._oldest_pin()
+            floor = self._retention_floor()
+            for seg in self._log.segments():
                 if not seg["sealed"] or len(segs) >= self.max_segments_per_pass:
                     break
                 if pin is not None and (seg["max_hlc"], seg["max_node"]) > pin:
@@ -184,14 +162,11 @@ class Compactor:
         touched page once per transaction, so per-segment transactions left
         the file at about 3x the live data.
         """
-        eng = self._engine
-        log, store = eng._log, eng._store
+        log, store, catalog = self._log, self._store, self._catalog
         # LWW namespaces (and the namespace definitions) are folded in C to
         # one winner per key, already in the store's encoding and key order.
-        lww = [i for i, ns in list(eng._ns_by_id.items()) if ns._operator is None]
-        lww += [i for _n, (i, op) in list(eng._ns_defs.items()) if op == LWW.name and i not in eng._ns_by_id]
-        lww.append(eng._NS_DEFS)
-        for ns_id in set(lww) | {i for i, _op in eng._ns_defs.values()}:
+        lww = catalog.lww_ids()
+        for ns_id in set(lww) | set(catalog.all_ids()):
             store.db(ns_id)  # open handles before the write txn (LMDB has one writer)
         lww_set = set(lww)
         written = [0]
@@ -211,15 +186,15 @@ class Compactor:
             # The fold comes in key order, so a namespace whose table is
             # empty can be appended to (MDB_APPEND fills pages instead of
             # splitting them in half: the store ends ~30% smaller).
-            append = {ns: txn.stat(store.db(ns))["entries"] == 0 for ns in lww_set if ns != eng._NS_DEFS}
+            append = {ns: txn.stat(store.db(ns))["entries"] == 0 for ns in lww_set if ns != NS_DEFS}
             group: List[Version] = []
             group_key: Optional[Tuple[int, bytes]] = None
 
             def flush_merge() -> None:
                 ns, key = group_key
                 raw = store.get_in(txn, ns, key)
-                base = None if raw is None else _decode(raw, store.path)
-                new = fold_merge(eng._operator_of(ns), base, group)
+                base = None if raw is None else decode(raw, store.path)
+                new = fold_merge(catalog.operator_of(ns), base, group)
                 if new is not None and new is not base:
                     kind, hlc, node, ah, an, val = new
                     enc = encode(kind, hlc, node, val, (ah, an))
@@ -243,14 +218,14 @@ class Compactor:
                 for ns, key, hlc, node in tombs:
                     txn.put(store.tomb_key(hlc, node, ns, key), key, db=store.tombs)
                 for ns, key, op, flags, _count, hlc, node, data in rest:
-                    if ns == eng._NS_DEFS:
+                    if ns == NS_DEFS:
                         txn.put(b"ns:" + key, data[13:], db=store.meta)
                         continue
                     if ns in lww_set:
                         if not flags & _DOMINANT:
                             raw = store.get_in(txn, ns, key)
                             if raw is not None:
-                                base = _decode(raw, store.path)
+                                base = decode(raw, store.path)
                                 if (base[1], base[2]) >= (hlc, node):
                                     continue  # the stored version is newer
                         store.put_in(txn, ns, key, data)
@@ -270,7 +245,7 @@ class Compactor:
 
         # Apply() reads stored versions to decide what a remote record
         # changes; it must not see the store and the log disagree.
-        with eng._fold_lock:
+        with self._fold_lock:
             store.write(work)
             for seg in segs:
                 log.compacted_through(seg["no"])
@@ -287,10 +262,9 @@ class Compactor:
         Replication slots need no check here: a stored tombstone comes from a
         compacted segment, and the compactor keeps every segment an active
         slot still needs."""
-        eng = self._engine
-        store = eng._store
-        grace_ms = eng._options["tombstone_grace_ms"]
-        now_ms = eng._wall_ms_now()
+        store = self._store
+        grace_ms = self._grace_ms
+        now_ms = self._log.wall_ms()
         cutoff = ((now_ms - grace_ms) << 16) if now_ms > grace_ms else 0
         if cutoff <= 0:
             return
@@ -313,27 +287,16 @@ class Compactor:
             for tk, hlc, node, ns, key in expired:
                 raw = store.get_in(txn, ns, key)
                 if raw is not None:
-                    cur_v = _decode(raw, store.path)
+                    cur_v = decode(raw, store.path)
                     if cur_v[0] == TOMBSTONE and (cur_v[1], cur_v[2]) == (hlc, node):
                         store.delete_in(txn, ns, key)
                 txn.delete(tk, db=store.tombs)
 
-        with eng._merge_lock:  # digest upkeep reads the keys before and after
-            olds = []
-            if eng._leaves_on:
-                # a key deleted again later has several entries: once each
-                seen = {}
-                for _tk, _h, _n, ns, key in expired:
-                    ns_obj = eng._ns_by_id.get(ns)
-                    if ns_obj is not None and (ns, key) not in seen:
-                        seen[(ns, key)] = eng._entry_hash(ns_obj, key)
-                olds = [(ns, key, h) for (ns, key), h in seen.items()]
-            with eng._fold_lock:
+        with self._merge_lock:  # digest upkeep reads the keys before and after
+            digests = self._digests
+            tracked = digests.track_existing([(ns, key) for _tk, _h, _n, ns, key in expired]) \
+                if digests is not None else None
+            with self._fold_lock:
                 store.write(work)
-            eng._digest_purged(olds)
-
-
-def _decode(raw: bytes, where: str) -> Stored:
-    from .store import decode
-
-    return decode(raw, where)
+            if tracked:
+                digests.settle(tracked)

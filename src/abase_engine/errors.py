@@ -3,12 +3,17 @@
 Every error the engine raises on purpose is a subclass of :class:`AbaseError`.
 Size errors are also :class:`ValueError`, so code that validates input the usual
 Python way keeps working. The C core reports status codes, never exceptions;
-:func:`_from_status` is the single place that turns a status into an exception.
+:data:`_STATUS_ERRORS` maps each failure status to its exception class and a
+short meaning (the shape of py-lmdb's ``_error_map``), and
+:func:`error_for_status` is the one function that turns a status into an
+exception, for the log (``log.py``) and the clock (``hlc.py``) alike.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional, Tuple, Type
+
+from ._abase import lib
 
 __all__ = [
     "AbaseError",
@@ -24,6 +29,7 @@ __all__ = [
     "MergeOperandError",
     "SlotInvalidatedError",
     "InvalidOptionError",
+    "error_for_status",
 ]
 
 
@@ -89,3 +95,42 @@ class MergeOperandError(AbaseError, ValueError):
 
 class SlotInvalidatedError(AbaseError):
     """A replication slot fell too far behind and its history was discarded; use anti-entropy."""
+
+
+#: C status -> (exception class, what the status means). Statuses that are
+#: answers rather than failures (NOTFOUND, DELETED, NEEDBASE, ETOOSMALL,
+#: EAGAIN) are handled where they occur and never reach this table.
+_STATUS_ERRORS: Dict[int, Tuple[Type[Exception], str]] = {
+    lib.ABASE_EINVAL: (ValueError, "invalid argument"),
+    lib.ABASE_EIO: (AbaseError, "I/O error"),
+    lib.ABASE_ENOMEM: (MemoryError, "out of memory"),
+    lib.ABASE_ECORRUPT: (CorruptionError, "corruption"),
+    lib.ABASE_EVERSION: (FormatVersionError, "unknown format version"),
+    lib.ABASE_EKEYSIZE: (KeyTooLargeError, f"key longer than {lib.ABASE_MAX_KEY} bytes"),
+    lib.ABASE_EVALSIZE: (ValueTooLargeError, f"value longer than {lib.ABASE_MAX_VALUE} bytes"),
+    lib.ABASE_ESKEW: (ClockSkewError, "remote timestamp too far ahead of the local clock"),
+    lib.ABASE_ERANGE: (ValueError, "wall clock reading out of range (must be 0 <= ms < 2**47)"),
+    lib.ABASE_EWOULDBLOCK: (AbaseError, "would block"),
+}
+
+
+def error_for_status(rc: int, what: str, *, message: str = "", file: Optional[str] = None,
+                     offset: Optional[int] = None, sys_errno: int = 0) -> Exception:
+    """The exception for the failure status ``rc`` of the C call ``what``.
+
+    ``message``, ``file``, ``offset`` and ``sys_errno`` are the C core's
+    error details when it gave them (``abase_db_error``): a
+    :class:`CorruptionError` carries file and offset, an I/O error names the
+    errno and the file.
+    """
+    cls, meaning = _STATUS_ERRORS.get(rc, (AbaseError, f"status {rc}"))
+    if cls in (KeyTooLargeError, ValueTooLargeError, ClockSkewError):
+        return cls(f"{what}: {meaning}")  # the C message adds nothing here
+    text = f"{what}: {message or meaning}"
+    if cls is CorruptionError:
+        return CorruptionError(text, file, offset)
+    if cls is FormatVersionError and file:
+        return FormatVersionError(f"{text} ({file})")
+    if rc == lib.ABASE_EIO:
+        return AbaseError(f"{text} (errno {sys_errno}){' ' + file if file else ''}")
+    return cls(text)

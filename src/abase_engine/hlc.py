@@ -20,8 +20,8 @@ import time
 from typing import Callable, Optional
 
 from ._abase import ffi, lib
-from .errors import ClockSkewError
-from .record import Timestamp
+from .errors import ClockSkewError, error_for_status
+from .record import Timestamp, from_packed
 
 __all__ = ["HLC", "DEFAULT_MAX_CLOCK_SKEW_MS"]
 
@@ -95,7 +95,7 @@ class HLC:
                     self._sleep(0.0005)
                     continue
                 _check_clock(rc)
-                return Timestamp._from_packed(self._out[0], self.node_id)
+                return from_packed(self._out[0], self.node_id)
 
     def update(self, remote: Timestamp) -> Timestamp:
         """Receive event: advance past ``remote`` and return a new local timestamp.
@@ -116,7 +116,7 @@ class HLC:
                         f"remote timestamp {remote!r} is more than {self.max_clock_skew_ms} ms ahead of the local clock"
                     )
                 _check_clock(rc)
-                return Timestamp._from_packed(self._out[0], self.node_id)
+                return from_packed(self._out[0], self.node_id)
 
     def observe(self, seen: "Timestamp | int") -> None:
         """Raise the floor to ``seen`` without a skew check (used at recovery)."""
@@ -131,7 +131,5 @@ class HLC:
 
 
 def _check_clock(rc: int) -> None:
-    if rc == lib.ABASE_ERANGE:
-        raise ValueError("wall clock reading out of range (must be 0 <= ms < 2**47)")
     if rc != 0:
-        raise RuntimeError(f"hlc failed with status {rc}")
+        raise error_for_status(rc, "hlc")

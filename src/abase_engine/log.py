@@ -15,20 +15,12 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Iterator, List, Optional, Sequence, Tuple
+import time
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 from ._abase import ffi, lib
 from ._fast import fold_split, scan_split
-from .errors import (
-    AbaseError,
-    ClockSkewError,
-    CorruptionError,
-    EngineClosedError,
-    FormatVersionError,
-    KeyTooLargeError,
-    SlotInvalidatedError,
-    ValueTooLargeError,
-)
+from .errors import AbaseError, EngineClosedError, SlotInvalidatedError, error_for_status
 
 __all__ = ["Log", "LogRecord", "DURABILITY", "MAX_KEY", "MAX_VALUE", "NS_DEFS"]
 
@@ -52,47 +44,20 @@ _INITIAL_BUF = 64 * 1024
 #: One record as the compactor and recovery see it.
 LogRecord = Tuple[int, bytes, int, int, int, int, bytes]  # ns, key, op, flags, hlc, node, value
 
-_STATUS_NAMES = {
-    lib.ABASE_EINVAL: "invalid argument",
-    lib.ABASE_EIO: "I/O error",
-    lib.ABASE_ENOMEM: "out of memory",
-    lib.ABASE_ECORRUPT: "corruption",
-    lib.ABASE_EVERSION: "unknown format version",
-    lib.ABASE_EKEYSIZE: "key too large",
-    lib.ABASE_EVALSIZE: "value too large",
-    lib.ABASE_ESKEW: "clock skew",
-    lib.ABASE_ERANGE: "clock out of range",
-    lib.ABASE_EWOULDBLOCK: "would block",
-}
-
-
-def _error_from_status(db, rc: int, what: str) -> AbaseError:
-    """The one place a C status becomes an exception. ``db`` may be None."""
-    detail = None
-    if db is not None:
-        info = ffi.new("abase_error *")
-        lib.abase_db_error(db, info)
-        if info.status == rc:
-            detail = info
-    file = ffi.string(detail.file).decode("utf-8", "replace") if detail is not None else None
-    msg = ffi.string(detail.message).decode("utf-8", "replace") if detail is not None else ""
-    text = f"{what}: {msg or _STATUS_NAMES.get(rc, f'status {rc}')}"
-    if rc == lib.ABASE_ECORRUPT:
-        return CorruptionError(text, file, int(detail.offset) if detail is not None else None)
-    if rc == lib.ABASE_EVERSION:
-        return FormatVersionError(text + (f" ({file})" if file else ""))
-    if rc == lib.ABASE_EKEYSIZE:
-        return KeyTooLargeError(f"{what}: key longer than {MAX_KEY} bytes")
-    if rc == lib.ABASE_EVALSIZE:
-        return ValueTooLargeError(f"{what}: value longer than {MAX_VALUE} bytes")
-    if rc == lib.ABASE_ESKEW:
-        return ClockSkewError(f"{what}: remote timestamp too far ahead of the local clock")
-    if rc == lib.ABASE_EIO:
-        err = detail.sys_errno if detail is not None else 0
-        return AbaseError(f"{text} (errno {err}){' ' + file if file else ''}")
-    if rc == lib.ABASE_EINVAL:
-        return ValueError(f"{what}: invalid argument")  # type: ignore[return-value]
-    return AbaseError(text)
+def _error_from_status(db, rc: int, what: str) -> Exception:
+    """The exception for a failure status, with the C core's details (file,
+    offset, errno, message) when it recorded them for this status. ``db``
+    may be None (a failure before there is a handle)."""
+    if db is None:
+        return error_for_status(rc, what)
+    info = ffi.new("abase_error *")
+    lib.abase_db_error(db, info)
+    if info.status != rc:
+        return error_for_status(rc, what)
+    return error_for_status(
+        rc, what, message=ffi.string(info.message).decode("utf-8", "replace"),
+        file=ffi.string(info.file).decode("utf-8", "replace") or None, offset=int(info.offset),
+        sys_errno=int(info.sys_errno))
 
 
 class _Buffers(threading.local):
@@ -120,11 +85,15 @@ class Log:
     :param durability: ``"none"``, ``"process"`` or ``"sync"``.
     :param first_live: the first segment not yet compacted into the store;
         older segment files are deleted (a crash can leave them behind).
+    :param clock: a callable returning wall-clock ms (tests inject one);
+        None: the C core reads ``CLOCK_REALTIME`` itself.
     :raises CorruptionError: a bad record outside the newest segment's tail.
     :raises FormatVersionError: a segment of an unknown format version.
     """
 
-    def __init__(self, path: str, node_id: int, segment_size: int, durability: str, first_live: int) -> None:
+    def __init__(self, path: str, node_id: int, segment_size: int, durability: str, first_live: int,
+                 clock: Optional[Callable[[], int]] = None) -> None:
+        self._clock_fn = clock
         out = ffi.new("abase_db **")
         rc = lib.abase_db_new(path.encode(), node_id, segment_size, DURABILITY[durability], out)
         if rc != 0:
@@ -167,12 +136,37 @@ class Log:
         return _error_from_status(self._db, rc, what)
 
     # -- clock -----------------------------------------------------------
+    @property
+    def real_clock(self) -> bool:
+        """True unless a wall clock was injected (the C fast paths need the real one)."""
+        return self._clock_fn is None
+
+    def wall(self) -> int:
+        """The wall-clock reading passed to the C core: -1 (read
+        ``CLOCK_REALTIME`` in C) unless a clock was injected.
+
+        :raises ValueError: the injected clock returned a negative value.
+        """
+        fn = self._clock_fn
+        if fn is None:
+            return -1
+        ms = int(fn())
+        if ms < 0:
+            raise ValueError(f"clock returned {ms}: wall-clock ms must be >= 0")
+        return ms
+
+    def wall_ms(self) -> int:
+        """Wall-clock milliseconds now (the injected clock's, if any)."""
+        fn = self._clock_fn
+        return int(fn()) if fn is not None else int(time.time() * 1000)
+
     def clock(self) -> int:
         """The packed HLC last issued or observed."""
         return lib.abase_db_clock(self._db)
 
-    def clock_now(self, wall_ms: int) -> int:
+    def clock_now(self) -> int:
         """Issue a local timestamp (packed) without writing anything."""
+        wall_ms = self.wall()
         out = ffi.new("uint64_t *")
         while True:
             rc = lib.abase_db_clock_now(self._db, wall_ms, out)
@@ -188,18 +182,18 @@ class Log:
         """Raise the clock to at least ``seen`` (a packed HLC of our own past)."""
         lib.abase_db_clock_observe(self._db, seen)
 
-    def clock_update(self, remote: int, wall_ms: int, max_skew_ms: int) -> int:
+    def clock_update(self, remote: int, max_skew_ms: int) -> int:
         """Receive event for a remote packed HLC. :raises ClockSkewError:"""
         out = ffi.new("uint64_t *")
-        rc = lib.abase_db_clock_update(self._db, remote, wall_ms, max_skew_ms, out)
+        rc = lib.abase_db_clock_update(self._db, remote, self.wall(), max_skew_ms, out)
         if rc != 0:
             raise self._fail(rc, "clock update")
         return int(out[0])
 
     # -- writes ----------------------------------------------------------
-    def put(self, ns: int, op: int, key: bytes, value: bytes, wall_ms: int) -> int:
+    def put(self, ns: int, op: int, key: bytes, value: bytes) -> int:
         """Append a local put (op 1) or delete (op 2); returns the packed HLC."""
-        rc = lib.abase_put(self._db, ns, op, key, len(key), value, len(value), wall_ms)
+        rc = lib.abase_put(self._db, ns, op, key, len(key), value, len(value), self.wall())
         if rc < 0:
             raise self._fail(rc, "put" if op == 1 else "delete")
         return rc
@@ -209,7 +203,6 @@ class Log:
         ops: bytes,
         nss: Sequence[int],
         parts: List[bytes],
-        wall_ms: int,
         hlcs: Optional[Sequence[int]] = None,
         nodes: Optional[Sequence[int]] = None,
         bases: Optional[Sequence[Tuple[int, int]]] = None,
@@ -224,6 +217,7 @@ class Log:
         and, with ``hlcs``, a list of 1 (appended) / 0 (skipped).
         """
         n = len(ops)
+        wall_ms = self.wall()
         blob = b"".join(parts)
         lens = ffi.new("uint32_t[]", [len(p) for p in parts])
         c_nss = ffi.new("uint32_t[]", list(nss))

@@ -10,7 +10,8 @@ import enum
 import struct
 from typing import NamedTuple, Optional
 
-__all__ = ["Timestamp", "Op", "Change", "LOGICAL_BITS", "MAX_PHYSICAL_MS", "MAX_LOGICAL", "MAX_NODE_ID"]
+__all__ = ["Timestamp", "Op", "Change", "from_packed", "LOGICAL_BITS", "MAX_PHYSICAL_MS", "MAX_LOGICAL",
+           "MAX_NODE_ID"]
 
 #: Bits of the packed 64-bit HLC given to the logical counter; the rest hold milliseconds.
 LOGICAL_BITS = 16
@@ -102,6 +103,16 @@ class Timestamp(tuple):
 
     def __getnewargs__(self):
         return (self.physical_ms, self.logical, self[1])
+
+
+_tuple_new = tuple.__new__
+
+
+def from_packed(hlc: int, node_id: int) -> Timestamp:
+    """A :class:`Timestamp` from a packed 64-bit HLC and a node id, without
+    range checks: for values the C core produced (the engine's hot paths).
+    Users build timestamps with ``Timestamp(physical_ms, logical, node_id)``."""
+    return _tuple_new(Timestamp, (hlc, node_id))
 
 
 class Op(enum.IntEnum):

@@ -188,6 +188,17 @@ class Store:
         finally:
             r.lock.release()
 
+    def lookup(self, dbi, key: bytes) -> Optional[bytes]:
+        """The encoded stored version of a non-empty ``key`` in the database
+        handle ``dbi`` (from :meth:`db`), or None: :meth:`get_raw` without
+        the empty-key case, for the read path after a log miss."""
+        r = self._readers.r
+        with r.lock:
+            txn = r.txn
+            if r.generation != self.generation or txn is None:
+                txn = self._fresh(r)
+            return txn.get(key, None, dbi)  # positional: ~75 ns less than db=
+
     def get(self, ns_id: int, key: bytes) -> Optional[Stored]:
         """The decoded stored version of ``key``, or None."""
         raw = self.get_raw(ns_id, key)
@@ -211,6 +222,33 @@ class Store:
         dbi = self.db(ns_id)  # before the txn: a later handle is not valid in it
         with self.env.begin() as txn:
             return txn.stat(dbi)["entries"]
+
+    def keys(self, ns_id: int) -> Iterator[bytes]:
+        """Every key the namespace holds in the store, tombstones included,
+        the empty key first; from one read transaction."""
+        dbi = self.db(ns_id)  # before the txn: a later handle is not valid in it
+        with self.env.begin(buffers=False) as txn:
+            if txn.get(empty_key_slot(ns_id), db=self.meta) is not None:
+                yield b""
+            yield from txn.cursor(db=dbi).iternext(keys=True, values=False)
+
+    def holds_nothing(self, ns_ids) -> dict:
+        """``{ns_id: True}`` for each namespace of which the store holds no
+        entry (not even the empty key), else False; one read transaction."""
+        dbis = [(ns_id, self.db(ns_id)) for ns_id in ns_ids]
+        with self.env.begin(buffers=False) as txn:
+            return {ns_id: txn.stat(dbi)["entries"] == 0 and txn.get(empty_key_slot(ns_id), db=self.meta) is None
+                    for ns_id, dbi in dbis}
+
+    def check_namespace(self, ns_id: int) -> Iterator[Tuple[bytes, CorruptionError]]:
+        """``(key, error)`` for every stored version of the namespace that does not decode."""
+        dbi = self.db(ns_id)
+        with self.env.begin(buffers=False) as txn:
+            for k, raw in txn.cursor(db=dbi):
+                try:
+                    decode(raw, self.path)
+                except CorruptionError as exc:
+                    yield k, exc
 
     def size_bytes(self) -> int:
         info = self.env.info()

@@ -1,0 +1,350 @@
+"""Batches and the commit of local writes.
+
+:class:`Batch` collects puts, deletes and merge operations and commits them
+atomically: after any crash all of them are there, or none (the log writes
+the records with BATCH flags and recovery drops a batch without its end
+record). Records of a batch get consecutive timestamps.
+
+:class:`Committer` is the engine's write path above the log. Every local
+write (a single put or delete, a batch, a merge) and every batch received
+from a replica (``Engine.apply``) is appended through it, so it is the one
+place that
+
+* builds merge operands, reading the key's observed state where the
+  operator needs it, under the *merge lock*, so concurrent local merges of
+  one key see each other (a read-modify-write);
+* writes *checkpoints*: when reads of a key would walk more than
+  ``max_successive_merges`` operands, the key's whole state is appended as
+  one record that reads stop at (like RocksDB's ``max_successive_merges``);
+* keeps the digest tree current (option ``digests``) by hashing each written
+  key before and after the write, under the merge lock;
+* tells the commit listeners (``on_commit``) what was committed.
+
+Locks: ``merge_lock`` (re-entrant: operators are user code) serializes the
+read-modify-writes, digest upkeep and ``apply``; ``fold_lock`` is taken
+inside it by ``apply``, so that its read of stored versions never sees the
+store and the log disagree while the compactor commits a fold. Lock order:
+merge lock, then fold lock, then the log's own lock (in C).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ._args import BYTES_LIKE, check_key, check_value
+from .errors import AbaseError, MergeOperandError, ValueTooLargeError
+from .lifecycle import Lifecycle
+from .log import F_CHECKPOINT, MAX_VALUE, Log
+from .record import Change, Op, Timestamp, from_packed
+from .store import Store
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .catalog import Catalog
+    from .digest import DigestTree
+    from .feed import CommitListeners
+    from .namespace import Namespace
+
+__all__ = ["Batch", "Committer"]
+
+_PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
+
+
+class Batch:
+    """An atomic group of writes: all of them survive a crash, or none.
+
+    Use as ``with db.batch() as b: b.put(...)``; the writes are applied when
+    the block exits without an exception, and discarded otherwise. Records
+    get consecutive timestamps. Thread-safety: not safe; build a batch in
+    one thread.
+
+    :param committer: the engine's write path.
+    :param namespace: resolves a ``namespace=`` argument given as a name or
+        None to a Namespace handle.
+    """
+
+    def __init__(self, committer: "Committer", namespace: Callable[[Any], "Namespace"]) -> None:
+        self._committer = committer
+        self._namespace = namespace
+        self._ops = bytearray()
+        self._nss: List[int] = []
+        self._parts: List[bytes] = []
+        self._merges: List[Tuple[int, "Namespace", Any]] = []  # (index, ns, operation)
+        self._done = False
+
+    def _ns(self, namespace: Any) -> "Namespace":
+        ns = self._namespace(namespace)
+        if ns.owner is not self._committer.owner:
+            raise ValueError("namespace belongs to another engine")
+        return ns
+
+    def put(self, key: bytes, value: bytes, namespace: Any = None) -> None:
+        """Add a put. :raises TypeError, KeyTooLargeError, ValueTooLargeError:"""
+        ns = self._ns(namespace)
+        k, v = check_key(key), check_value(value)
+        if not ns.lww:
+            ns.merge_operator.check_operand(v)
+        self._ops.append(_PUT)
+        self._nss.append(ns.id)
+        self._parts += (k, v)
+
+    def delete(self, key: bytes, namespace: Any = None) -> None:
+        """Add a delete. :raises TypeError, KeyTooLargeError:"""
+        ns = self._ns(namespace)
+        self._ops.append(_DELETE)
+        self._nss.append(ns.id)
+        self._parts += (check_key(key), b"")
+
+    def merge(self, key: bytes, operation: Any, namespace: Any = None) -> None:
+        """Add a merge operation; its operand is built when the batch commits.
+
+        :raises MergeOperandError: raw operand bytes that do not decode.
+        """
+        ns = self._ns(namespace)
+        k = check_key(key)
+        if ns.lww:
+            self._ops.append(_PUT)  # merge on LWW: the operand is the new value
+            self._nss.append(ns.id)
+            self._parts += (k, check_value(operation))
+            return
+        if isinstance(operation, BYTES_LIKE):
+            ns.merge_operator.check_operand(bytes(operation))
+        self._merges.append((len(self._ops), ns, operation))
+        self._ops.append(_MERGE)
+        self._nss.append(ns.id)
+        self._parts += (k, b"")
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def commit(self) -> Optional[Timestamp]:
+        """Apply the batch atomically; returns the last record's timestamp (None if empty).
+
+        :raises AbaseError: the batch was already committed or discarded.
+        :raises EngineClosedError: the engine is closed.
+        """
+        if self._done:
+            raise AbaseError("batch already committed or discarded")
+        self._done = True
+        if not self._ops:
+            self._committer.check_open("batch commit")
+            return None
+        return self._committer.commit(bytes(self._ops), self._nss, self._parts, self._merges)
+
+    def __enter__(self) -> "Batch":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self._done = True
+
+
+class Committer:
+    """The engine's write path above the log (see the module docstring).
+
+    Thread-safety: safe.
+    """
+
+    def __init__(self, log: Log, store: Store, catalog: "Catalog", listeners: "CommitListeners", *,
+                 life: Lifecycle, node_id: int, merge_lock: threading.RLock, fold_lock: threading.Lock,
+                 max_successive_merges: int, owner: object) -> None:
+        self._log = log
+        self._store = store
+        self._catalog = catalog
+        self._listeners = listeners
+        self._life = life
+        self._node_id = node_id
+        self._merge_lock = merge_lock
+        self._fold_lock = fold_lock
+        self._cap = max_successive_merges
+        #: the DigestTree to keep current on every write, or None (option ``digests`` off)
+        self.digests: Optional["DigestTree"] = None
+        #: the engine the written namespaces must belong to
+        self.owner = owner
+
+    def check_open(self, what: str) -> None:
+        """:raises EngineClosedError: the engine is closed."""
+        self._life.check(what)
+
+    # -- single writes -------------------------------------------------------
+    def write(self, ns: "Namespace", op: int, key: bytes, value: bytes) -> Timestamp:
+        """Append one local put or delete (arguments already checked)."""
+        digests = self.digests
+        if digests is not None:
+            with self._merge_lock:
+                before = digests.track([(ns, key)])
+                hlc = self._log.put(ns.id, op, key, value)
+                digests.settle(before)
+        else:
+            hlc = self._log.put(ns.id, op, key, value)
+        ts = from_packed(hlc, self._node_id)
+        if self._listeners.active:
+            self._listeners.notify([Change(ns.name, key, Op(op), None if op == _DELETE else value, ts)])
+        return ts
+
+    def merge_one(self, ns: "Namespace", key: bytes, operation: Any) -> Timestamp:
+        """``ns.merge(key, operation)``: a batch of one merge."""
+        b = Batch(self, lambda _arg: ns)
+        b.merge(key, operation)
+        ts = b.commit()
+        assert ts is not None
+        return ts
+
+    def put_many(self, items: Iterable[Tuple[bytes, bytes]]) -> Optional[Timestamp]:
+        """``put_many`` of the default namespace, checked in Python (the C
+        fast path's fallback). :raises TypeError, KeyTooLargeError, ValueTooLargeError:"""
+        self._life.check("put_many")
+        parts: List[bytes] = []
+        for k, v in items:
+            parts.append(check_key(k))
+            parts.append(check_value(v))
+        n = len(parts) // 2
+        if n == 0:
+            return None
+        return self.commit(bytes([_PUT]) * n, [0] * n, parts, [])
+
+    # -- batches ---------------------------------------------------------------
+    def commit(self, ops: bytes, nss: List[int], parts: List[bytes],
+               merges: Sequence[Tuple[int, "Namespace", Any]]) -> Timestamp:
+        """Append a local batch atomically; returns its last timestamp.
+
+        ``parts`` alternates key and value (b"" for deletes and merges);
+        ``merges`` lists ``(index, namespace, operation)`` of the merge
+        operations, whose operands are built here.
+        """
+        self._life.check("batch commit")
+        if not merges and not self._listeners.active and self.digests is None:
+            last, _ = self._log.write_batch(ops, nss, parts)
+            return from_packed(last, self._node_id)
+        return self._commit_with_merges(ops, nss, parts, merges)
+
+    def _commit_with_merges(self, b_ops: bytes, b_nss: List[int], b_parts: List[bytes],
+                            merges: Sequence[Tuple[int, "Namespace", Any]]) -> Timestamp:
+        """Build each operand (reading the observed state where the operator
+        needs it) and append, under the merge lock so that concurrent local
+        merges of a key see each other."""
+        log = self._log
+        handle = self._catalog.handle_by_id
+        with self._merge_lock:
+            n = len(b_ops)
+            before = self.digests.track([(handle(b_nss[i]), b_parts[2 * i]) for i in range(n)]) \
+                if self.digests is not None else None
+            hlcs = [log.clock_now() for _ in range(n)]
+            parts = list(b_parts)
+            # The state each merge observes includes the batch's own earlier
+            # writes to the key: a delete empties it, a put joins into it.
+            pending: Dict[Tuple[int, bytes], Optional[bytes]] = {}
+            chain: Dict[Tuple[int, bytes], int] = {}  # log versions a read of the key walks
+            merge_at = {idx: (ns, operation) for idx, ns, operation in merges}
+            # A key the batch touches twice has its state read even where the
+            # first operation alone would not need it, so that the second
+            # observes the first.
+            seen_keys: Dict[Tuple[int, bytes], int] = {}
+            for idx in range(n):
+                k = (b_nss[idx], parts[2 * idx])
+                seen_keys[k] = seen_keys.get(k, 0) + 1
+            for idx in range(n):
+                ns_id = b_nss[idx]
+                key = parts[2 * idx]
+                if idx not in merge_at:
+                    ns_obj = handle(ns_id)
+                    if ns_obj is None or ns_obj.lww:
+                        continue
+                    if b_ops[idx] == _DELETE:
+                        pending[(ns_id, key)] = None
+                    else:
+                        prev = pending[(ns_id, key)] if (ns_id, key) in pending else ns_obj.reader.state(key, None)
+                        value = parts[2 * idx + 1]
+                        pending[(ns_id, key)] = value if prev is None else \
+                            ns_obj.merge_operator.full_merge(prev, [value])
+                    continue
+                ns, operation = merge_at[idx]
+                op = ns.merge_operator
+                state = None
+                needs = not isinstance(operation, BYTES_LIKE) and op.needs_state(operation)
+                known = needs or (ns_id, key) in pending or seen_keys[(ns_id, key)] > 1
+                if known:
+                    if (ns_id, key) in pending:
+                        state = pending[(ns_id, key)]
+                    else:
+                        state, walked = ns.reader.current_state(key)
+                        chain[(ns_id, key)] = walked
+                chain[(ns_id, key)] = chain.get((ns_id, key), 0) + 1
+                if known and state is None and (ns_id, key) not in pending and not needs:
+                    state, walked = ns.reader.current_state(key)
+                    chain[(ns_id, key)] = walked + chain.get((ns_id, key), 0)
+                operand = op.make_operand(operation, state if needs else None, from_packed(hlcs[idx], self._node_id))
+                if not isinstance(operand, bytes):
+                    raise MergeOperandError("make_operand must return bytes")
+                if len(operand) > MAX_VALUE:
+                    raise ValueTooLargeError("merge operand too large")
+                parts[2 * idx + 1] = operand
+                if known:
+                    pending[(ns_id, key)] = operand if state is None else op.full_merge(state, [operand])
+            ops, nss = bytearray(b_ops), list(b_nss)
+            flags = bytearray(n)
+            # A key whose reads walk too many operands gets a checkpoint: its
+            # whole state as one record that reads stop at. It joins like any
+            # put, so replicas that receive it stay equal.
+            for (ns_id, key), walked in list(chain.items()):
+                state = pending.get((ns_id, key))
+                if walked >= self._cap and state is not None:
+                    chain[(ns_id, key)] = 1
+                    ops.append(_PUT)
+                    nss.append(ns_id)
+                    parts += (key, state)
+                    hlcs.append(log.clock_now())
+                    flags.append(F_CHECKPOINT)
+            m = len(ops)
+            nodes = [self._node_id] * m
+            modes = bytes(0 if o != _MERGE and f == 0 else 1 for o, f in zip(ops, flags))
+            log.write_batch(bytes(ops), nss, parts, hlcs, nodes, [(0, 0)] * m, modes,
+                            bytes(flags) if any(flags) else None)
+            if before is not None:
+                self.digests.settle(before)
+            if self._listeners.active:
+                self._listeners.notify([
+                    Change(handle(nss[i]).name, parts[2 * i], Op(ops[i]),
+                           None if ops[i] == _DELETE else parts[2 * i + 1], from_packed(hlcs[i], self._node_id))
+                    for i in range(n)])
+            # The next local merge of these keys starts from the state just
+            # written instead of folding the chain again.
+            for (ns_id, key), state in pending.items():
+                handle(ns_id).reader.remember(key, state, chain.get((ns_id, key), 0))
+        return from_packed(max(hlcs[:n]), self._node_id)
+
+    # -- records from other replicas -------------------------------------------
+    def apply(self, recs: List[Tuple["Namespace", int, bytes, bytes, Timestamp]], newest: Timestamp,
+              max_skew_ms: int) -> int:
+        """Append records received from another replica (checked by
+        ``Engine.apply``) as one atomic batch; returns how many changed
+        anything. :raises ClockSkewError: ``newest`` is too far ahead."""
+        self._life.check("apply")
+        self._log.clock_update(newest.hlc, max_skew_ms)
+        parts: List[bytes] = []
+        for _ns, _op, key, value, _t in recs:
+            parts += (key, value)
+        # The merge lock keeps a local merge's read-modify-write from
+        # interleaving with received records for the same key.
+        with self._merge_lock, self._fold_lock:
+            before = self.digests.track([(r[0], r[2]) for r in recs]) if self.digests is not None else None
+            bases = []
+            for ns, _op, key, _v, _t in recs:
+                st = self._store.get(ns.id, key)
+                bases.append((0, 0) if st is None else (st[1], st[2]))
+            _last, status = self._log.write_batch(
+                bytes(r[1] for r in recs), [r[0].id for r in recs], parts,
+                [r[4].hlc for r in recs], [r[4].node_id for r in recs], bases,
+                bytes(0 if r[0].lww else 1 for r in recs))
+            if before is not None:
+                self.digests.settle(before)
+        status = status or []
+        if self._listeners.active:
+            applied = [Change(r[0].name, r[2], Op(r[1]), None if r[1] == _DELETE else r[3], r[4])
+                       for r, st in zip(recs, status) if st]
+            if applied:
+                self._listeners.notify(applied)
+        return sum(status)
+

@@ -1,0 +1,112 @@
+"""Wiring of the C fast paths (``csrc/fastcall.c``) of the LWW namespaces.
+
+Each LWW namespace gets a ``_fast.FastPath``: ``put``, ``get`` (and, for the
+default namespace, ``put_many`` and ``get_many``) in one CPython-API call
+into the C core, with the namespace's general Python methods as the fallback
+for anything unusual (non-bytes arguments, a snapshot read, an error, a key
+the log does not hold). :class:`FastPaths` is the registry that creates
+them and keeps two facts current in all of them:
+
+* *enabled*: writes may bypass Python. Off while anything needs to see each
+  write in Python: an injected wall clock, maintained digests, a commit
+  listener, or a closed engine (each a named *blocker*).
+* *store_empty*: the store holds nothing of the namespace, so a key the log
+  does not hold is absent without an LMDB lookup. Refreshed after every
+  store commit (:meth:`FastPaths.store_written`), which comes before the log
+  stops showing the versions that commit folded.
+
+Locks: one lock guards the registry and the blocker set.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
+
+from . import _fast
+from .log import Log
+from .record import Timestamp
+from .store import Store
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .namespace import Namespace
+
+__all__ = ["FastPaths"]
+
+
+class FastPaths:
+    """The fast paths of one engine's LWW namespaces (see the module docstring).
+
+    :param log: provides the C handle, the function addresses and the
+        status-to-exception mapping.
+    :param store: answers which namespaces it holds nothing of.
+    :param node_id: stamped into the Timestamps the fast paths return.
+    """
+
+    def __init__(self, log: Log, store: Store, node_id: int) -> None:
+        self._log = log
+        self._store = store
+        self._node_id = node_id
+        self._lock = threading.Lock()
+        self._paths: List[Tuple["Namespace", Any]] = []
+        self._by_ns: Dict[int, Any] = {}
+        self._blockers: Set[str] = set()
+
+    def create(self, ns: "Namespace", put_many: Optional[Callable] = None) -> Any:
+        """A new FastPath for the LWW namespace ``ns``, registered; the
+        caller binds its methods. ``put_many``: the general put_many (the
+        default namespace has one)."""
+        handle, functions = self._log.fast_handle()
+        fp = _fast.FastPath(
+            handle, functions, ns.id, Timestamp, self._node_id,
+            slow_put=type(ns).put.__get__(ns), slow_get=type(ns).get.__get__(ns),
+            slow_put_many=put_many, store_get=ns.reader.stored_value, fail=self._log.error)
+        with self._lock:
+            fp.enabled = not self._blockers
+            self._paths.append((ns, fp))
+            self._by_ns[ns.id] = fp
+        return fp
+
+    def bind(self, ns: "Namespace", fresh: bool) -> None:
+        """Route ``ns.put`` and ``ns.get`` through a new fast path. ``fresh``:
+        the namespace was just created, so the store holds nothing of it
+        (otherwise decided at the next store commit)."""
+        fp = self.create(ns)
+        fp.store_empty = fresh
+        ns.put = fp.put  # type: ignore[method-assign]
+        ns.get = fp.get  # type: ignore[method-assign]
+
+    # -- the two facts -----------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        """True while no blocker holds the fast paths off."""
+        return not self._blockers
+
+    def block(self, reason: str, on: bool) -> None:
+        """Hold the fast paths off for ``reason`` (``on``), or release that hold."""
+        with self._lock:
+            if on:
+                self._blockers.add(reason)
+            else:
+                self._blockers.discard(reason)
+            enabled = not self._blockers
+            for _ns, fp in self._paths:
+                fp.enabled = enabled
+
+    def store_empty(self, ns: "Namespace") -> bool:
+        """True if the store is known to hold nothing of the LWW namespace ``ns``."""
+        fp = self._by_ns.get(ns.id)
+        return fp is not None and bool(fp.store_empty)
+
+    def store_written(self) -> None:
+        """After each store commit: refresh every fast path's store-empty flag."""
+        paths = list(self._paths)
+        empty = self._store.holds_nothing([ns.id for ns, _fp in paths])
+        for ns, fp in paths:
+            fp.store_empty = empty[ns.id]
+
+    def detach_all(self) -> None:
+        """At close: every fast path takes the general path from now on."""
+        self.block("closed", True)
+        for _ns, fp in list(self._paths):
+            fp.detach()

@@ -1,0 +1,276 @@
+"""Namespace handles: the put/get/delete/merge/scan API of one group of keys.
+
+A :class:`Namespace` is what ``Engine.namespace(name, merge=...)`` returns;
+the engine's own methods act on its default namespace ``""``. A handle owns
+no state of the engine: it checks arguments and hands the work to its
+collaborators, which it is given when the catalog creates it:
+
+* writes go to the engine's :class:`~abase_engine.batch.Committer` (which
+  appends to the log, keeps digests current and tells listeners);
+* reads go to its :class:`~abase_engine.resolve.KeyReader` (log index, then
+  store, folded with the namespace's merge operator);
+* scans go to the engine's :class:`~abase_engine.scan.Scanner`.
+
+For an LWW namespace the engine's fast-path registry replaces ``put`` and
+``get`` on the handle with the C fast path (``csrc/fastcall.c``), which
+falls back to the methods below for anything unusual.
+
+Locks: none of its own. Thread-safety: safe.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Optional, Tuple
+
+from ._args import check_key, check_optional_key, check_value
+from .lifecycle import Lifecycle
+from .merge import LWW, MergeOperator
+from .record import Op, Timestamp
+from .resolve import MISSING, KeyReader
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .batch import Committer
+    from .scan import Scanner
+
+__all__ = ["Namespace", "DefaultNamespaceMethods"]
+
+_PUT, _DELETE = int(Op.PUT), int(Op.DELETE)
+
+
+class Namespace:
+    """A group of keys with its own merge operator; the Engine's default one is ``""``.
+
+    All methods are also available on :class:`Engine` (for the default
+    namespace). Thread-safety: safe.
+
+    Attributes: ``name``; ``id`` (its number in the log and the store);
+    ``merge_operator`` (``LWW()`` for an LWW namespace); ``lww`` (True when
+    resolved by timestamp); ``reader`` (engine internals: the key reader).
+    """
+
+    def __init__(self, name: str, ns_id: int, operator: Optional[MergeOperator], *, life: Lifecycle,
+                 reader: KeyReader, committer: "Committer", scanner: "Scanner", owner: object) -> None:
+        self.name = name
+        self.id = ns_id
+        self.lww = operator is None
+        self.merge_operator: MergeOperator = operator if operator is not None else LWW()
+        self.reader = reader
+        #: the engine this handle belongs to (batches refuse another engine's namespaces)
+        self.owner = owner
+        self._life = life
+        self._committer = committer
+        self._scanner = scanner
+
+    def __repr__(self) -> str:
+        return f"<Namespace {self.name!r} merge={self.merge_operator!r}>"
+
+    # -- writes -----------------------------------------------------------
+    def put(self, key: bytes, value: bytes) -> Timestamp:
+        """Store ``value`` under ``key``; returns the write's timestamp.
+
+        In a merge namespace a put joins ``value`` (an encoded state) like an
+        operand. Runtime complexity: O(len(key) + len(value)).
+
+        :raises TypeError: key or value is not bytes-like.
+        :raises KeyTooLargeError: key longer than 511 bytes.
+        :raises ValueTooLargeError: value longer than 256 MiB.
+        :raises MergeOperandError: (merge namespace) value is not a valid state.
+        :raises EngineClosedError: the engine is closed.
+        """
+        self._life.check("put")
+        if not self.lww:
+            self.merge_operator.check_operand(check_value(value))
+        return self._committer.write(self, _PUT, check_key(key), check_value(value))
+
+    def delete(self, key: bytes) -> Timestamp:
+        """Delete ``key`` (writes a tombstone); returns its timestamp.
+
+        It is not an error if the key does not exist.
+
+        :raises TypeError, KeyTooLargeError, EngineClosedError:
+        """
+        self._life.check("delete")
+        return self._committer.write(self, _DELETE, check_key(key), b"")
+
+    def merge(self, key: bytes, operation: Any) -> Timestamp:
+        """Apply a merge operation (e.g. ``PNCounter.increment(5)``) to ``key``.
+
+        The operator turns the operation into an operand; when it needs the
+        key's current state (an observed-remove, a counter's own entry) the
+        engine reads it under a lock, so concurrent local merges of one key
+        never lose each other. On an LWW namespace, merge behaves as put.
+
+        :raises MergeOperandError: the operation does not fit the operator.
+        :raises EngineClosedError: the engine is closed.
+        """
+        self._life.check("merge")
+        return self._committer.merge_one(self, key, operation)
+
+    # -- reads ------------------------------------------------------------
+    def get(self, key: bytes, default: Any = None, *, at: Optional[Timestamp] = None) -> Any:
+        """The visible value of ``key``, or ``default`` if it has none.
+
+        ``at``: the value as of that timestamp, while the versions are still
+        held. In a merge namespace the value is the operator's Python value
+        (``to_value``). Runtime complexity: O(versions of the key in the log).
+
+        :raises SnapshotTooOldError: compaction already discarded the history
+            ``at`` needs.
+        :raises EngineClosedError: the engine is closed.
+        """
+        self._life.check("get")
+        key = check_key(key)
+        if self.lww:
+            value = self.reader.lww(key, at)
+        elif at is None:
+            value = self.reader.value(key)
+        else:
+            state = self.reader.state(key, at)
+            value = None if state is None else self.merge_operator.to_value(state)
+        return default if value is None else value
+
+    def get_raw(self, key: bytes, *, at: Optional[Timestamp] = None) -> Optional[bytes]:
+        """The encoded state (merge namespace) or value (LWW) of ``key``, or None."""
+        self._life.check("get_raw")
+        key = check_key(key)
+        if self.lww:
+            return self.reader.lww(key, at)
+        return self.reader.state(key, at)
+
+    def scan(self, start: Optional[bytes] = None, stop: Optional[bytes] = None, prefix: Optional[bytes] = None,
+             reverse: bool = False, *, at: Optional[Timestamp] = None) -> Iterator[Tuple[bytes, Any]]:
+        """Iterate ``(key, value)`` in key order over ``[start, stop)`` and ``prefix``.
+
+        The scan sees the engine as of its first step (a snapshot), merging
+        the log's keys with a store cursor. Runtime complexity: O(k log k)
+        to start, k = keys the log holds in the namespace, then O(1) per item.
+        """
+        self._life.check("scan")
+        return self._scanner.scan(self, check_optional_key(start), check_optional_key(stop),
+                                  check_optional_key(prefix), reverse, at)
+
+    def keys(self, **kw: Any) -> Iterator[bytes]:
+        """Keys in order (same arguments as :meth:`scan`)."""
+        return (k for k, _ in self.scan(**kw))
+
+    def __len__(self) -> int:
+        """Number of visible keys. Runtime complexity: O(n) (a key scan)."""
+        return sum(1 for _ in self.scan())
+
+    def __getitem__(self, key: bytes) -> Any:
+        v = self.get(key, MISSING)
+        if v is MISSING:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key: bytes) -> None:
+        """Delete ``key``; KeyError if it has no visible value (as a dict does)."""
+        if self.get(key, MISSING) is MISSING:
+            raise KeyError(key)
+        self.delete(key)
+
+    def __contains__(self, key: bytes) -> bool:
+        return self.get(key, MISSING) is not MISSING
+
+
+class DefaultNamespaceMethods:
+    """The :class:`Namespace` methods of an Engine, acting on its default namespace ``""``.
+
+    The engine sets ``_default`` (the handle) and ``_fastpath`` (its C fast
+    path) at open, and binds ``put``, ``get``, ``put_many`` and ``get_many``
+    of the instance straight to the fast path; the methods below are what a
+    subclass that overrides them, or a call through the class, reaches.
+    """
+
+    _default: Namespace
+    _fastpath: Any
+
+    def put(self, key: bytes, value: bytes) -> Timestamp:
+        """Store ``value`` under ``key`` in the default namespace; returns its timestamp.
+
+        Runtime complexity: O(len(key) + len(value)); one C call.
+
+        :raises TypeError: key or value is not bytes-like.
+        :raises KeyTooLargeError: key longer than 511 bytes.
+        :raises ValueTooLargeError: value longer than 256 MiB.
+        :raises EngineClosedError: the engine is closed.
+
+        Thread-safety: safe.
+        """
+        return self._fastpath.put(key, value)
+
+    def get(self, key: bytes, default: Any = None, *, at: Optional[Timestamp] = None) -> Any:
+        """The value of ``key`` in the default namespace, or ``default``.
+
+        ``at``: the value as of that timestamp while the history is held.
+        Runtime complexity: O(versions of the key in the log); one C call
+        when the key lives in the log, plus one LMDB lookup otherwise.
+
+        :raises SnapshotTooOldError: the history ``at`` needs was compacted.
+        """
+        if at is not None:
+            return self._default.get(key, default, at=at)
+        return self._fastpath.get(key, default)
+
+    def put_many(self, items: Iterable[Tuple[bytes, bytes]]) -> Optional[Timestamp]:
+        """Put many (key, value) pairs in the default namespace as one atomic batch.
+
+        Returns the last record's timestamp, None for no pairs. A list of
+        ``(bytes, bytes)`` tuples crosses into C once for the whole batch.
+        """
+        return self._fastpath.put_many(items)
+
+    def get_many(self, keys: Iterable[bytes]) -> List[Optional[bytes]]:
+        """Values of many keys of the default namespace (None where missing),
+        in one C call for the keys the log holds."""
+        return self._fastpath.get_many(keys)
+
+    def delete(self, key: bytes) -> Timestamp:
+        """Delete ``key`` from the default namespace (see :meth:`Namespace.delete`)."""
+        return self._default.delete(key)
+
+    def merge(self, key: bytes, operation: Any) -> Timestamp:
+        """On the default (LWW) namespace a merge is a put (see :meth:`Namespace.merge`)."""
+        return self._default.merge(key, operation)
+
+    def get_raw(self, key: bytes, *, at: Optional[Timestamp] = None) -> Optional[bytes]:
+        """The stored bytes of ``key`` in the default namespace, or None."""
+        return self._default.get_raw(key, at=at)
+
+    def scan(self, start: Optional[bytes] = None, stop: Optional[bytes] = None, prefix: Optional[bytes] = None,
+             reverse: bool = False, *, at: Optional[Timestamp] = None) -> Iterator[Tuple[bytes, Any]]:
+        """Ordered ``(key, value)`` pairs of the default namespace (see :meth:`Namespace.scan`)."""
+        return self._default.scan(start, stop, prefix, reverse, at=at)
+
+    def keys(self, **kw: Any) -> Iterator[bytes]:
+        """Keys of the default namespace in order (same arguments as :meth:`scan`)."""
+        return self._default.keys(**kw)
+
+    def __len__(self) -> int:
+        """Number of visible keys of the default namespace. O(n)."""
+        return len(self._default)
+
+    def __getitem__(self, key: bytes) -> Any:
+        return self._default[key]
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key: bytes) -> None:
+        del self._default[key]
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._default
+
+    @property
+    def name(self) -> str:
+        """The default namespace's name, ``""``."""
+        return ""
+
+    @property
+    def merge_operator(self) -> MergeOperator:
+        """The default namespace's operator (LWW)."""
+        return self._default.merge_operator

@@ -1,0 +1,255 @@
+"""Resolution: how a key's visible value follows from its records.
+
+DESIGN.md invariant 5: the visible value of a key is a pure function of the
+set of its records, wherever they sit (log or store) and whatever order they
+arrived in. This module holds that rule once, for every reader:
+
+* :func:`fold_lww` and :func:`fold_merge` fold a stored version and log
+  versions into one stored version (the compactor writes their result; the
+  read paths compute the same thing on the fly);
+* :class:`KeyReader` reads one namespace's keys through the log's index and
+  the store: ``lww`` for LWW namespaces, ``state`` (the folded encoded
+  state) for merge namespaces, ``visible_record`` for digests, and a small
+  cache of folded states that stays valid while the key's newest log record
+  and the store are unchanged.
+
+Locks: none of its own. Reads take the log's lock in C and a per-thread
+store read transaction; the state cache is a dict updated by whole-entry
+assignment (safe under the GIL).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .errors import SnapshotTooOldError
+from .log import DELETED, NEEDBASE, Log
+from .merge import MergeOperator
+from .record import Op, Timestamp
+from .store import STATE, TOMBSTONE, VALUE, Store, Stored
+
+__all__ = ["fold_lww", "fold_merge", "KeyReader", "Version", "MISSING"]
+
+_PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
+
+#: (op, hlc, node, value) of one log version.
+Version = Tuple[int, int, int, bytes]
+
+#: "No value here": distinct from None, which can be a caller's default.
+MISSING: Any = object()
+
+_STATE_CACHE_ENTRIES = 4096  # decoded states kept per merge namespace
+
+
+def fold_lww(base: Optional[Stored], versions: Sequence[Version]) -> Optional[Stored]:
+    """The LWW result of a stored version and log versions: the greatest (hlc, node)."""
+    best = None
+    for op, hlc, node, value in versions:
+        if best is None or (hlc, node) > (best[1], best[2]):
+            best = (op, hlc, node, value)
+    if base is not None and (best is None or (base[1], base[2]) >= (best[1], best[2])):
+        return base
+    if best is None:
+        return None
+    op, hlc, node, value = best
+    if op == _DELETE:
+        return (TOMBSTONE, hlc, node, 0, 0, b"")
+    return (VALUE, hlc, node, 0, 0, value)
+
+
+def fold_merge(operator: MergeOperator, base: Optional[Stored], versions: Sequence[Version]) -> Optional[Stored]:
+    """The merge-namespace result of a stored version and log versions.
+
+    The anchor is the newest delete; every put or merge operand newer than it
+    is joined (a put joins like an operand: a CRDT state is its own delta).
+    Returns a STATE (with its anchor), a TOMBSTONE, or None.
+    """
+    anchor = (0, 0)
+    for op, hlc, node, _v in versions:
+        if op == _DELETE and (hlc, node) > anchor:
+            anchor = (hlc, node)
+    if base is not None:
+        kind, bh, bn, ah, an, _bv = base
+        if kind == TOMBSTONE and (bh, bn) > anchor:
+            anchor = (bh, bn)
+        elif kind != TOMBSTONE and (ah, an) > anchor:
+            anchor = (ah, an)
+    operands: List[bytes] = []
+    newest = anchor
+    if base is not None and base[0] != TOMBSTONE and (base[1], base[2]) > anchor:
+        operands.append(base[5])
+        newest = max(newest, (base[1], base[2]))
+    for op, hlc, node, value in sorted(versions, key=lambda v: (v[1], v[2])):
+        if op != _DELETE and (hlc, node) > anchor:
+            operands.append(value)
+            newest = max(newest, (hlc, node))
+    if not operands:
+        if anchor == (0, 0):
+            return None
+        return (TOMBSTONE, anchor[0], anchor[1], 0, 0, b"")
+    state = operands[0] if len(operands) == 1 else operator.full_merge(None, operands)
+    return (STATE, newest[0], newest[1], anchor[0], anchor[1], state)
+
+
+def _at(at: Optional[Timestamp]) -> Tuple[int, int]:
+    return (0, 0) if at is None else (at.hlc, at.node_id)
+
+
+class KeyReader:
+    """Reads the keys of one namespace from the log and the store.
+
+    :param log: the engine's log.
+    :param store: the engine's store.
+    :param ns_id: the namespace's id.
+    :param operator: the merge operator, or None for an LWW namespace.
+
+    Thread-safety: safe.
+    """
+
+    def __init__(self, log: Log, store: Store, ns_id: int, operator: Optional[MergeOperator]) -> None:
+        self._log = log
+        self._store = store
+        self._ns = ns_id
+        self._operator = operator
+        #: key -> (head address, store generation, state, value or MISSING, versions walked)
+        self._cache: Dict[bytes, Tuple[int, int, Optional[bytes], Any, int]] = {}
+        self._dbi = store.db(ns_id)
+
+    # -- LWW namespaces ------------------------------------------------------
+    def lww(self, key: bytes, at: Optional[Timestamp]) -> Optional[bytes]:
+        """The visible value of an LWW key as of ``at`` (None: now), or None.
+
+        :raises SnapshotTooOldError: the store's version is newer than ``at``
+            and the log no longer holds what ``at`` would see.
+        """
+        at_h, at_n = _at(at)
+        status, value, hlc, node, op = self._log.get_lww(self._ns, key, at_h, at_n)
+        if status >= 0:
+            return value
+        if status == DELETED:
+            return None
+        base = self._store.get(self._ns, key)  # after the log: see architecture.md
+        if base is not None and at is not None and (base[1], base[2]) > (at_h, at_n):
+            raise SnapshotTooOldError(f"history of {key!r} before {at!r} was compacted")
+        if status == NEEDBASE and value is not None:
+            if base is None or (hlc, node) > (base[1], base[2]):
+                return None if op == _DELETE else value
+        if base is None or base[0] == TOMBSTONE:
+            return None
+        return base[5]
+
+    def stored_value(self, key: bytes, default: Any) -> Any:
+        """The value of a non-empty LWW key the log does not hold: its version
+        in the store, or ``default`` (the fast path's fallback after a log miss)."""
+        raw = self._store.lookup(self._dbi, key)
+        if raw is None:
+            return default
+        if raw[0] == VALUE:
+            return raw[13:]
+        if raw[0] == TOMBSTONE:
+            return default
+        value = self.lww(key, None)  # decodes, so an unknown kind raises CorruptionError
+        return default if value is None else value
+
+    # -- merge namespaces ----------------------------------------------------
+    def state(self, key: bytes, at: Optional[Timestamp]) -> Optional[bytes]:
+        """The folded encoded state of a merge-namespace key as of ``at``, or None."""
+        return self.state_counted(key, at)[0]
+
+    def state_counted(self, key: bytes, at: Optional[Timestamp]) -> Tuple[Optional[bytes], int]:
+        """The folded state and how many log versions the read had to walk."""
+        at_h, at_n = _at(at)
+        complete, versions = self._log.get_versions(self._ns, key, at_h, at_n)
+        base = None
+        if not complete:
+            base = self._store.get(self._ns, key)
+            if base is not None and at is not None and (base[1], base[2]) > (at_h, at_n):
+                raise SnapshotTooOldError(f"history of {key!r} before {at!r} was compacted")
+        if not versions:
+            if base is None or base[0] == TOMBSTONE:
+                return None, 0
+            return base[5], 0
+        folded = fold_merge(self._operator, base, [(op, h, n, v) for op, _f, h, n, v in versions])
+        if folded is None or folded[0] == TOMBSTONE:
+            return None, len(versions)
+        return folded[5], len(versions)
+
+    def value(self, key: bytes) -> Any:
+        """The current Python value (``to_value``) of a merge-namespace key,
+        or None; through the state cache."""
+        head = self._log.head(self._ns, key)
+        gen = self._store.generation
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == head and hit[1] == gen:
+            state, value = hit[2], hit[3]
+            if value is MISSING:
+                value = None if state is None else self._operator.to_value(state)
+                self._cache[key] = (head, gen, state, value, hit[4])
+            return value
+        state, walked = self.state_counted(key, None)
+        value = None if state is None else self._operator.to_value(state)
+        self._remember(key, head, gen, state, value, walked)
+        return value
+
+    def current_state(self, key: bytes) -> Tuple[Optional[bytes], int]:
+        """The latest state (through the cache) and how many log versions a
+        read of it walks."""
+        head = self._log.head(self._ns, key)
+        gen = self._store.generation
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == head and hit[1] == gen:
+            return hit[2], hit[4]
+        state, walked = self.state_counted(key, None)
+        self._remember(key, head, gen, state, MISSING, walked)
+        return state, walked
+
+    def remember(self, key: bytes, state: Optional[bytes], walked: int) -> None:
+        """Cache ``state`` as the key's current one, valid while its newest
+        log record and the store stay as they are now (call it right after
+        writing the key, with the merge lock held)."""
+        self._remember(key, self._log.head(self._ns, key), self._store.generation, state, MISSING, walked)
+
+    def _remember(self, key: bytes, head: int, gen: int, state: Optional[bytes], value: Any, walked: int) -> None:
+        cache = self._cache
+        if len(cache) >= _STATE_CACHE_ENTRIES:
+            cache.clear()
+        cache[key] = (head, gen, state, value, walked)
+
+    # -- both ----------------------------------------------------------------
+    def visible_record(self, key: bytes) -> Optional[Tuple[int, int, int, bytes, Tuple[int, int]]]:
+        """``(kind, hlc, node, value, anchor)`` of the key's visible version,
+        tombstones included; anchor is the newest delete's (hlc, node) folded
+        into a CRDT state, else (0, 0). None: the key has no version."""
+        log, store, ns = self._log, self._store, self._ns
+        if self._operator is None:
+            status, value, hlc, node, op = log.get_lww(ns, key, 0, 0)
+            base = store.get(ns, key)
+            if status >= 0:
+                return VALUE, hlc, node, value, (0, 0)
+            if status == DELETED:
+                return TOMBSTONE, hlc, node, b"", (0, 0)
+            if status == NEEDBASE and value is not None and (base is None or (hlc, node) > (base[1], base[2])):
+                return (TOMBSTONE, hlc, node, b"", (0, 0)) if op == _DELETE else (VALUE, hlc, node, value, (0, 0))
+            if base is None:
+                return None
+            return base[0], base[1], base[2], base[5], (0, 0)
+        complete, versions = log.get_versions(ns, key, 0, 0)
+        base = None if complete else store.get(ns, key)
+        folded = fold_merge(self._operator, base, [(op, h, n, v) for op, _f, h, n, v in versions])
+        if folded is None:
+            return None
+        return folded[0], folded[1], folded[2], folded[5], (folded[3], folded[4])
+
+    def resolve_scan_entry(self, entry: tuple, pin: Timestamp) -> Any:
+        """The value of one log scan entry ``(key, status, value, hlc, node,
+        op)`` as of ``pin``; None for an absent key."""
+        key, status, value, _h, _n, _op = entry
+        if self._operator is None:
+            if status >= 0:
+                return value
+            if status == DELETED:
+                return None
+            return self.lww(key, pin)
+        state = self.state(key, pin)
+        return None if state is None else self._operator.to_value(state)
+

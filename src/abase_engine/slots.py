@@ -1,0 +1,188 @@
+"""Replication slots: named, persisted positions in the change feed.
+
+A slot remembers how far a consumer (another replica, a CDC pipeline) has
+acknowledged the feed. While it is active the compactor keeps every segment
+the slot still has to read, until the slot lags more than
+``max_slot_lag_bytes`` behind the end of the log; then it is invalidated and
+its reader must fall back to anti-entropy (``SlotInvalidatedError``).
+
+File format: ``<dir>/slots.json``, a JSON object ``{name: {"cursor": hex of
+the 12-byte feed cursor, "invalidated": bool}}``, replaced atomically
+(write to ``slots.json.tmp``, then rename; fsync'd first under durability
+"sync"). It lives outside LMDB so the compactor stays the store's only
+writer.
+
+Locks: :class:`SlotTable` has one lock guarding its table and the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+from .errors import AbaseError, SlotInvalidatedError
+from .feed import CURSOR, parse_cursor
+from .lifecycle import Lifecycle
+from .log import Log
+from .record import Change
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .feed import ChangeFeed
+
+__all__ = ["SlotTable", "ReplicationSlot"]
+
+
+class SlotTable:
+    """The replication slots of one engine directory, persisted in ``slots.json``.
+
+    :param path: the engine directory.
+    :param log: measures how far behind a slot is.
+    :param durability: the engine's level ("sync" fsyncs the file).
+    :param max_lag_bytes: a slot further behind is invalidated.
+    :param start: returns the ``(segment, offset)`` a new slot starts at.
+    """
+
+    def __init__(self, path: str, log: Log, durability: str, max_lag_bytes: int,
+                 start: Callable[[], Tuple[int, int]]) -> None:
+        self._path = os.path.join(path, "slots.json")
+        self._log = log
+        self._durability = durability
+        self._max_lag = max_lag_bytes
+        self._start = start
+        self._lock = threading.Lock()
+        self._slots: Dict[str, Dict[str, Any]] = {}
+        if os.path.exists(self._path):
+            with open(self._path) as f:
+                raw = json.load(f)
+            for name, st in raw.items():
+                self._slots[name] = {"cursor": bytes.fromhex(st["cursor"]), "invalidated": bool(st["invalidated"])}
+
+    def _save(self) -> None:
+        tmp = self._path + ".tmp"
+        data = {n: {"cursor": st["cursor"].hex(), "invalidated": st["invalidated"]} for n, st in self._slots.items()}
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+            if self._durability == "sync":
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, self._path)
+
+    def create(self, name: str) -> None:
+        """Create slot ``name`` at the oldest record in the log, unless it exists."""
+        with self._lock:
+            if name not in self._slots:
+                seg, off = self._start()
+                self._slots[name] = {"cursor": CURSOR.pack(seg, off), "invalidated": False}
+                self._save()
+
+    def drop(self, name: str) -> None:
+        """Forget slot ``name`` (not an error if absent)."""
+        with self._lock:
+            if self._slots.pop(name, None) is not None:
+                self._save()
+
+    def state(self, name: str) -> Dict[str, Any]:
+        """``{"cursor": bytes, "invalidated": bool}`` of slot ``name``.
+
+        :raises AbaseError: the slot was dropped.
+        """
+        st = self._slots.get(name)
+        if st is None:
+            raise AbaseError(f"replication slot {name!r} was dropped")
+        return st
+
+    def lag(self, name: str) -> int:
+        """Bytes of log between the slot's position and the end of the log."""
+        seg, off = CURSOR.unpack(self.state(name)["cursor"])
+        return self._log.lag(seg, off)
+
+    def ack(self, name: str, cursor: bytes) -> None:
+        """Advance slot ``name`` to ``cursor`` if it is ahead of its position (persisted)."""
+        with self._lock:
+            st = self.state(name)
+            if CURSOR.unpack(cursor) > CURSOR.unpack(st["cursor"]):
+                st["cursor"] = cursor
+                self._save()
+
+    def floors(self) -> List[int]:
+        """Oldest segment each active slot needs; invalidates slots that lag too far."""
+        out = []
+        with self._lock:
+            changed = False
+            for st in self._slots.values():
+                if st["invalidated"]:
+                    continue
+                seg, off = CURSOR.unpack(st["cursor"])
+                if self._log.lag(seg, off) > self._max_lag:
+                    st["invalidated"] = True
+                    changed = True
+                    continue
+                out.append(seg)
+            if changed:
+                self._save()
+        return out
+
+    def stats(self) -> Dict[str, Dict[str, Any]]:
+        """``{name: {"lag_bytes", "invalidated"}}`` of every slot."""
+        out = {}
+        for name, st in list(self._slots.items()):
+            seg, off = CURSOR.unpack(st["cursor"])
+            out[name] = {"lag_bytes": self._log.lag(seg, off), "invalidated": st["invalidated"]}
+        return out
+
+
+class ReplicationSlot:
+    """A named, persisted position in the change feed (see ``Engine.replication_slot``).
+
+    Thread-safety: safe.
+    """
+
+    def __init__(self, life: Lifecycle, table: SlotTable, feed: "ChangeFeed", name: str) -> None:
+        self._life = life
+        self._table = table
+        self._feed = feed
+        self.name = name
+
+    @property
+    def position(self) -> bytes:
+        """The cursor after the last acknowledged record."""
+        return self._table.state(self.name)["cursor"]
+
+    @property
+    def invalidated(self) -> bool:
+        """True once the slot lagged too far and its history was discarded."""
+        return self._table.state(self.name)["invalidated"]
+
+    @property
+    def lag_bytes(self) -> int:
+        """Bytes of log between the slot's position and the end of the log."""
+        self._life.check("slot lag_bytes")
+        return self._table.lag(self.name)
+
+    def changes(self, limit: Optional[int] = None, include_applied: bool = False) -> Iterator[Change]:
+        """Records after the slot's position (does not advance it: call :meth:`ack`).
+
+        :raises SlotInvalidatedError: the slot fell too far behind.
+        :raises EngineClosedError: the engine is closed.
+        """
+        self._life.check("slot changes")
+        if self.invalidated:
+            raise SlotInvalidatedError(f"replication slot {self.name!r} was invalidated (lagged too far)")
+        return self._feed.changes(self.position, include_applied, limit)
+
+    def ack(self, cursor: bytes) -> None:
+        """Advance the slot to ``cursor`` (persisted); an older cursor is ignored.
+
+        :raises TypeError, ValueError: not a feed cursor.
+        """
+        parse_cursor(cursor)
+        self._table.ack(self.name, bytes(cursor))
+
+    def __repr__(self) -> str:
+        try:
+            lag = str(self.lag_bytes)
+        except AbaseError:
+            lag = "?"
+        return f"<ReplicationSlot {self.name!r} lag={lag}>"
