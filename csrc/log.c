@@ -17,69 +17,17 @@
  *   W4 after the store commit, before the segment files are unlinked: the
  *      caller passes first_live, and recovery unlinks older segments.
  */
-#define _GNU_SOURCE
-#include "abase.h"
+#include "log_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include "bytes.h"
-#include "index.h"
-
-static const uint8_t SEG_MAGIC[8] = {'A', 'B', 'L', 'O', 'G', 'S', 'E', 'G'};
-
-typedef struct segment {
-    uint32_t no;
-    int fd;
-    int sealed;
-    int synced;       /* 1 once fdatasync covered every byte of a sealed segment */
-    uint8_t *base;    /* mapping of `mapped` bytes */
-    uint64_t mapped;
-    uint64_t used;    /* end of the last record (header included) */
-    uint64_t max_hlc; /* greatest timestamp in the segment */
-    uint32_t max_node;
-    uint32_t records;
-} segment;
-
-struct abase_db {
-    pthread_rwlock_t lock;  /* segments, index, clock, stats */
-    pthread_mutex_t sync_mu;/* group commit */
-    char *dir;
-    char *logdir;
-    uint32_t node_id;
-    uint64_t seg_size;
-    int durability;
-    segment *segs;          /* consecutive numbers, oldest first */
-    uint32_t nsegs;
-    uint32_t segs_cap;
-    uint32_t live_first;    /* segments numbered below are compacted */
-    uint32_t next_no;       /* number of the next segment to create */
-    abase_index ix;
-    abase_hlc clock;
-    abase_error err;
-    /* group commit, under sync_mu */
-    pthread_cond_t sync_cv; /* a sync finished */
-    int syncing;            /* a leader is syncing */
-    uint64_t synced_addr;   /* every address below is on disk */
-    /* the leader's */
-    int sync_fd;            /* dup of the active segment's fd */
-    uint32_t sync_fd_no;
-    uint64_t sealed_synced; /* under lock: end address of the last segment synced at seal */
-    /* stats, under lock */
-    uint64_t log_bytes_written;
-    uint64_t records_appended;
-    uint64_t syncs;
-    uint64_t synced_writes;
-};
 
 struct abase_scan {
     abase_db *db;
@@ -92,14 +40,10 @@ struct abase_scan {
     int reverse;
 };
 
-/* ---------------------------------------------------------------- helpers */
+/* ----------------------------------------------------------------- errors */
 
-static uint64_t align8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
-
-static uint64_t make_addr(uint32_t no, uint64_t off) { return ((uint64_t)no << 32) | off; }
-
-static void set_error(abase_db *db, int status, int sys_errno, const char *file,
-                      uint64_t offset, const char *fmt, ...)
+void log_set_error(abase_db *db, int status, int sys_errno, const char *file,
+                   uint64_t offset, const char *fmt, ...)
 {
     db->err.status = status;
     db->err.sys_errno = sys_errno;
@@ -111,70 +55,9 @@ static void set_error(abase_db *db, int status, int sys_errno, const char *file,
     va_end(ap);
 }
 
-static void seg_path(const abase_db *db, uint32_t no, char *out, size_t cap)
-{
-    snprintf(out, cap, "%s/%08u.seg", db->logdir, no);
-}
-
-static segment *seg_by_no(abase_db *db, uint32_t no)
-{
-    if (db->nsegs == 0 || no < db->segs[0].no)
-        return NULL;
-    uint32_t i = no - db->segs[0].no;
-    return i < db->nsegs ? &db->segs[i] : NULL;
-}
-
-static segment *active_seg(abase_db *db)
-{
-    if (db->nsegs == 0)
-        return NULL;
-    segment *s = &db->segs[db->nsegs - 1];
-    return s->sealed ? NULL : s;
-}
-
-/* The record at addr if it lies wholly inside a mapped segment, else NULL.
- * Used by the index for key comparison, so it also answers for segments
- * that are compacted but not yet unmapped. */
-static const uint8_t *rec_mapped(void *ctx, uint64_t addr)
-{
-    abase_db *db = ctx;
-    segment *s = seg_by_no(db, (uint32_t)(addr >> 32));
-    uint64_t off = addr & 0xffffffffu;
-    if (!s || off < ABASE_SEG_HEADER_SIZE || off + ABASE_REC_HEADER_SIZE > s->used)
-        return NULL;
-    const uint8_t *r = s->base + off;
-    uint32_t len = ld32(r + R_LEN);
-    if (len < ABASE_REC_HEADER_SIZE || off + len > s->used)
-        return NULL;
-    if ((uint64_t)ABASE_REC_HEADER_SIZE + ld16(r + R_KLEN) + ld32(r + R_VLEN) != len)
-        return NULL;
-    return r;
-}
-
-/* The record at addr if it is still live (not compacted), else NULL. */
-static const uint8_t *rec_live(abase_db *db, uint64_t addr)
-{
-    if (addr == 0 || addr < make_addr(db->live_first, 0))
-        return NULL;
-    return rec_mapped(db, addr);
-}
-
-static int ts_greater(uint64_t h1, uint32_t n1, uint64_t h2, uint32_t n2)
-{
-    return h1 > h2 || (h1 == h2 && n1 > n2);
-}
-
-/* Next older version of the key, or 0; addresses must strictly decrease so
- * a walk always ends, whatever the bytes say. */
-static uint64_t rec_prev(const uint8_t *r, uint64_t addr)
-{
-    uint64_t prev = ld64(r + R_PREV);
-    return prev < addr ? prev : 0;
-}
-
 /* ------------------------------------------------------------- segments */
 
-static int write_seg_header(uint8_t *p, uint32_t no, uint32_t node, uint64_t hlc)
+int log_write_seg_header(uint8_t *p, uint32_t no, uint32_t node, uint64_t hlc)
 {
     memset(p, 0, ABASE_SEG_HEADER_SIZE);
     memcpy(p, SEG_MAGIC, 8);
@@ -197,7 +80,7 @@ static int fsync_dir(abase_db *db)
     return rc == 0 ? ABASE_OK : ABASE_EIO;
 }
 
-static int grow_seg_array(abase_db *db)
+int log_grow_seg_array(abase_db *db)
 {
     if (db->nsegs < db->segs_cap)
         return ABASE_OK;
@@ -222,12 +105,12 @@ static int seal_locked(abase_db *db)
     /* Pages past `used` are never touched again, so shrinking the file under
      * the mapping is safe. */
     if (ftruncate(s->fd, (off_t)s->used) != 0) {
-        set_error(db, ABASE_EIO, errno, path, s->used, "ftruncate at seal failed");
+        log_set_error(db, ABASE_EIO, errno, path, s->used, "ftruncate at seal failed");
         return ABASE_EIO;
     }
     if (db->durability == ABASE_DUR_SYNC) {
         if (fdatasync(s->fd) != 0) { /* fsync point: sealed segment */
-            set_error(db, ABASE_EIO, errno, path, 0, "fdatasync at seal failed");
+            log_set_error(db, ABASE_EIO, errno, path, 0, "fdatasync at seal failed");
             return ABASE_EIO;
         }
         s->synced = 1;
@@ -241,7 +124,7 @@ static int seal_locked(abase_db *db)
  * of records. Write lock held. */
 static int new_segment(abase_db *db, uint64_t need)
 {
-    int rc = grow_seg_array(db);
+    int rc = log_grow_seg_array(db);
     if (rc != ABASE_OK)
         return rc;
     uint64_t size = db->seg_size;
@@ -252,7 +135,7 @@ static int new_segment(abase_db *db, uint64_t need)
     seg_path(db, no, path, sizeof(path));
     int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
-        set_error(db, ABASE_EIO, errno, path, 0, "cannot create segment");
+        log_set_error(db, ABASE_EIO, errno, path, 0, "cannot create segment");
         return ABASE_EIO;
     }
     /* Reserve the blocks now: a write through the mapping into a hole that
@@ -261,8 +144,8 @@ static int new_segment(abase_db *db, uint64_t need)
     if (frc != 0) {
         close(fd);
         unlink(path);
-        set_error(db, ABASE_EIO, frc, path, 0, "cannot preallocate %llu bytes",
-                  (unsigned long long)size);
+        log_set_error(db, ABASE_EIO, frc, path, 0, "cannot preallocate %llu bytes",
+                      (unsigned long long)size);
         return ABASE_EIO;
     }
     uint8_t *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -270,10 +153,10 @@ static int new_segment(abase_db *db, uint64_t need)
         int e = errno;
         close(fd);
         unlink(path);
-        set_error(db, ABASE_EIO, e, path, 0, "mmap failed");
+        log_set_error(db, ABASE_EIO, e, path, 0, "mmap failed");
         return ABASE_EIO;
     }
-    write_seg_header(base, no, db->node_id, db->clock.last);
+    log_write_seg_header(base, no, db->node_id, db->clock.last);
     if (db->durability == ABASE_DUR_SYNC) {
         /* fsync point: the new file's header and its name in the directory */
         if (fdatasync(fd) != 0 || fsync_dir(db) != ABASE_OK) {
@@ -281,7 +164,7 @@ static int new_segment(abase_db *db, uint64_t need)
             munmap(base, size);
             close(fd);
             unlink(path);
-            set_error(db, ABASE_EIO, e, path, 0, "cannot sync new segment");
+            log_set_error(db, ABASE_EIO, e, path, 0, "cannot sync new segment");
             return ABASE_EIO;
         }
     }
@@ -297,7 +180,7 @@ static int new_segment(abase_db *db, uint64_t need)
 }
 
 /* An active segment with room for `need` more bytes. Write lock held. */
-static int room_for(abase_db *db, uint64_t need, segment **out)
+int log_room_for(abase_db *db, uint64_t need, segment **out)
 {
     segment *s = active_seg(db);
     if (s && s->used + need <= s->mapped) {
@@ -315,10 +198,10 @@ static int room_for(abase_db *db, uint64_t need, segment **out)
 }
 
 /* Encode one record at the end of s (room already checked). */
-static uint64_t append_rec(abase_db *db, segment *s, uint32_t ns, int op,
-                           uint8_t flags, const uint8_t *key, size_t klen,
-                           const uint8_t *val, size_t vlen, uint64_t hlc,
-                           uint32_t node, uint64_t prev)
+uint64_t log_append_rec(abase_db *db, segment *s, uint32_t ns, int op,
+                        uint8_t flags, const uint8_t *key, size_t klen,
+                        const uint8_t *val, size_t vlen, uint64_t hlc,
+                        uint32_t node, uint64_t prev)
 {
     uint64_t off = s->used;
     uint8_t *p = s->base + off;
@@ -350,7 +233,7 @@ static uint64_t append_rec(abase_db *db, segment *s, uint32_t ns, int op,
     return make_addr(s->no, off);
 }
 
-static void rewrite_flags(uint8_t *p, uint8_t flags)
+void log_rewrite_flags(uint8_t *p, uint8_t flags)
 {
     p[R_FLAGS] = flags;
     st32(p + R_CRC, abase_crc_mask(abase_crc32c(0, p + 4, ld32(p + R_LEN) - 4)));
@@ -492,12 +375,12 @@ static int list_segments(abase_db *db, uint32_t first_live, uint32_t **out, uint
     if (!d) {
         if (errno == ENOENT) {
             if (mkdir(db->logdir, 0755) != 0 && errno != EEXIST) {
-                set_error(db, ABASE_EIO, errno, db->logdir, 0, "cannot create log directory");
+                log_set_error(db, ABASE_EIO, errno, db->logdir, 0, "cannot create log directory");
                 return ABASE_EIO;
             }
             return ABASE_OK;
         }
-        set_error(db, ABASE_EIO, errno, db->logdir, 0, "cannot read log directory");
+        log_set_error(db, ABASE_EIO, errno, db->logdir, 0, "cannot read log directory");
         return ABASE_EIO;
     }
     uint32_t cap = 16, cnt = 0;
@@ -726,19 +609,19 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
     seg_path(db, no, path, sizeof(path));
     int fd = open(path, O_RDWR | O_CLOEXEC);
     if (fd < 0) {
-        set_error(db, ABASE_EIO, errno, path, 0, "cannot open segment");
+        log_set_error(db, ABASE_EIO, errno, path, 0, "cannot open segment");
         return ABASE_EIO;
     }
     struct stat st;
     if (fstat(fd, &st) != 0) {
         close(fd);
-        set_error(db, ABASE_EIO, errno, path, 0, "cannot stat segment");
+        log_set_error(db, ABASE_EIO, errno, path, 0, "cannot stat segment");
         return ABASE_EIO;
     }
     uint64_t size = (uint64_t)st.st_size;
     if (size > (UINT64_C(1) << 32)) {
         close(fd);
-        set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment larger than 4 GiB");
+        log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment larger than 4 GiB");
         return ABASE_ECORRUPT;
     }
     uint64_t map_size = size;
@@ -747,23 +630,23 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
         map_size = db->seg_size;
         if (posix_fallocate(fd, 0, (off_t)map_size) != 0) {
             close(fd);
-            set_error(db, ABASE_EIO, errno, path, 0, "cannot preallocate segment");
+            log_set_error(db, ABASE_EIO, errno, path, 0, "cannot preallocate segment");
             return ABASE_EIO;
         }
         size = map_size;
     }
     if (size < ABASE_SEG_HEADER_SIZE) {
         close(fd);
-        set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment shorter than its header");
+        log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment shorter than its header");
         return ABASE_ECORRUPT;
     }
     uint8_t *base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
         close(fd);
-        set_error(db, ABASE_EIO, errno, path, 0, "cannot map segment");
+        log_set_error(db, ABASE_EIO, errno, path, 0, "cannot map segment");
         return ABASE_EIO;
     }
-    int rc = grow_seg_array(db);
+    int rc = log_grow_seg_array(db);
     if (rc != ABASE_OK) {
         munmap(base, map_size);
         close(fd);
@@ -780,20 +663,20 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
 
     /* header */
     if (newest && all_zero(base, ABASE_SEG_HEADER_SIZE)) {
-        write_seg_header(base, no, db->node_id, db->clock.last); /* W3 */
+        log_write_seg_header(base, no, db->node_id, db->clock.last); /* W3 */
     } else {
         if (memcmp(base, SEG_MAGIC, 8) != 0 ||
             abase_crc_unmask(ld32(base + 60)) != abase_crc32c(0, base, 60)) {
-            set_error(db, ABASE_ECORRUPT, 0, path, 0, "bad segment header");
+            log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "bad segment header");
             return ABASE_ECORRUPT;
         }
         if (ld32(base + 8) != ABASE_FORMAT_VERSION) {
-            set_error(db, ABASE_EVERSION, 0, path, 8, "segment format version %u, this build reads %u",
-                      ld32(base + 8), ABASE_FORMAT_VERSION);
+            log_set_error(db, ABASE_EVERSION, 0, path, 8, "segment format version %u, this build reads %u",
+                          ld32(base + 8), ABASE_FORMAT_VERSION);
             return ABASE_EVERSION;
         }
         if (ld64(base + 16) != no) {
-            set_error(db, ABASE_ECORRUPT, 0, path, 16, "segment number does not match its file name");
+            log_set_error(db, ABASE_ECORRUPT, 0, path, 16, "segment number does not match its file name");
             return ABASE_ECORRUPT;
         }
     }
@@ -871,8 +754,8 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
     }
     if (!newest) {
         if (why || batch_start || (off < size && nonzero_end(fd, base, off, size) != off)) {
-            set_error(db, ABASE_ECORRUPT, 0, path, why ? off : end, "%s",
-                      why ? why : "unfinished batch or garbage after the end of a sealed segment");
+            log_set_error(db, ABASE_ECORRUPT, 0, path, why ? off : end, "%s",
+                          why ? why : "unfinished batch or garbage after the end of a sealed segment");
             return ABASE_ECORRUPT;
         }
     } else if (end < size) {
@@ -884,7 +767,7 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
             rep->dropped_offset = end;
             memset(base + end, 0, last - end);
             if (msync(base, map_size, MS_SYNC) != 0) { /* fsync point: the cut */
-                set_error(db, ABASE_EIO, errno, path, end, "cannot sync the truncated tail");
+                log_set_error(db, ABASE_EIO, errno, path, end, "cannot sync the truncated tail");
                 return ABASE_EIO;
             }
         }
@@ -911,7 +794,7 @@ int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep)
         if (nums[i] != first_live + i) {
             char path[1100];
             seg_path(db, first_live + i, path, sizeof(path));
-            set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment missing from the log");
+            log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment missing from the log");
             rc = ABASE_ECORRUPT;
             break;
         }
@@ -1007,7 +890,7 @@ static int sync_upto(abase_db *db, uint64_t target, int all_segments)
     pthread_mutex_unlock(&db->sync_mu);
     pthread_rwlock_wrlock(&db->lock);
     if (rc != ABASE_OK) {
-        set_error(db, ABASE_EIO, errno, db->logdir, 0, "fdatasync failed");
+        log_set_error(db, ABASE_EIO, errno, db->logdir, 0, "fdatasync failed");
     } else {
         db->syncs += led;
         db->synced_writes++;
@@ -1065,7 +948,7 @@ static int64_t put_impl(abase_db *db, uint32_t ns, int op, const uint8_t *key,
     } else {
         pthread_rwlock_wrlock(&db->lock);
     }
-    rc = room_for(db, need, &s);
+    rc = log_room_for(db, need, &s);
     uint64_t hlc = 0, end = 0;
     if (rc == ABASE_OK)
         rc = ix_reserve(&db->ix, 1); /* so that indexing cannot fail after the append */
@@ -1081,8 +964,8 @@ static int64_t put_impl(abase_db *db, uint32_t ns, int op, const uint8_t *key,
         /* A local timestamp is above every timestamp the engine holds (the
          * clock is raised past each one at recovery and on receive), so a
          * local write dominates. */
-        uint64_t addr = append_rec(db, s, ns, op, ABASE_F_DOMINANT, key, klen, value, vlen,
-                                   hlc, db->node_id, prev);
+        uint64_t addr = log_append_rec(db, s, ns, op, ABASE_F_DOMINANT, key, klen, value, vlen,
+                                       hlc, db->node_id, prev);
         if (slot)
             *slot = addr;
         else
@@ -1114,11 +997,11 @@ int64_t abase_put_nowait(abase_db *db, uint32_t ns, int op, const uint8_t *key,
 
 /* Greatest timestamp among the key's log versions and the store's base,
  * walking newest first and stopping at a DOMINANT record; also reports
- * whether a record with exactly (hlc, node) exists. Write lock held. */
-static void newest_version(abase_db *db, uint64_t head, uint64_t base_hlc,
-                           uint32_t base_node, uint64_t hlc, uint32_t node,
-                           const uint8_t *val, uint32_t vlen, int by_value,
-                           uint64_t *max_hlc, uint32_t *max_node, int *dup)
+ * whether a record with exactly (hlc, node) exists. Read or write lock held. */
+void log_newest_version(abase_db *db, uint64_t head, uint64_t base_hlc,
+                        uint32_t base_node, uint64_t hlc, uint32_t node,
+                        const uint8_t *val, uint32_t vlen, int by_value,
+                        uint64_t *max_hlc, uint32_t *max_node, int *dup)
 {
     uint64_t mh = base_hlc;
     uint32_t mn = base_node;
@@ -1176,7 +1059,7 @@ int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
     segment *s;
     /* The whole batch goes into one segment, reserved before anything is
      * written, so it cannot fail half-way. */
-    int rc = room_for(db, need, &s);
+    int rc = log_room_for(db, need, &s);
     if (rc == ABASE_OK)
         rc = ix_reserve(&db->ix, n);
     if (rc != ABASE_OK) {
@@ -1222,8 +1105,8 @@ int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
             uint64_t mh;
             uint32_t mn;
             int dup;
-            newest_version(db, prev, base_hlcs[i], base_nodes[i], hlc, node, val, vlen,
-                           modes[i] == ABASE_MODE_MERGE, &mh, &mn, &dup);
+            log_newest_version(db, prev, base_hlcs[i], base_nodes[i], hlc, node, val, vlen,
+                               modes[i] == ABASE_MODE_MERGE, &mh, &mn, &dup);
             int newer = ts_greater(hlc, node, mh, mn);
             if (dup || (modes[i] == ABASE_MODE_LWW && !newer)) {
                 out_status[i] = 0; /* changes nothing: idempotent receive */
@@ -1237,8 +1120,8 @@ int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
             node = db->node_id;
             flags |= ABASE_F_DOMINANT;
         }
-        uint64_t addr = append_rec(db, s, nss[i], ops[i], flags, key, klen, val, vlen, hlc,
-                                   node, prev);
+        uint64_t addr = log_append_rec(db, s, nss[i], ops[i], flags, key, klen, val, vlen, hlc,
+                                       node, prev);
         if (slot)
             *slot = addr;
         else
@@ -1252,9 +1135,9 @@ int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
     if (appended > 0 && batch_flag) {
         uint8_t *last = s->base + (last_addr & 0xffffffffu);
         if (appended == 1)
-            rewrite_flags(last, last[R_FLAGS] & (uint8_t)~ABASE_F_BATCH);
+            log_rewrite_flags(last, last[R_FLAGS] & (uint8_t)~ABASE_F_BATCH);
         else
-            rewrite_flags(last, last[R_FLAGS] | ABASE_F_BATCH_END);
+            log_rewrite_flags(last, last[R_FLAGS] | ABASE_F_BATCH_END);
     }
     uint64_t end = make_addr(s->no, s->used);
     pthread_rwlock_unlock(&db->lock);
@@ -1291,8 +1174,8 @@ static int visible_at(uint64_t h, uint32_t n, uint64_t at_hlc, uint32_t at_node)
 
 /* LWW resolution over the log versions of one key. Read lock held. Sets
  * *winner (or NULL) and *complete. */
-static void lww_resolve(abase_db *db, uint64_t head, uint64_t at_hlc, uint32_t at_node,
-                        const uint8_t **winner, int *complete)
+void log_lww_resolve(abase_db *db, uint64_t head, uint64_t at_hlc, uint32_t at_node,
+                     const uint8_t **winner, int *complete)
 {
     const uint8_t *best = NULL;
     *complete = 0;
@@ -1320,7 +1203,7 @@ static int64_t lww_get_locked(abase_db *db, uint64_t head, uint64_t at_hlc, uint
 {
     const uint8_t *w;
     int complete;
-    lww_resolve(db, head, at_hlc, at_node, &w, &complete);
+    log_lww_resolve(db, head, at_hlc, at_node, &w, &complete);
     info->complete = (uint32_t)complete;
     if (!w) {
         info->op = 0;
@@ -1446,7 +1329,7 @@ int abase_newest(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
         uint64_t mh = 0;
         uint32_t mn = 0;
         int dup;
-        newest_version(db, *slot, 0, 0, 0, 0, NULL, 0, 0, &mh, &mn, &dup);
+        log_newest_version(db, *slot, 0, 0, 0, 0, NULL, 0, 0, &mh, &mn, &dup);
         if (mh || mn) {
             *hlc = mh;
             *node = mn;
@@ -1470,15 +1353,6 @@ typedef struct collect {
     uint64_t key_bytes;
     int oom;
 } collect;
-
-static int key_cmp(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
-{
-    size_t m = al < bl ? al : bl;
-    int c = m ? memcmp(a, b, m) : 0;
-    if (c)
-        return c;
-    return al < bl ? -1 : al > bl;
-}
 
 static int collect_one(void *arg, uint64_t addr)
 {
@@ -1778,7 +1652,7 @@ int64_t abase_scan_next(abase_scan *sc, uint64_t at_hlc, uint32_t at_node,
         const uint8_t *w = NULL;
         if (mode != ABASE_MODE_MERGE) {
             int complete;
-            lww_resolve(db, head, at_hlc, at_node, &w, &complete);
+            log_lww_resolve(db, head, at_hlc, at_node, &w, &complete);
             if (!w)
                 status = (complete || !head) ? ABASE_NOTFOUND : ABASE_NEEDBASE;
             else if (!complete)
@@ -2261,7 +2135,7 @@ int abase_segment_drop(abase_db *db, uint32_t seg_no)
         munmap(s->base, s->mapped);
         close(s->fd);
         if (unlink(path) != 0 && errno != ENOENT) {
-            set_error(db, ABASE_EIO, errno, path, 0, "cannot unlink compacted segment");
+            log_set_error(db, ABASE_EIO, errno, path, 0, "cannot unlink compacted segment");
             rc = ABASE_EIO;
         }
         memmove(&db->segs[0], &db->segs[1], (db->nsegs - 1) * sizeof(segment));
@@ -2284,8 +2158,8 @@ static int check_entry(void *arg, uint64_t addr)
     const uint8_t *r = rec_mapped(c->db, addr);
     if (!r) {
         if (c->problems++ == 0)
-            set_error(c->db, ABASE_ECORRUPT, 0, c->db->logdir, addr,
-                      "index entry points at no record");
+            log_set_error(c->db, ABASE_ECORRUPT, 0, c->db->logdir, addr,
+                          "index entry points at no record");
         return 0;
     }
     uint32_t ns = ld32(r + R_NS), kl = ld16(r + R_KLEN);
@@ -2293,8 +2167,8 @@ static int check_entry(void *arg, uint64_t addr)
     uint64_t *slot = ix_find(&c->db->ix, h, ns, r + ABASE_REC_HEADER_SIZE, kl);
     if (!slot || *slot != addr) {
         if (c->problems++ == 0)
-            set_error(c->db, ABASE_ECORRUPT, 0, c->db->logdir, addr,
-                      "index entry not found by its own key");
+            log_set_error(c->db, ABASE_ECORRUPT, 0, c->db->logdir, addr,
+                          "index entry not found by its own key");
     }
     return 0;
 }
@@ -2313,7 +2187,7 @@ int64_t abase_check(abase_db *db)
                 if (c.problems++ == 0) {
                     char path[1100];
                     seg_path(db, s->no, path, sizeof(path));
-                    set_error(db, ABASE_ECORRUPT, 0, path, off, "%s", why);
+                    log_set_error(db, ABASE_ECORRUPT, 0, path, off, "%s", why);
                 }
                 break;
             }
