@@ -1,8 +1,9 @@
 /*
  * abase.h: the on-disk log format and the C core's API.
  *
- * This header is shared by the write path (log.c) and the recovery path, so
- * the format constants live in exactly one place. A format change updates
+ * This header is shared by the write path (log.c, write.c) and the recovery
+ * path (recovery.c), so the format constants live in exactly one place. The
+ * log's private structures are in log_internal.h. A format change updates
  * this comment in the same commit and bumps ABASE_FORMAT_VERSION.
  *
  * ON-DISK FORMAT (version 1). All integers are little-endian.

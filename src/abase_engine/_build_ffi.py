@@ -47,12 +47,18 @@ def _path(p: str) -> str:
     return p if _AS_SCRIPT else os.path.relpath(p, _ROOT)
 
 
+# The C core: the log (log_internal.h lists its files) and what it builds on.
+_SOURCES = ("crc32c.c", "hlc.c", "index.c", "log.c", "write.c", "read.c", "scan.c", "recovery.c", "fold.c", "feed.c")
+# A change to any of these rebuilds the extension.
+_HEADERS = ("abase.h", "bytes.h", "index.h", "log_internal.h")
+
 ffi = FFI()
 ffi.cdef(_cdef_from_header(_HEADER))
 ffi.set_source(
     "abase_engine._abase",
     '#include "abase.h"\n',
-    sources=[_path(os.path.join(_CSRC, n)) for n in ("crc32c.c", "hlc.c", "index.c", "log.c")],
+    sources=[_path(os.path.join(_CSRC, n)) for n in _SOURCES],
+    depends=[_path(os.path.join(_CSRC, n)) for n in _HEADERS],
     include_dirs=[_path(_CSRC)],
     extra_compile_args=_extra_compile,
     extra_link_args=_extra_link,
