@@ -19,8 +19,9 @@ import time
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 from ._abase import ffi, lib
-from ._fast import fold_split, scan_split
-from .errors import AbaseError, EngineClosedError, SlotInvalidatedError, error_for_status
+from ._fast import scan_split
+from .errors import AbaseError, EngineClosedError, error_for_status
+from .log_segments import LogRecord, SegmentAccess
 
 __all__ = ["Log", "LogRecord", "DURABILITY", "MAX_KEY", "MAX_VALUE", "NS_DEFS"]
 
@@ -37,12 +38,8 @@ ETOOSMALL = lib.ABASE_ETOOSMALL
 F_DOMINANT = lib.ABASE_F_DOMINANT
 F_CHECKPOINT = lib.ABASE_F_CHECKPOINT
 
-_REC_HEADER = struct.Struct("<IIQQIIBBHI")  # crc len prev hlc node ns op flags klen vlen
 _ENTRY = struct.Struct("<BBHIQII")  # merge-mode entry: op flags 0 vlen hlc node 0
 _INITIAL_BUF = 64 * 1024
-
-#: One record as the compactor and recovery see it.
-LogRecord = Tuple[int, bytes, int, int, int, int, bytes]  # ns, key, op, flags, hlc, node, value
 
 def _error_from_status(db, rc: int, what: str) -> Exception:
     """The exception for a failure status, with the C core's details (file,
@@ -76,7 +73,7 @@ class _Buffers(threading.local):
         self.buf = ffi.new("uint8_t[]", cap)
 
 
-class Log:
+class Log(SegmentAccess):
     """Segments + index + clock of one engine directory.
 
     :param path: the engine directory (segments live in ``path/log``).
@@ -348,153 +345,6 @@ class Log:
             if n == 0:
                 return
             yield scan_split(ffi.buffer(buf, n), count[0], pairs)
-
-    # -- segments (compactor) --------------------------------------------
-    def prefault(self, max_bytes: int) -> int:
-        """Fault in up to ``max_bytes`` of the active segment ahead of the
-        appends (off the write path); returns the bytes populated."""
-        return lib.abase_prefault(self._db, max_bytes)
-
-    def seal(self) -> None:
-        """Seal the active segment if it holds records, so compaction can take it."""
-        rc = lib.abase_seal(self._db)
-        if rc != 0:
-            raise self._fail(rc, "seal")
-
-    def segments(self) -> List[dict]:
-        """Live segments, oldest first: no, sealed, used, max_hlc, max_node, records."""
-        cap = lib.abase_segments(self._db, ffi.NULL, 0) + 8
-        while True:  # a segment may be created between the two calls
-            arr = ffi.new("abase_segstat[]", cap)
-            n = lib.abase_segments(self._db, arr, cap)
-            if n <= cap:
-                break
-            cap = n + 8
-        return [
-            {"no": s.no, "sealed": bool(s.sealed), "used": s.used, "max_hlc": s.max_hlc,
-             "max_node": s.max_node, "records": s.records}
-            for s in (arr[i] for i in range(n))
-        ]
-
-    def segment_records(self, seg_no: int, chunk: int = 4 << 20) -> Iterator[LogRecord]:
-        """Yield every record of a sealed segment in log order."""
-        off = ffi.new("uint64_t *", 0)
-        cap = chunk
-        buf = ffi.new("uint8_t[]", cap)
-        unpack = _REC_HEADER.unpack_from
-        while True:
-            n = lib.abase_segment_read(self._db, seg_no, off, buf, cap)
-            if n == ETOOSMALL:
-                cap *= 4
-                buf = ffi.new("uint8_t[]", cap)
-                continue
-            if n < 0:
-                raise self._fail(n, f"read segment {seg_no}")
-            if n == 0:
-                return
-            data = ffi.buffer(buf, n)[:]
-            pos = 0
-            while pos < n:
-                _crc, length, _prev, hlc, node, ns, op, flags, klen, vlen = unpack(data, pos)
-                k0 = pos + 40
-                yield ns, data[k0:k0 + klen], op, flags, hlc, node, data[k0 + klen:k0 + klen + vlen]
-                pos += (length + 7) & ~7
-
-    def fold_entries(self, first_no: int, n_segs: int, lww_ns: Sequence[int],
-                     chunk: int = 1 << 20) -> Iterator[tuple]:
-        """Yield ``(pairs, tombs, rest, nbytes)`` per chunk of the sealed
-        segments ``first_no .. first_no + n_segs - 1`` together, in
-        (namespace, key, newest first) order; see ``abase_fold_open`` and
-        ``_fast.fold_split``.
-
-        ``pairs``: ``{ns: [(key, stored value), ...]}`` for keys of namespaces
-        in ``lww_ns`` whose newest record was DOMINANT (nothing in the store
-        can be newer), ready for the store; ``tombs``: ``(ns, key, hlc, node)``
-        of the deletes among them; ``rest``: ``(ns, key, op, flags, count, hlc,
-        node, data)`` for every other entry, where ``data`` is the store
-        encoding for ``lww_ns`` namespaces and the raw value otherwise;
-        ``nbytes``: key + value bytes of the pairs. Namespace definitions
-        (``NS_DEFS``) always come in ``rest``.
-        """
-        ids = sorted(set(lww_ns))
-        id_set = set(ids) - {NS_DEFS}  # definitions go to the store's meta: always in ``rest``
-        out = ffi.new("abase_fold **")
-        what = f"fold segments {first_no}..{first_no + n_segs - 1}"
-        rc = lib.abase_fold_open(self._db, first_no, n_segs, ffi.new("uint32_t[]", ids or [0]), len(ids), out)
-        if rc != 0:
-            raise self._fail(rc, what)
-        fold = ffi.gc(out[0], lib.abase_fold_free)
-        cap = chunk
-        buf = ffi.new("uint8_t[]", cap)
-        items = ffi.new("uint32_t *")
-        while True:
-            n = lib.abase_fold_next(fold, buf, cap, items)
-            if n == ETOOSMALL:
-                cap *= 4
-                buf = ffi.new("uint8_t[]", cap)
-                continue
-            if n < 0:
-                raise self._fail(n, what)
-            if n == 0:
-                return
-            yield fold_split(ffi.buffer(buf, n), items[0], id_set)
-
-    def read_from(self, seg_no: int, offset: int, chunk: int = 1 << 20) -> Iterator[Tuple[int, int, LogRecord]]:
-        """Yield ``(seg_no, next_offset, record)`` for every record from the
-        position on, in log order, up to the end of the log as it is now.
-
-        :raises SlotInvalidatedError: the position was compacted away.
-        """
-        seg = ffi.new("uint32_t *", seg_no)
-        off = ffi.new("uint64_t *", offset)
-        cap = chunk
-        buf = ffi.new("uint8_t[]", cap)
-        unpack = _REC_HEADER.unpack_from
-        while True:
-            if self._db is None:
-                raise EngineClosedError("change feed used after the engine was closed")
-            n = lib.abase_log_read(self._db, seg, off, buf, cap)
-            if n == ETOOSMALL:
-                cap *= 4
-                buf = ffi.new("uint8_t[]", cap)
-                continue
-            if n == NOTFOUND:
-                raise SlotInvalidatedError(
-                    f"log position ({seg[0]}, {off[0]}) was compacted away; fall back to anti-entropy")
-            if n < 0:
-                raise self._fail(n, "read log")
-            if n == 0:
-                return
-            data = ffi.buffer(buf, n)[:]
-            base_seg, base_off = seg[0], off[0]
-            pos = 0
-            while pos < n:
-                _crc, length, _prev, hlc, node, ns, op, flags, klen, vlen = unpack(data, pos)
-                k0 = pos + 40
-                rec = (ns, data[k0:k0 + klen], op, flags, hlc, node, data[k0 + klen:k0 + klen + vlen])
-                pos += (length + 7) & ~7
-                yield base_seg, base_off + pos, rec
-            off[0] = base_off + n
-
-    def lag(self, seg_no: int, offset: int) -> int:
-        """Bytes of records from the position to the end of the log."""
-        return lib.abase_log_lag(self._db, seg_no, offset)
-
-    def compacted_through(self, seg_no: int) -> None:
-        """Reads stop seeing versions in segments <= seg_no (they are in the store now)."""
-        rc = lib.abase_compacted_through(self._db, seg_no)
-        if rc != 0:
-            raise self._fail(rc, "compacted_through")
-
-    def retire(self, seg_no: int, budget: int = 512) -> None:
-        """Drop index entries whose newest version was in seg_no, a chunk at a
-        time so foreground calls wait at most one chunk; then delete the file."""
-        off = ffi.new("uint64_t *", 0)
-        while lib.abase_retire_step(self._db, seg_no, off, budget):
-            pass
-        rc = lib.abase_segment_drop(self._db, seg_no)
-        if rc != 0:
-            raise self._fail(rc, f"drop segment {seg_no}")
 
     # -- introspection ---------------------------------------------------
     def stats(self) -> dict:
