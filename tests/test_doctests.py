@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["record", "hlc", "merge", "crdt", "engine"]  # the modules with examples
+MODULES = ["record", "hlc", "merge", "crdt", "engine", "cli._formats", "cli._ui"]  # the modules with examples
 
 
 @pytest.mark.parametrize("name", MODULES)
