@@ -574,6 +574,41 @@ def test_compact_folds_the_log_and_keeps_the_data(store, capsys):
     assert engine_view(store) == before
 
 
+def _deletes(capsys, store):
+    code, out, _ = run(capsys, "dump", store)
+    assert code == 0
+    return sum(1 for line in out.splitlines()[1:] if json.loads(line)["op"] == "delete")
+
+
+def test_compact_purges_and_invalidates_only_when_told(store, capsys):
+    """The application's tombstone_grace_ms and max_slot_lag_bytes are not
+    stored, so by default a compaction by the tool purges no tombstone and
+    invalidates no slot."""
+    tombstones = _deletes(capsys, store)
+    assert tombstones > 0
+    code, out, _ = run(capsys, "compact", store, "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["held_by_slots"] == ["to-b"] and data["slots_invalidated"] == []
+    assert data["after"]["compaction_lag_bytes"] > 0
+    assert _deletes(capsys, store) == tombstones
+    code, out, _ = run(capsys, "compact", store)
+    assert code == 0 and "replication slot(s) 'to-b' still need it" in out
+    values = engine_view(store)[""][1]
+    code, out, _ = run(capsys, "compact", store, "--json", "--max-slot-lag-bytes", "0", "--tombstone-grace-ms", "0")
+    assert code == 0
+    data = json.loads(out)
+    assert data["slots_invalidated"] == ["to-b"] and data["held_by_slots"] == []
+    assert data["after"]["compaction_lag_bytes"] == 0
+    assert _deletes(capsys, store) == 0
+    assert engine_view(store)[""][1] == values
+    code, out, _ = run(capsys, "slots", store, "--json")
+    assert json.loads(out)["slots"]["to-b"]["invalidated"] is True
+    code, _out, err = run(capsys, "changes", store, "--slot", "to-b")
+    assert code == 2
+    one_line_error(err, "SlotInvalidatedError")
+
+
 def test_bench_runs_on_a_scratch_store(tmp_path, capsys):
     code, out, err = run(capsys, "bench", "--keys", "300", "--value-size", "10", "--dir", tmp_path, "--json")
     assert code == 0, err

@@ -54,7 +54,7 @@ from .. import __version__
 from ..errors import AbaseError
 from ._formats import ENCODINGS, FormatError, parse_cursor, parse_ts
 from ._inspect import changes, digest, slots, stats, verify
-from ._maintain import bench, compact
+from ._maintain import COMPACT_KEEP_ALL, bench, compact
 from ._stores import DEFAULT_READ_NODE_ID, open_store
 from ._transfer import dump, load, open_input
 from ._ui import EXIT_ERROR, CliError, Outcome, Ui
@@ -137,7 +137,12 @@ def _parser() -> _Parser:
     p.add_argument("-i", "--input", help="read this file instead of stdin")
     p.add_argument("--create", action="store_true", help="create the store if STORE is missing or an empty directory")
 
-    cmd("compact", "fold the whole log into the store now")
+    p = cmd("compact", "fold the whole log into the store now")
+    p.add_argument("--tombstone-grace-ms", type=int, metavar="MS",
+                   help="purge tombstones older than this, as the application's option of that name does "
+                        "(default: purge none; the engine does not store the application's value)")
+    p.add_argument("--max-slot-lag-bytes", type=int, metavar="BYTES",
+                   help="invalidate replication slots lagging more than this (default: invalidate none)")
 
     p = cmd("digest", "the anti-entropy digest (16 child hashes) of a namespace")
     p.add_argument("-n", "--namespace", default="")
@@ -198,7 +203,16 @@ def _run(args: argparse.Namespace, ui: Ui) -> Outcome:
     if c == "changes" and args.limit is not None and args.limit < 0:
         raise CliError("UsageError", "--limit must be >= 0")
     prefix = _prefix(args) if c == "dump" else None
-    with open_store(args.store) as db:
+    options = {}
+    if c == "compact":
+        options = dict(COMPACT_KEEP_ALL)
+        for name in ("tombstone_grace_ms", "max_slot_lag_bytes"):
+            value = getattr(args, name)
+            if value is not None:
+                if value < 0:
+                    raise CliError("UsageError", f"--{name.replace('_', '-')} must be >= 0")
+                options[name] = value
+    with open_store(args.store, **options) as db:
         if c == "stats":
             return stats(db, exact=args.exact, ui=ui)
         if c == "dump":

@@ -24,11 +24,20 @@ from ..engine import open as _open_engine
 from ._stores import all_namespaces, open_known_namespaces
 from ._ui import CliError, Outcome, Ui, human_bytes, table
 
-__all__ = ["compact", "bench"]
+__all__ = ["compact", "bench", "COMPACT_KEEP_ALL"]
+
+#: ``compact`` opens the store with these unless told otherwise: a pass then
+#: purges no tombstone and invalidates no replication slot, since the
+#: application's own ``tombstone_grace_ms`` and ``max_slot_lag_bytes`` are
+#: not stored anywhere the command line could read them.
+COMPACT_KEEP_ALL = {"tombstone_grace_ms": 1 << 62, "max_slot_lag_bytes": 1 << 62}
 
 
 def compact(db: Engine, *, ui: Ui) -> Outcome:
     """Fold every segment into the store now (``Engine.compact(wait=True)``).
+
+    The engine does not persist its options, so the pass uses what the store
+    was opened with here: see :data:`COMPACT_KEEP_ALL` for the defaults.
 
     :raises CliError: a namespace's operator is not one the command line can
         build: the compactor needs every merge namespace opened with its operator.
@@ -45,8 +54,23 @@ def compact(db: Engine, *, ui: Ui) -> Outcome:
     seconds = time.perf_counter() - t0
     after = db.stats()
     keys = ("log_bytes", "segments", "compaction_lag_bytes", "store_bytes", "index_keys", "store_keys")
+    # What is still sealed and unfolded is held by a replication slot (the
+    # command line opens no snapshot or feed of its own meanwhile).
+    holders = sorted(n for n, s in after["slots"].items() if not s["invalidated"]) \
+        if after["compaction_lag_bytes"] else []
+    invalidated = sorted(n for n, s in after["slots"].items()
+                         if s["invalidated"] and not before["slots"].get(n, {}).get("invalidated"))
     data = {"command": "compact", "segments_folded": folded, "seconds": round(seconds, 3),
-            "before": {k: before[k] for k in keys}, "after": {k: after[k] for k in keys}}
+            "before": {k: before[k] for k in keys}, "after": {k: after[k] for k in keys},
+            "held_by_slots": holders, "slots_invalidated": invalidated}
+    notes = []
+    if holders:
+        notes.append(f"{human_bytes(after['compaction_lag_bytes'])} of sealed log stays: replication slot(s) "
+                     f"{', '.join(map(repr, holders))} still need it (`abase slots` shows their lag; "
+                     f"`abase slots --drop NAME` releases a slot whose consumer is gone)")
+    if invalidated:
+        notes.append(f"invalidated replication slot(s) {', '.join(map(repr, invalidated))}: they lagged more "
+                     f"than --max-slot-lag-bytes")
     text = "\n".join([
         f"folded {folded} segment(s) in {seconds:.2f} s",
         table([["", "before", "after"],
@@ -55,7 +79,7 @@ def compact(db: Engine, *, ui: Ui) -> Outcome:
                ["compaction lag", human_bytes(before["compaction_lag_bytes"]),
                 human_bytes(after["compaction_lag_bytes"])],
                ["store", human_bytes(before["store_bytes"]), human_bytes(after["store_bytes"])]], indent="  "),
-    ])
+    ] + [f"note: {n}" for n in notes])
     return Outcome(data, text)
 
 
