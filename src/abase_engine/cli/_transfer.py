@@ -171,7 +171,7 @@ def dump(db: Engine, *, namespace: str, fmt: str, encoding: str, prefix: Optiona
     where = sink.path or "stdout"
     data = {"command": "dump", "namespace": namespace, "operator": op_name, "kind": kind, "format": fmt,
             "encoding": encoding, "records": n, "output": where, "at": None if at is None else format_ts(at)}
-    return Outcome(data, f"dumped {n} {kind} of namespace {namespace!r} to {where}", summary_only=True)
+    return Outcome(data, f"dumped {n} {kind[:-1]}(s) of namespace {namespace!r} to {where}", summary_only=True)
 
 
 # ----------------------------------------------------------------- load
