@@ -476,6 +476,19 @@ def test_load_refuses_a_crdt_state_that_does_not_decode(store, tmp_path, capsys)
     assert engine_view(store) == before
 
 
+def test_csv_load_into_an_existing_crdt_namespace_uses_its_operator(store, tmp_path, capsys):
+    out = tmp_path / "ctr.csv"
+    assert run(capsys, "dump", store, "-n", "ctr", "--values", "--format", "csv", "-o", out)[0] == 0
+    before = engine_view(store)["ctr"]
+    code, _out, err = run(capsys, "load", store, "--node-id", "9", "--format", "csv", "-n", "ctr", "-i", out)
+    assert code == 0, err
+    assert engine_view(store)["ctr"] == before  # a CRDT state joined with itself is itself
+    code, _out, err = run(capsys, "load", store, "--node-id", "9", "--format", "csv", "-n", "ctr", "-i", out,
+                          "--merge", "abase.GCounter.v1")
+    assert code == 2
+    one_line_error(err, "MergeOperatorMismatch")
+
+
 def test_load_into_a_namespace_with_another_operator_is_refused(store, tmp_path, capsys):
     out = tmp_path / "ctr.jsonl"
     assert run(capsys, "dump", store, "-n", "ctr", "-o", out)[0] == 0

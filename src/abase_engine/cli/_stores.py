@@ -120,14 +120,16 @@ def all_namespaces(db: Engine) -> Dict[str, str]:
     return out
 
 
-def open_namespace(db: Engine, name: str, create_with: Optional[str] = None) -> Namespace:
+def open_namespace(db: Engine, name: str, create_with: Optional[str] = None,
+                   require: Optional[str] = None) -> Namespace:
     """The namespace ``name`` with its persisted operator.
 
     A namespace that does not exist is refused (opening it would create it)
-    unless ``create_with`` names the operator to create it with.
+    unless ``create_with`` names the operator to create it with. ``require``:
+    the operator an existing namespace must have.
 
-    :raises CliError: ``NoSuchNamespace``, or ``UnknownOperator``.
-    :raises MergeOperatorMismatch: ``create_with`` differs from the existing operator.
+    :raises CliError: ``NoSuchNamespace``, ``UnknownOperator``, or
+        ``MergeOperatorMismatch`` (the namespace has an operator other than ``require``).
     """
     known = all_namespaces(db)
     op_name = known.get(name)
@@ -136,15 +138,11 @@ def open_namespace(db: Engine, name: str, create_with: Optional[str] = None) -> 
             names = ", ".join(repr(n) for n in sorted(known))
             raise CliError("NoSuchNamespace", f"namespace {name!r} does not exist (the store has {names})")
         op_name = create_with
+    if require is not None and op_name != require:
+        raise CliError("MergeOperatorMismatch", f"namespace {name!r} uses {op_name!r}, not {require!r}")
     if name == "":
-        if op_name != LWW.name:
-            raise CliError("MergeOperatorMismatch", f"the default namespace is LWW, not {op_name!r}")
         return db
-    operator = operator_for(op_name)
-    if create_with is not None and known.get(name, create_with) != create_with:
-        raise CliError("MergeOperatorMismatch",
-                       f"namespace {name!r} uses {known[name]!r}, not {create_with!r}")
-    return db.namespace(name, merge=operator)
+    return db.namespace(name, merge=operator_for(op_name))
 
 
 def open_known_namespaces(db: Engine) -> Tuple[Dict[str, Namespace], List[str]]:

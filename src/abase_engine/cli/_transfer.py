@@ -372,8 +372,10 @@ def load(db: Engine, *, stream: TextIO, fmt: str, namespace: Optional[str], enco
     name = namespace if namespace is not None else hdr.get("namespace", "")
     if not isinstance(name, str):
         raise CliError("MalformedInput", "the dump header's namespace is not a string")
-    create_with = merge or hdr.get("operator") or LWW.name
-    ns = open_namespace(db, name, create_with=create_with)
+    explicit = merge or hdr.get("operator")
+    if explicit is not None and not isinstance(explicit, str):
+        raise CliError("MalformedInput", "the dump header's operator is not a string")
+    ns = open_namespace(db, name, create_with=explicit or LWW.name, require=explicit)
     merge_ns = ns.merge_operator.name != LWW.name
     kind = hdr.get("kind")
     batch: List[_Item] = []
