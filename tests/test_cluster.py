@@ -28,7 +28,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 import abase_engine as ae
 from abase_engine import crdt
 from abase_engine.cluster import (
-    Cluster, ClusterConfigError, ClusterUnavailableError, QuorumError, UnknownNamespaceError, partition_of,
+    Cluster, ClusterConfigError, ClusterUnavailableError, ClusterWarning, QuorumError, UnknownNamespaceError,
+    partition_of,
 )
 from abase_engine.cluster.local import start_local_ray
 
@@ -150,14 +151,37 @@ def test_hints_are_replayed_when_a_down_replica_comes_back(cluster):
     finally:
         cluster.revive_replica(1, 0)
     cluster.wait_ready(60)
-    out = cluster.deliver_hints()
-    assert cluster.pending_hints() == 0 and out["failed_targets"] == 0
+    for i in (1, 2):  # the holders' maintenance threads replay the hints on their own
+        assert cluster.wait_maintenance(1, i, "no_hints", timeout=60)
+    assert cluster.pending_hints() == 0
     # replica 0 caught up from the hints alone: anti-entropy has nothing left to do
     st = cluster.anti_entropy(partitions=[1])
     assert st["keys_repaired"] == 0 and st["leaves"] == 0
     with cluster.client(read_quorum=3) as c:
         assert c.get_many(keys) == [b"h"] * len(keys)
         assert c.get(keys[0], namespace="cnt") == 3
+
+
+def test_periodic_anti_entropy_converges_a_replica_without_hints(local_ray, tmp_path):
+    c = Cluster.start(str(tmp_path / "ae"), name="ae", partitions=1, replicas=3, anti_entropy_interval=0.5)
+    try:
+        keys = [b"ae%04d" % i for i in range(300)]
+        c.kill_replica(0, 2, restart=False)
+        with c.client(hinted_handoff=False, timeout=2.0) as cl:
+            cl.put_many([(k, b"x") for k in keys])
+        assert c.pending_hints() == 0
+        c.revive_replica(0, 2)
+        c.wait_ready(60)
+        # every replica syncs with its successor each round: two rounds each and the ring has converged
+        rounds = {i: info["maintenance"]["anti_entropy_rounds"] for i, info in enumerate(c.info(0))}
+        for i in range(3):
+            assert c.wait_maintenance(0, i, "anti_entropy_rounds", rounds[i] + 2, timeout=120)
+        d = c.digests(0)
+        assert d[0] == d[1] == d[2]
+        with c.client(read_quorum=1) as cl:  # any single replica now has every key
+            assert cl.get_many(keys) == [b"x"] * len(keys)
+    finally:
+        c.shutdown()
 
 
 def _chaos(cluster: Cluster, local_ray, writes: int, kills: int, seed: int) -> None:
@@ -303,6 +327,10 @@ def test_bad_configuration_and_a_dead_cluster_raise_clear_errors(cluster, tmp_pa
         Cluster.start(str(tmp_path / "u"), name="u", replcas=3)
     with pytest.raises(ClusterUnavailableError, match="no abase cluster named 'nope'"):
         Cluster.connect("nope")
+    with pytest.warns(ClusterWarning, match="fewer than N=4"):
+        wide = Cluster.start(str(tmp_path / "wide"), name="wide", partitions=1, replicas=4,
+                             anti_entropy_interval=0)
+    wide.shutdown()
     with cluster.client() as c:
         with pytest.raises(UnknownNamespaceError):
             c.put(b"k", b"v", namespace="missing")

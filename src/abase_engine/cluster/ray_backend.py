@@ -140,7 +140,9 @@ class _ReplicaActor:
         self._gate = threading.Event()
         self._gate.set()
         self._stop = threading.Event()
-        self._maint_stats = {"hints_delivered": 0, "anti_entropy_rounds": 0, "maintenance_errors": 0}
+        self._maint_stats = {"hints_delivered": 0, "anti_entropy_rounds": 0, "maintenance_errors": 0,
+                             "maintenance_rounds": 0}
+        self._maint_cond = threading.Condition()
         self._thread = threading.Thread(target=self._maintain, name="abase-replica-maintenance", daemon=True)
         self._thread.start()
 
@@ -175,6 +177,14 @@ class _ReplicaActor:
             return None
         if what == "deliver_hints":
             return deliver_hints(self._svc, self._transport, self._config["repair_timeout"])
+        if what == "wait":
+            # wait("anti_entropy_rounds" | "maintenance_rounds", n, timeout): until the counter reaches n;
+            # wait("no_hints", 0, timeout): until this replica holds no hint. Returns whether it happened.
+            key, n, timeout = args
+            with self._maint_cond:
+                if key == "no_hints":
+                    return self._maint_cond.wait_for(lambda: not self._svc.hint_targets(), timeout)
+                return self._maint_cond.wait_for(lambda: self._maint_stats[key] >= n, timeout)
         raise ValueError(f"unknown control {what!r}")
 
     def _maintain(self) -> None:
@@ -202,6 +212,9 @@ class _ReplicaActor:
             except Exception as exc:  # a peer down, a timeout: try again next round
                 self._maint_stats["maintenance_errors"] += 1
                 log.info("replica p%d/r%d maintenance: %s", self._p, self._i, exc)
+            with self._maint_cond:
+                self._maint_stats["maintenance_rounds"] += 1
+                self._maint_cond.notify_all()
 
 
 _RemoteRegistry = ray.remote(_Registry)
@@ -494,6 +507,15 @@ class Cluster:
                 for k, v in out.items():
                     total[k] += v
         return total
+
+    def wait_maintenance(self, partition: int, index: int, what: str, n: int = 0, timeout: float = 60.0) -> bool:
+        """Wait until a replica's maintenance thread reached a state: ``what`` is
+        ``"anti_entropy_rounds"`` or ``"maintenance_rounds"`` (its counter
+        reaches ``n``; see ``info()["maintenance"]``) or ``"no_hints"`` (it
+        holds no hint). Returns whether that happened within ``timeout`` s."""
+        if what not in ("anti_entropy_rounds", "maintenance_rounds", "no_hints"):
+            raise ValueError(f"cannot wait for {what!r}")
+        return bool(self._control(partition, index, "wait", what, n, timeout, timeout=timeout + 30.0))
 
     def pending_hints(self) -> int:
         """Hints held across the cluster (replicas that answer)."""

@@ -144,18 +144,24 @@ def sync_pair(transport: Transport, partition: int, a: int, b: int,
         if not frontier:
             continue
         stats["leaves"] += len(frontier)
+        # Fetch every differing leaf from both sides before applying anything:
+        # a write invalidates the replica's leaf membership cache, and the
+        # next records() call would pay a pass over the whole namespace.
+        to_a: List[Any] = []
+        to_b: List[Any] = []
         for start in range(0, len(frontier), LEAVES_PER_CALL):
             leaves = frontier[start:start + LEAVES_PER_CALL]
             blob_a, blob_b = _both(transport, ra_ref, rb_ref, "records", (name, leaves), timeout)
             stats["rounds"] += 1
-            recs_a, recs_b = decode_changes(blob_a), decode_changes(blob_b)
-            to_a, to_b = diff_records(operator, recs_a, recs_b)
+            more_a, more_b = diff_records(operator, decode_changes(blob_a), decode_changes(blob_b))
             # a sends its leaf records; b answers with the ones a lacks
-            stats["bytes"] += len(blob_a) + wire_size(to_a) + len(leaves) * (TREE_DEPTH + 1)
-            if to_a:
-                stats["keys_repaired"] += _apply_chunked(transport, ra_ref, to_a, timeout)
-            if to_b:
-                stats["keys_repaired"] += _apply_chunked(transport, rb_ref, to_b, timeout)
+            stats["bytes"] += len(blob_a) + wire_size(more_a) + len(leaves) * (TREE_DEPTH + 1)
+            to_a += more_a
+            to_b += more_b
+        if to_a:
+            stats["keys_repaired"] += _apply_chunked(transport, ra_ref, to_a, timeout)
+        if to_b:
+            stats["keys_repaired"] += _apply_chunked(transport, rb_ref, to_b, timeout)
     return stats
 
 
