@@ -144,15 +144,16 @@ def catch_up(missed: int, root: str) -> Dict[str, float]:
             t = time.perf_counter()
             if how == "hints":
                 res = c.deliver_hints(timeout=600)
+                elapsed = time.perf_counter() - t
                 assert res["failed_targets"] == 0, res
                 stats = c.anti_entropy(timeout=600)  # must find nothing left
                 assert stats["keys_repaired"] == 0, stats
             else:
                 stats = c.anti_entropy(timeout=600)
+                elapsed = time.perf_counter() - t
                 assert stats["keys_repaired"] >= missed, stats
                 out["anti-entropy leaves compared"] = stats["leaves"]
                 out["anti-entropy MB on the wire"] = stats["bytes"] / 1e6
-            elapsed = time.perf_counter() - t
             d = c.digests(0)
             assert d[0] == d[1] == d[2]
             out[f"catch-up by {how} s"] = elapsed
@@ -169,27 +170,44 @@ def main() -> None:
     ap.add_argument("--total", type=int, default=50_000, help="keys per batched client run")
     ap.add_argument("--singles", type=int, default=1000, help="single operations for the latency figures")
     ap.add_argument("--missed", type=int, default=100_000, help="writes the lagging replica misses")
+    ap.add_argument("--only", choices=["engine", "client", "catchup"], action="append",
+                    help="run only these parts (repeatable; default: all)")
     args = ap.parse_args()
     if args.quick:
         args.records, args.total, args.singles, args.missed = 5000, 2000, 100, 2000
     root = tempfile.mkdtemp(prefix="abase-bench-cluster-")
     print(f"# python {sys.version.split()[0]}, {os.cpu_count()} CPUs, abase_engine {ae.__version__}")
+    parts = set(args.only or ["engine", "client", "catchup"])
     try:
-        print(f"\n## engine hooks ({args.records} records, 16-byte keys, 100-byte values; best of 3)")
-        hooks = engine_hooks(args.records, root)
-        for tag in ("plain", "digests"):
-            pm = hooks[f"put_many ({tag})"]
-            for k in ("put_many", "apply", "feed"):
-                v = hooks[f"{k} ({tag})"]
-                print(f"{k:9s} {tag:8s} {v:12,.0f} records/s   {v / pm:5.2f}x put_many")
+        if "engine" in parts:
+            _print_hooks(args, root)
+        if parts & {"client", "catchup"}:
+            _ray_parts(args, root, parts)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
-        import ray
-        from abase_engine.cluster.local import start_local_ray
-        lr = start_local_ray(nodes=3, cpus_per_node=1, object_store_mb=200)
-        try:
+
+def _print_hooks(args: argparse.Namespace, root: str) -> None:
+    print(f"\n## engine hooks ({args.records} records, 16-byte keys, 100-byte values; best of 3)")
+    hooks = engine_hooks(args.records, root)
+    for tag in ("plain", "digests"):
+        pm = hooks[f"put_many ({tag})"]
+        for k in ("put_many", "apply", "feed"):
+            v = hooks[f"{k} ({tag})"]
+            print(f"{k:9s} {tag:8s} {v:12,.0f} records/s   {v / pm:5.2f}x put_many")
+
+
+def _ray_parts(args: argparse.Namespace, root: str, parts: set) -> None:
+    import ray
+    from abase_engine.cluster.local import start_local_ray
+
+    lr = start_local_ray(nodes=3, cpus_per_node=1, object_store_mb=200)
+    try:
+        if "client" in parts:
             print(f"\n## client on a local 3-node Ray ({ray.__version__}), N=3, batches of 1000, "
                   f"{args.total} keys per run")
             base: Dict[str, float] = {}
+            singles: Dict[str, float] = {}
             for p in (1, 2, 4):
                 figs = client_figures(p, args.total, args.singles, root)
                 for k in ("put_many W=1", "put_many W=2", "get_many R=1", "get_many R=2"):
@@ -201,13 +219,12 @@ def main() -> None:
             for op in ("put W=1", "put W=2", "get R=1", "get R=2"):
                 row = "  ".join(f"{q} {singles[f'{op} {q} ms']:7.2f}" for q in ("p50", "p90", "p99", "max"))
                 print(f"{op:8s} {row}")
+        if "catchup" in parts:
             print(f"\n## catch-up of a replica that missed {args.missed} writes (P=1, N=3)")
             for k, v in catch_up(args.missed, root).items():
                 print(f"{k:42s} {v:12,.2f}")
-        finally:
-            lr.shutdown()
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        lr.shutdown()
 
 
 if __name__ == "__main__":
