@@ -12,10 +12,9 @@ skipped, saying so.
 
 from __future__ import annotations
 
-import os
 import random
 import threading
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import pytest
 

@@ -44,7 +44,7 @@ from .cluster.resolve import resolve
 from .cluster.transport import ReplicaRef, Transport, completed, failed
 from .cluster.wire import decode_changes, encode_changes
 from .merge import MergeOperator
-from .record import Change, Timestamp
+from .record import Timestamp
 
 __all__ = [
     "ReplicaGroup", "SimulatedNetwork", "WriteResult", "QuorumError", "ReplicaDownError",

@@ -61,7 +61,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
-from ..errors import ClockSkewError, KeyTooLargeError, MergeOperandError, ValueTooLargeError
+from ..errors import ClockSkewError, KeyTooLargeError, ValueTooLargeError
 from ..hlc import HLC
 from ..log import MAX_KEY, MAX_VALUE
 from ..merge import MergeOperator

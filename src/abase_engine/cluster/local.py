@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, List, Optional
+from typing import Any, List
 
 __all__ = ["LocalRay", "start_local_ray"]
 
