@@ -120,15 +120,23 @@ def test_a_restarted_replica_keeps_its_node_id(cluster):
 
 def test_slow_replica_is_masked_by_the_quorum(cluster):
     keys = keys_of(0, cluster.partitions, 20, b"slow")
-    applied = cluster.info(0)[2]["stats"]["applied"]
+    before = cluster.info(0)[2]["stats"]
+    applied, reads = before["applied"], before["reads"]
     cluster.debug_block(0, 2)  # replica 2 of partition 0 holds every call until released
     try:
         with cluster.client(timeout=1.0) as c:
             results = [c.put(k, b"v") for k in keys]
             assert all(r.acked == (0, 1) and r.missed == (2,) for r in results)
-            assert c.get_many(keys) == [b"v"] * len(keys)  # R=2 from the two that answer
+            # reads rotate over the replicas: those that ask replica 2 first also ask
+            # another one after hedge_after (0.2 s) and are served by the two that answer
+            assert [c.get(k) for k in keys] == [b"v"] * len(keys)
+            assert c.get_many(keys) == [b"v"] * len(keys)
+            assert c.stats["hedges"] > 0
+            # the writes replica 2 never answered are hinted, once their deadline passed
+            assert c.flush(30) and c.stats["hints_stored"] == len(keys)
             # every call above returned while replica 2 had served none of them
             assert cluster.info(0)[2]["stats"]["applied"] == applied
+            assert cluster.info(0)[2]["stats"]["reads"] == reads
     finally:
         cluster.debug_release(0, 2)
     repair(cluster)

@@ -406,6 +406,17 @@ def test_crdt_origin_silent_raises_counts_at_most_once_and_retry_counts_once(gro
     assert values_everywhere(g, b"c", "cnt") == [4, 4, 4]  # the retry did not add again
 
 
+def test_request_ids_are_forgotten_after_their_ttl(group):
+    g = group()
+    res = g.merge(b"c", crdt.PNCounter.increment(1), namespace="cnt")
+    origin = g.replica(res.partition, res.origin)
+    assert origin.collect_requests() == 0  # younger than the TTL: kept for retries
+    later = origin.clock().physical_ms + origin.request_ttl_ms + 1000
+    assert origin.collect_requests(now_ms=later) == 1
+    assert origin.collect_requests(now_ms=later) == 0
+    assert g.get(b"c", namespace="cnt") == 1  # the operation itself stays
+
+
 def test_crdt_operation_moves_to_another_origin_only_when_undelivered(group):
     g = group()
     key = b"c"

@@ -21,7 +21,8 @@ first certainly never ran it (``ReplicaUnavailableError.delivered is
 False``).
 
 **Reads.** ``get``/``get_many`` ask R replicas (one call per partition and
-replica) for the raw values and the replica's clock. Where they all agree
+replica; one more when a call fails, or has not answered ``hedge_after``
+seconds after the last request) for the raw values and the replica's clock. Where they all agree
 that is the answer; where they differ, a second round fetches the keys'
 records with their timestamps, resolves them with the engine's rules
 (:func:`~abase_engine.cluster.resolve.resolve`) and read-repairs the
@@ -86,7 +87,9 @@ DEFAULTS: Dict[str, Any] = {
     "backoff": 0.05,            # s: first pause before a retry (doubles each time)
     "max_clock_skew_ms": 500,   # ms: how far ahead a clock reading may be
     "hinted_handoff": True,     # store hints for replicas that missed a write
-    "suspect_seconds": 2.0,     # s: a replica that failed is asked last for this long
+    "suspect_seconds": 2.0,     # s: a replica that failed or timed out is asked last for this long
+    "hedge_after": None,        # s: a read still short of R answers then also asks one more replica
+                                #    (None: timeout / 5)
     "scan_page": 1000,          # keys per replica per scan round trip
     "background_threads": 0,    # threads for hints and repairs; 0: inline
 }
@@ -161,6 +164,7 @@ class _Call:
         self.refusal: Optional[Tuple[int, BaseException]] = None
         self.tries: Dict[int, int] = {}
         self.retry_at: Dict[int, float] = {}
+        self.hedge_at: Optional[float] = None  # reads: when to ask one more replica if still short
 
     @property
     def done(self) -> bool:
@@ -278,13 +282,17 @@ class Coordinator:
         self.backoff = float(cfg["backoff"])
         self.hinted_handoff = bool(cfg["hinted_handoff"])
         self.suspect_seconds = float(cfg["suspect_seconds"])
+        hedge = cfg["hedge_after"]
+        if hedge is not None and (not isinstance(hedge, (int, float)) or hedge <= 0):
+            raise ClusterConfigError(f"hedge_after must be a positive number of seconds or None, got {hedge!r}")
+        self.hedge_after = float(hedge) if hedge is not None else self.timeout / 5
         self.scan_page = cfg["scan_page"]
         self.max_clock_skew_ms = cfg["max_clock_skew_ms"]
         self.node_id = node_id
         self.hlc = HLC(node_id, clock=clock, max_clock_skew_ms=self.max_clock_skew_ms)
         self.stats: Dict[str, int] = {
-            "writes": 0, "reads": 0, "retries": 0, "hints_stored": 0, "hints_lost": 0, "read_repairs": 0,
-            "disputed_keys": 0,
+            "writes": 0, "reads": 0, "retries": 0, "hedges": 0, "hints_stored": 0, "hints_lost": 0,
+            "read_repairs": 0, "disputed_keys": 0,
         }
         self._lock = threading.Lock()
         self._suspect: Dict[Tuple[int, int], float] = {}
@@ -414,21 +422,35 @@ class Coordinator:
             c.refusal = (i, exc)
 
     def _drive(self, calls: Sequence[_Call], deadline: float) -> None:
-        """Run ``calls`` until each is done or the deadline passes."""
+        """Run ``calls`` until each is done or the deadline passes.
+
+        A read (not ``spread``) still short of answers ``hedge_after`` s after
+        its last send also asks the next replica, so one slow replica costs a
+        read ``hedge_after``, not the whole timeout. Replicas still silent at
+        the deadline become suspects (asked last for ``suspect_seconds``).
+        """
+        start = time.monotonic()
         for c in calls:
             self._top_up(c)
+            if not c.spread:
+                c.hedge_at = start + self.hedge_after
         while True:
             live = [c for c in calls if not c.done]
             if not live:
                 return
             now = time.monotonic()
             if now >= deadline:
+                with self._lock:
+                    for c in live:
+                        for i in c.inflight:
+                            self._suspect[(c.partition, i)] = now + self.suspect_seconds
                 return
             futs: Dict[Future, Tuple[_Call, int]] = {}
             for c in live:
                 for i, f in c.inflight.items():
                     futs[f] = (c, i)
-            due = min((t for c in live for t in c.retry_at.values()), default=None)
+            due = min([t for c in live for t in c.retry_at.values()]
+                      + [c.hedge_at for c in live if c.hedge_at is not None and c.unsent], default=None)
             until = deadline if due is None else min(deadline, due)
             if futs:
                 done, _ = wait(list(futs), timeout=max(0.0, until - now), return_when=FIRST_COMPLETED)
@@ -445,6 +467,11 @@ class Coordinator:
                     if t <= now and not c.done:
                         del c.retry_at[i]
                         self._send(c, i)
+                if c.hedge_at is not None and now >= c.hedge_at and c.unsent and not c.done:
+                    self._send(c, c.unsent.pop(0))  # a hedge: the slow ones stay in flight
+                    with self._lock:
+                        self.stats["hedges"] += 1
+                    c.hedge_at = now + self.hedge_after
                 self._top_up(c)
 
     @staticmethod
@@ -630,7 +657,14 @@ class Coordinator:
                 self._later(lambda i=i: self._store_hint(c.partition, i, blob, holders))
             else:
                 self._watcher.watch(fut, deadline + self.timeout,
-                                    lambda i=i: self._store_hint(c.partition, i, blob, holders))
+                                    lambda i=i: self._straggled(c.partition, i, blob, holders))
+
+    def _straggled(self, p: int, target: int, blob: bytes, holders: Sequence[int]) -> None:
+        """A write still unanswered after the call (failed, or silent past its
+        deadline plus ``timeout``): the replica becomes a suspect and gets a hint."""
+        with self._lock:
+            self._suspect[(p, target)] = time.monotonic() + self.suspect_seconds
+        self._store_hint(p, target, blob, holders)
 
     def _store_hint(self, p: int, target: int, blob: bytes, holders: Sequence[int]) -> None:
         """Persist ``blob`` for ``target`` on the first holder that takes it."""
