@@ -14,7 +14,14 @@ Modules (one concern each):
 * :mod:`.hints`: the persisted hint store of a replica.
 * :mod:`.replica`: :class:`ReplicaService`, the replica side of the protocol.
 * :mod:`.transport`: the transport interface (a call returns a future).
-* :mod:`.coordinator`: :class:`Coordinator`, the client side: quorums, read repair, hints.
+* :mod:`.coordinator`: :class:`Coordinator`, the client side (a facade over the parts below).
+* :mod:`.context`: what the client's parts share: transport, settings, namespaces, HLC, counters.
+* :mod:`.inputs`: the client's key and value checks.
+* :mod:`.calls`: the client's call machinery: a call to several replicas driven to a deadline.
+* :mod:`.followups`: work a client call leaves behind (hints, repairs), on threads or inline.
+* :mod:`.writes`: the client's writes: stamped records, CRDT operations on an origin, retries.
+* :mod:`.handoff`: hints for the replicas a write missed (the client side of hinted handoff).
+* :mod:`.reads`: the client's reads: quorum reads, the second round, read repair, scans.
 * :mod:`.repair`: hint replay and digest anti-entropy.
 * :mod:`.ray_backend`: Ray actors, :class:`Cluster` and :class:`Client`.
 

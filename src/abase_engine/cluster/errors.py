@@ -36,7 +36,7 @@ class QuorumError(ClusterError):
     """Fewer than the required replicas answered in time.
 
     ``result`` holds what is known: for a write, a
-    :class:`~abase_engine.cluster.coordinator.WriteResult` (or a list of them
+    :class:`~abase_engine.cluster.writes.WriteResult` (or a list of them
     for ``put_many``) whose records can be sent again with ``retry``. A write
     that missed its quorum is *not* rolled back: the replicas that took it
     keep it and it spreads (hints, read repair, anti-entropy), as in Dynamo.
