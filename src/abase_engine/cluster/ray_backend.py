@@ -221,6 +221,41 @@ _RemoteRegistry = ray.remote(_Registry)
 _RemoteReplica = ray.remote(concurrency_groups={"io": 16, "control": 4})(_ReplicaActor)
 
 
+def _spawn_replica(config: Dict[str, Any], p: int, i: int, pg: Any = None) -> Any:
+    """Start the actor of replica ``i`` of partition ``p`` of the cluster
+    ``config`` describes, in bundle ``i`` of the partition's placement group
+    (``pg``, else looked up by name); return its handle.
+
+    Unless the cluster is detached, Ray ends the actor once no handle of it
+    is left: the caller keeps the handle.
+    """
+    pg = pg if pg is not None else get_placement_group(_pg_name(config["name"], p))
+    return _RemoteReplica.options(
+        name=_actor_name(config["name"], p, i), namespace=RAY_NAMESPACE, num_cpus=config["actor_cpus"],
+        max_restarts=-1, max_task_retries=0, lifetime="detached" if config["detached"] else None,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i),
+    ).remote(config, p, i)
+
+
+def _shut_down(name: str, partitions: int, replicas: int, registry: Any) -> None:
+    """Kill the replica actors and the registry of cluster ``name`` and remove
+    its placement groups; what is already gone is skipped."""
+    for p in range(partitions):
+        for i in range(replicas):
+            try:
+                ray.kill(ray.get_actor(_actor_name(name, p, i), namespace=RAY_NAMESPACE), no_restart=True)
+            except Exception:
+                pass
+        try:
+            remove_placement_group(get_placement_group(_pg_name(name, p)))
+        except Exception:
+            pass
+    try:
+        ray.kill(registry, no_restart=True)
+    except Exception:
+        pass
+
+
 # -- transport -------------------------------------------------------------------------
 
 class RayTransport(Transport):
@@ -299,7 +334,11 @@ class Cluster:
     Thread-safety: safe.
     """
 
-    def __init__(self, config: Dict[str, Any], registry: Any) -> None:
+    def __init__(self, config: Dict[str, Any], registry: Any,
+                 replica_handles: Optional[Dict[Tuple[int, int], Any]] = None) -> None:
+        """Made by :meth:`start` and :meth:`connect`; ``replica_handles``
+        (``(partition, index) -> actor handle``) are the replica actors this
+        process started, kept by the Cluster for as long as it lives."""
         self.config = config
         self.name: str = config["name"]
         self.root: str = config["root"]
@@ -310,7 +349,7 @@ class Cluster:
         self._transport = RayTransport(self.name)
         #: The handles of the actors this process started: Ray ends an actor
         #: (not detached) once no handle of it is left, so they are kept here.
-        self._owned: Dict[Tuple[int, int], Any] = {}
+        self._owned: Dict[Tuple[int, int], Any] = dict(replica_handles or {})
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
@@ -359,7 +398,6 @@ class Cluster:
             name=_registry_name(name), namespace=RAY_NAMESPACE, num_cpus=0, max_restarts=-1, lifetime=lifetime,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote(config)
         ray.get(registry.config.remote())
-        cluster = cls(config, registry)
         try:
             alive = [n for n in ray.nodes() if n.get("Alive")]
             strategy = "STRICT_SPREAD"
@@ -375,28 +413,18 @@ class Cluster:
             except ray.exceptions.GetTimeoutError:
                 raise ClusterError(f"could not place {cfg['partitions']} x {cfg['replicas']} replicas "
                                    f"({strategy}) within {cfg['placement_timeout']} s") from None
-            handles = [cluster._spawn(p, i, pg) for p, pg in enumerate(pgs) for i in range(cfg["replicas"])]
+            handles = {(p, i): _spawn_replica(config, p, i, pg)
+                       for p, pg in enumerate(pgs) for i in range(cfg["replicas"])}
+            cluster = cls(config, registry, handles)
             try:  # surfaces a replica's start-up error (its __init__ raised)
-                ray.get([h.control.remote("info") for h in handles], timeout=cfg["placement_timeout"])
+                ray.get([h.control.remote("info") for h in handles.values()], timeout=cfg["placement_timeout"])
             except RayError as exc:
                 raise ClusterError(f"cluster {name!r}: a replica failed to start: {exc}") from None
             cluster.wait_ready(cfg["placement_timeout"])
         except BaseException:
-            cluster.shutdown()
+            _shut_down(name, cfg["partitions"], cfg["replicas"], registry)
             raise
         return cluster
-
-    def _spawn(self, p: int, i: int, pg: Any = None) -> Any:
-        cfg = self.config
-        pg = pg if pg is not None else get_placement_group(_pg_name(self.name, p))
-        handle = _RemoteReplica.options(
-            name=_actor_name(self.name, p, i), namespace=RAY_NAMESPACE, num_cpus=cfg["actor_cpus"],
-            max_restarts=-1, max_task_retries=0, lifetime="detached" if cfg["detached"] else None,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=pg,
-                                                                 placement_group_bundle_index=i),
-        ).remote(cfg, p, i)
-        self._owned[(p, i)] = handle
-        return handle
 
     @classmethod
     def connect(cls, name: str = "default") -> "Cluster":
@@ -544,7 +572,7 @@ class Cluster:
                 return  # alive
             except RayError:
                 pass
-        self._spawn(partition, index)
+        self._owned[(partition, index)] = _spawn_replica(self.config, partition, index)
 
     def debug_set_delay(self, partition: int, index: int, seconds: float) -> None:
         """Test hook: the replica sleeps ``seconds`` before serving each call."""
@@ -561,20 +589,7 @@ class Cluster:
     def shutdown(self) -> None:
         """Kill every replica actor and the registry, remove the placement
         groups. The data stays in ``root``; ``start`` on it again resumes."""
-        for p in range(self.partitions):
-            for i in range(self.replicas):
-                try:
-                    ray.kill(ray.get_actor(_actor_name(self.name, p, i), namespace=RAY_NAMESPACE), no_restart=True)
-                except Exception:
-                    pass
-            try:
-                remove_placement_group(get_placement_group(_pg_name(self.name, p)))
-            except Exception:
-                pass
-        try:
-            ray.kill(self._registry, no_restart=True)
-        except Exception:
-            pass
+        _shut_down(self.name, self.partitions, self.replicas, self._registry)
 
 
 class Client(Coordinator):
@@ -582,7 +597,7 @@ class Client(Coordinator):
     over :class:`RayTransport`, with a node id of its own from the registry.
 
     :param cluster: a :class:`Cluster` handle.
-    :param settings: any of :data:`~abase_engine.cluster.coordinator.DEFAULTS`
+    :param settings: any of :data:`~abase_engine.cluster.context.DEFAULTS`
         (``background_threads`` defaults to 2 here).
     :raises ClusterUnavailableError: the registry does not answer.
     :raises ClusterConfigError: a bad setting.
