@@ -26,8 +26,9 @@
  *       before the real call, kept only if it succeeds), at every fsync of a
  *       directory the names it held, and for writes to a file opened with
  *       O_DSYNC/O_SYNC (LMDB's meta pages) the bytes written.
- *   faultfs_cut(dest): copy snapdir to dest under the trace lock, so the
- *       copy is one consistent durable state.
+ *   faultfs_cut(dest): copy, under the trace lock, snapdir to dest/durable
+ *       and the files under root to dest/current: the durable state and
+ *       the page cache at one moment, from which crash images are built.
  * Paths are looked up through /proc/self/fd and /proc/self/maps (Linux).
  */
 #define _GNU_SOURCE
@@ -257,8 +258,8 @@ EXPORT int faultfs_trace(const char *root, const char *snapdir)
     return 0;
 }
 
-/* The path relative to the traced root, with '/' as '%' ("." for the
- * root), or 0 when it lies outside. */
+/* The path relative to the traced root, with '/' as '%' ("@" for the
+ * root itself), or 0 when it lies outside. */
 static int rel_name(const char *path, char *out, size_t cap)
 {
     size_t rl = strlen(trace_root);
@@ -268,7 +269,7 @@ static int rel_name(const char *path, char *out, size_t cap)
     while (*r == '/')
         r++;
     if (!*r) {
-        snprintf(out, cap, ".");
+        snprintf(out, cap, "@");
         return 1;
     }
     size_t i = 0;
@@ -428,8 +429,17 @@ static int copy_tree(const char *from, const char *to)
 EXPORT int faultfs_cut(const char *dest)
 {
     REAL();
+    char a[PATH_MAX + 32], b[PATH_MAX + 32];
+    snprintf(a, sizeof(a), "%s/durable", dest);
+    snprintf(b, sizeof(b), "%s/current", dest);
+    mkdir(dest, 0755);
+    /* Both copies under the lock: a sync that completes meanwhile cannot
+     * return to its caller (trace_after waits for the lock), so nothing that
+     * depends on it (an acknowledgement, LMDB's meta page after its data,
+     * the durable end mark) is in the current copy either. */
     pthread_mutex_lock(&trace_mu);
-    int rc = copy_tree(trace_snap, dest);
+    int rc = copy_tree(trace_snap, a);
+    rc |= copy_tree(trace_root, b);
     pthread_mutex_unlock(&trace_mu);
     return rc;
 }

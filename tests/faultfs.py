@@ -128,6 +128,7 @@ class Shim:
         self.lib.faultfs_trace(os.path.realpath(root).encode(), snapdir.encode())
 
     def cut(self, dest: str) -> None:
-        """Copy the durable state kept so far to ``dest`` (consistently)."""
+        """Copy the durable state kept so far to ``dest/durable`` and the
+        traced files as they are now to ``dest/current``, at one moment."""
         if self.lib.faultfs_cut(dest.encode()) != 0:
             raise OSError(f"faultfs_cut({dest!r}) failed")

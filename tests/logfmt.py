@@ -66,8 +66,22 @@ def _mark_path(path) -> str:
     return os.path.join(path, "log", "MARK")
 
 
-def _crc(data: bytes) -> int:
+def masked_crc(data: bytes) -> int:
+    """The masked crc32c the format stores (see abase.h)."""
     return lib.abase_crc_mask(lib.abase_crc32c(0, data, len(data)))
+
+
+_crc = masked_crc
+
+
+def read_slot(chunk: bytes) -> Optional[Dict[str, object]]:
+    """One 64-byte slot of the mark as a dict, or None if it is not valid."""
+    if len(chunk) < 64:
+        return None
+    magic, version, flags, seq, end, boot, _r, crc = MARK_SLOT.unpack(chunk[:64])
+    if magic != b"ABLOGMRK" or lib.abase_crc_unmask(crc) != lib.abase_crc32c(0, chunk[:60], 60):
+        return None
+    return {"version": version, "flags": flags, "seq": seq, "end": end, "boot": boot}
 
 
 def read_mark(path) -> Optional[Dict[str, object]]:
@@ -77,14 +91,11 @@ def read_mark(path) -> Optional[Dict[str, object]]:
         raw = f.read()
     best = None
     for i in range(2):
-        chunk = raw[i * MARK_STRIDE: i * MARK_STRIDE + 64]
-        if len(chunk) < 64:
+        slot = read_slot(raw[i * MARK_STRIDE: i * MARK_STRIDE + 64])
+        if slot is None:
             continue
-        magic, version, flags, seq, end, boot, _r, crc = MARK_SLOT.unpack(chunk)
-        if magic != b"ABLOGMRK" or lib.abase_crc_unmask(crc) != lib.abase_crc32c(0, chunk[:60], 60):
-            continue
-        slot = {"slot": i, "version": version, "flags": flags, "seq": seq, "end": end, "boot": boot}
-        if best is None or seq > best["seq"]:
+        slot["slot"] = i
+        if best is None or slot["seq"] > best["seq"]:
             best = slot
     return best
 
