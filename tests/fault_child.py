@@ -350,6 +350,38 @@ def clock_steps_back(shim: faultfs.Shim, path: str) -> Dict[str, Any]:
     return out
 
 
+@scenario
+def process_sync_fsyncs_log_dir(shim: faultfs.Shim, path: str) -> Dict[str, Any]:
+    """Defect 9: db.sync() under "process" must fsync log/ after segments
+    were created there (their names), not only the segments' data."""
+    db = ae.open(path, durability="process", segment_size=4096, compact_interval=None)
+    w = Writes()
+    for i in range(60):  # several segments
+        w.put(db, b"k%04d" % i, _value(i))
+    shim.fail("fsync", "=" + os.path.join(os.path.realpath(path), "log"), errno.EIO, count=1)
+    out = w.report(sync=_try(db.sync), hits=shim.hits("fsync"), segments=db.stats()["segments"])
+    db.close()
+    return out
+
+
+@scenario
+def new_directory_names_are_synced(shim: faultfs.Shim, path: str) -> Dict[str, Any]:
+    """Defect 9: the log directory (and the store's) must be fsync'd into
+    the engine directory when created: trace which names a directory fsync
+    made durable."""
+    snap = path + "-snap"
+    os.makedirs(path)
+    shim.trace(path, snap)
+    with ae.open(path, durability="process", compact_interval=None) as db:
+        db.put(b"k", b"v")
+        db.sync()
+    listing = {}
+    for name in os.listdir(os.path.join(snap, "d")):
+        with open(os.path.join(snap, "d", name)) as f:
+            listing[name] = sorted(line.strip() for line in f if line.strip())
+    return {"listings": listing}
+
+
 def main(argv: List[str]) -> int:
     name, path = argv[1], argv[2]
     shim = faultfs.Shim()

@@ -275,3 +275,26 @@ def test_wall_clock_steps_back(tmp_path):
     with reopen_and_check(path, rep) as db:
         assert dict(db.scan()) == acked(rep)
         assert db.put(b"later", b"x").hlc > rep["last_hlc"]
+
+
+# --------------------------------------------------------- directory syncs
+
+def test_sync_under_process_durability_fsyncs_the_log_directory(tmp_path):
+    """Defect 9: db.sync() used to fdatasync the segments but never the log
+    directory that names them; a failure of that fsync now surfaces."""
+    path = tmp_path / "db"
+    rep = run("process_sync_fsyncs_log_dir", path)
+    assert rep["segments"] > 1 and rep["hits"] == 1
+    assert_io_error(rep["sync"], "fsync", "log")
+    with reopen_and_check(path, rep) as db:
+        assert dict(db.scan()) == acked(rep)
+
+
+def test_new_directories_are_synced_into_their_parent(tmp_path):
+    """Defect 9: log/ (and store/) are fsync'd into the engine directory
+    when created, and the segment and the mark into log/."""
+    rep = run("new_directory_names_are_synced", tmp_path / "db")
+    listings = rep["listings"]
+    assert {"log", "store", "LOCK"} <= set(listings["@"])
+    assert {"MARK", "00000000.seg"} <= set(listings["log"])
+    assert "data.mdb" in listings["store"]
