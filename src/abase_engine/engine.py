@@ -379,7 +379,11 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
     def compact(self, wait: bool = True) -> int:
         """Fold the log into the store. ``wait=True`` seals the active segment
         and runs a full pass now, returning the number of segments folded;
-        ``wait=False`` only wakes the compactor thread."""
+        ``wait=False`` only wakes the compactor thread.
+
+        :raises IOFailedError: the store's commit failed (from then on writes
+            are refused), or writes are refused after an earlier I/O failure.
+        """
         self._check_open("compact")
         if not wait:
             self._compactor.wake()
@@ -401,6 +405,11 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
 
         ``keys`` is approximate: keys in the log's index plus entries in the
         store (a key in both counts twice; tombstones count). ``len()`` is exact.
+        ``io_error`` is None, or the first I/O failure (``file``, ``syscall``,
+        ``errno``, ``message``) after which writes are refused;
+        ``durable_end`` the log address below which everything is known to be
+        on disk; ``stalls``, ``stall_ms`` and ``stalled_writers`` count write
+        stalls (option ``stall_log_bytes``).
         """
         self._check_open("stats")
         ls = self._log.stats()
