@@ -249,6 +249,8 @@ def test_short_write_of_slots_file_is_completed(tmp_path):
     assert rep["hits"] == 1
     assert rep["ack"]["type"] is None and rep["position"] == rep["expected"]
     assert _slot_position(path).hex() == rep["expected"]
+    with reopen_and_check(path, rep):
+        pass
 
 
 def test_failed_fsync_of_slots_file(tmp_path):
@@ -259,6 +261,8 @@ def test_failed_fsync_of_slots_file(tmp_path):
     assert rep["position"] == rep["expected"]
     assert rep["next_put_acked"] is True
     assert _slot_position(path).hex() == rep["expected"]
+    with reopen_and_check(path, rep):
+        pass
 
 
 # ------------------------------------------------------------------- clock
