@@ -15,26 +15,28 @@ import subprocess
 import sys
 import tempfile
 import shutil
-from typing import Dict, List
+from concurrent.futures import Future
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import abase_engine as ae
 from abase_engine import crdt
+from abase_engine.cluster import ClusterConfigError, IdAllocator, Transport, UnknownNamespaceError
+from abase_engine.cluster.resolve import plain
 from abase_engine.errors import SlotInvalidatedError
 from abase_engine.replication import (
-    QuorumError, ReplicaGroup, SimulatedNetwork, decode_changes, encode_changes, leaf_path, resolve,
+    QuorumError, ReplicaGroup, ReplicaUnavailableError, SimulatedNetwork, decode_changes, encode_changes,
+    leaf_path, partition_of, resolve,
 )
+from conftest import real_ms
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "replica_worker.py")
 
 SMALL = dict(segment_size=4096, compact_interval=None)
-
-
-def plain(c: ae.Change) -> ae.Change:
-    return ae.Change(c.namespace, c.key, c.op, c.value, c.timestamp)
 
 
 def full_digest(db: ae.Engine, ns: str = "") -> List[List[int]]:
@@ -295,7 +297,8 @@ def test_digest_records_are_the_newest_record_per_key(open_db):
 
 
 # ---------------------------------------------------------------------------
-# The replica group: quorums, hinted handoff, read repair, anti-entropy
+# The replica group (the cluster protocol over the simulated network):
+# quorums, retries, hinted handoff, read repair, anti-entropy
 # ---------------------------------------------------------------------------
 
 NAMESPACES = {"cnt": crdt.PNCounter(), "set": crdt.ORSet()}
@@ -317,46 +320,133 @@ def group(tmp_path):
 
 
 def values_everywhere(g: ReplicaGroup, key: bytes, ns: str = ""):
-    return [r.ns[ns].get(key) for r in g.replicas]
+    return [r.namespace(ns).get(key) for r in g.replicas_of(key)]
+
+
+def key_record(svc, ns: str, key: bytes):
+    recs = [r for r in svc.engine.records(ns, leaf_path(key)) if r.key == key]
+    return recs[-1] if recs else None
+
+
+class LoseReplies(Transport):
+    """Wraps a transport: the replies of the first ``n`` calls of ``method`` are
+    lost after the call ran (the caller sees an ambiguous failure)."""
+
+    def __init__(self, inner: Transport, method: str, n: int) -> None:
+        self.inner, self.method, self.left = inner, method, n
+
+    def call(self, ref, method, args):
+        fut = self.inner.call(ref, method, args)
+        if method == self.method and self.left > 0:
+            self.left -= 1
+            fut.result()  # it ran
+            out: Future = Future()
+            out.set_exception(ReplicaUnavailableError(f"reply of {method} to {ref} lost"))
+            return out
+        return fut
 
 
 def test_group_write_quorum_all_and_read(group):
-    g = group(write_quorum=3, read_quorum=1)
+    g = group(write_quorum=3, read_quorum=1, partitions=2)
     res = g.put(b"k", b"v")
-    assert res.acks == 3 and res.coordinator == g.coordinator(b"k")
+    assert res.acks == 3 and res.acked == (0, 1, 2) and res.missed == ()
+    assert res.partition == partition_of(b"k", 2) and res.timestamp.node_id == g.client.node_id
     assert values_everywhere(g, b"k") == [b"v"] * 3
-    g.merge(b"n", crdt.PNCounter.increment(2), namespace="cnt")
+    r1 = g.merge(b"n", crdt.PNCounter.increment(2), namespace="cnt")
     g.merge(b"n", crdt.PNCounter.increment(3), namespace="cnt")
+    assert r1.kind == "merge" and r1.origin is not None and r1.timestamp.node_id == g.replica(r1.partition,
+                                                                                              r1.origin).node_id
     assert values_everywhere(g, b"n", "cnt") == [5, 5, 5]
     assert g.get(b"n", namespace="cnt") == 5
     g.delete(b"k")
     assert g.get(b"k", default="gone") == "gone"
+    # a key of the other partition is not on this partition's replicas
+    other = next(b"x%d" % i for i in range(100) if partition_of(b"x%d" % i, 2) != partition_of(b"k", 2))
+    g.put(other, b"o")
+    assert [r.engine.get(other) for r in g.replicas_of(b"k")] == [None] * 3
 
 
-def test_group_write_quorum_not_reached_raises_but_keeps_the_write(group):
+def test_write_quorum_not_reached_raises_and_a_retry_reuses_the_record(group):
     net = SimulatedNetwork(seed=1, drop=1.0)
-    g = group(write_quorum=2, read_quorum=3, transport=net, timeout=0.2)
+    g = group(write_quorum=2, read_quorum=2, transport=net)
     with pytest.raises(QuorumError) as ei:
         g.put(b"k", b"v")
-    assert ei.value.result.acks == 1
-    # the coordinator has it; a read of all three repairs the others
+    res = ei.value.result
+    assert res.acks <= 1 and len(res.changes) == 1
+    net.set_faults()  # the network recovers
+    again = g.retry(res)
+    assert again.timestamp == res.timestamp and again.changes == res.changes and again.acks == 3
     assert g.get(b"k") == b"v"
-    assert values_everywhere(g, b"k") == [b"v"] * 3
+    assert {key_record(r, "", b"k").timestamp for r in g.replicas_of(b"k")} == {res.timestamp}
 
 
-def test_hinted_handoff(group):
+def test_crdt_retry_after_a_lost_reply_counts_once(group):
+    g = group()
+    g.client.transport = LoseReplies(g.network, "execute", 1)
+    res = g.merge(b"c", crdt.PNCounter.increment(7), namespace="cnt")
+    origin = g.replica(res.partition, res.origin)
+    assert origin.stats["executed"] == 1 and origin.stats["request_hits"] == 1
+    assert g.get(b"c", namespace="cnt") == 7
+    assert values_everywhere(g, b"c", "cnt") == [7, 7, 7]
+
+
+def test_crdt_origin_silent_raises_counts_at_most_once_and_retry_counts_once(group):
+    g = group()
+    g.client.transport = LoseReplies(g.network, "execute", 10)  # every attempt runs, no reply comes back
+    with pytest.raises(QuorumError) as ei:
+        g.merge(b"c", crdt.PNCounter.increment(4), namespace="cnt")
+    res = ei.value.result
+    assert res.request_id is not None and res.changes == () and res.origin is not None
+    # it may have run, on the origin only, and once
+    assert g.replica(res.partition, res.origin).namespace("cnt").get(b"c") == 4
+    assert g.get(b"c", namespace="cnt", read_quorum=3) == 4  # read repair spreads it
+    g.client.transport = g.network
+    done = g.retry(res)
+    assert done.request_id == res.request_id and done.acks == 3
+    assert values_everywhere(g, b"c", "cnt") == [4, 4, 4]  # the retry did not add again
+
+
+def test_request_ids_are_forgotten_after_their_ttl(group):
+    g = group()
+    res = g.merge(b"c", crdt.PNCounter.increment(1), namespace="cnt")
+    origin = g.replica(res.partition, res.origin)
+    assert origin.collect_requests() == 0  # younger than the TTL: kept for retries
+    later = origin.clock().physical_ms + origin.request_ttl_ms + 1000
+    assert origin.collect_requests(now_ms=later) == 1
+    assert origin.collect_requests(now_ms=later) == 0
+    assert g.get(b"c", namespace="cnt") == 1  # the operation itself stays
+
+
+def test_crdt_operation_moves_to_another_origin_only_when_undelivered(group):
+    g = group()
+    key = b"c"
+    first = g.client.origins(key)[0]
+    g.down(first)  # certainly not delivered: the operation may move
+    res = g.merge(key, crdt.PNCounter.increment(1), namespace="cnt")
+    assert res.origin != first and res.acks == 2 and res.missed == (first,)
+    g.up(first)  # the hint brings it
+    assert values_everywhere(g, key, "cnt") == [1, 1, 1]
+
+
+def test_hinted_handoff_outlives_the_holder_and_the_client(group):
     g = group(write_quorum=2, read_quorum=1)
     g.down(2)
     for i in range(20):
         g.put(b"k%d" % i, b"v%d" % i)
         g.merge(b"c", crdt.PNCounter.increment(1), namespace="cnt")
-    assert g.stats["hints_stored"] == 40
-    assert sum(len(v) for r in g.replicas for v in r.hints.values()) == 40
+    assert g.client.stats["hints_stored"] == 40 and g.client.stats["hints_lost"] == 0
+    held = {i: g.replica(0, i).hint_targets() for i in (0, 1)}
+    assert sum(v[2][0] for v in held.values() if 2 in v) == 40
+    # the holders restart (hints are persisted) and the client goes away
+    g.restart(0)
+    g.restart(1)
+    g.client.close()
+    assert sum(g.replica(0, i).hint_targets().get(2, (0, 0))[0] for i in (0, 1)) == 40
     g.up(2)
     assert g.stats["hints_delivered"] == 40
-    eng = g.replicas[2].engine
-    assert eng.get(b"k19") == b"v19" and g.replicas[2].ns["cnt"].get(b"c") == 20
-    # nothing left to repair
+    assert all(not g.replica(0, i).hint_targets() for i in range(3))
+    r2 = g.replica(0, 2)
+    assert r2.engine.get(b"k19") == b"v19" and r2.namespace("cnt").get(b"c") == 20
     st_ = g.anti_entropy()
     assert st_["keys_repaired"] == 0 and st_["leaves"] == 0
 
@@ -365,68 +455,251 @@ def test_read_repair(group):
     net = SimulatedNetwork(seed=0)
     g = group(write_quorum=1, read_quorum=3, transport=net)
     key = b"k"
-    coord = g.coordinator(key)
-    stale = [i for i in range(3) if i != coord]
-    for i in stale:
-        net.partition(i)
+    g.client.hinted_handoff = False  # this test is about read repair
+    net.partition(1)
+    net.partition(2)
     g.put(key, b"new")
+    assert g.client.origins(key)[0] == 0  # 1 and 2 just failed: they are asked last
     g.merge(key, crdt.ORSet.add(b"x"), namespace="set")
     net.heal()
-    assert [g.replicas[i].engine.get(key) for i in stale] == [None, None]
+    assert [r.engine.get(key) for r in g.replicas_of(key)] == [b"new", None, None]
     assert g.get(key) == b"new"
     assert g.get(key, namespace="set") == frozenset({b"x"})
     assert values_everywhere(g, key) == [b"new"] * 3
     assert values_everywhere(g, key, "set") == [frozenset({b"x"})] * 3
-    assert g.stats["read_repairs"] == 4  # 2 stale replicas x 2 namespaces
-    g.get(key); g.get(key, namespace="set")
-    assert g.stats["read_repairs"] == 4  # equal states (stamped anew by records()) are not rewritten
+    assert g.client.stats["read_repairs"] == 4  # 2 stale replicas x 2 namespaces
+    g.get(key)
+    g.get(key, namespace="set")
+    assert g.client.stats["read_repairs"] == 4  # nothing left to repair
 
 
 def test_anti_entropy_repairs_both_ways(group):
     net = SimulatedNetwork(seed=0)
-    g = group(write_quorum=1, read_quorum=1, transport=net)
-    net.partition(0)
-    net.partition(1)
-    net.partition(2)
+    g = group(write_quorum=1, read_quorum=1, transport=net, partitions=2)
+    g.client.hinted_handoff = False
     written = {}
     for i in range(60):
+        net.heal()
+        net.partition((i + 1) % 3)  # each write reaches two of three
         key = b"k%02d" % i
         g.put(key, b"v%d" % i)
         written[key] = b"v%d" % i
-        g.merge(b"ctr", crdt.PNCounter.increment(1), namespace="cnt")
     net.heal()
-    before = [full_digest(r.engine) for r in g.replicas]
+    g.down(2)
+    for _ in range(30):  # counter increments replica 2 never sees
+        g.merge(b"ctr", crdt.PNCounter.increment(1), namespace="cnt")
+    g.up(2)
+    before = [full_digest(g.replica(0, i).engine) for i in range(3)]
     assert before[0] != before[1]
     st_ = g.anti_entropy()
     assert st_["keys_repaired"] > 0 and st_["bytes"] > 0
-    for ns in g.namespaces:
-        digests = [full_digest(r.engine, ns) for r in g.replicas]
-        assert digests[0] == digests[1] == digests[2]
+    for p in range(2):
+        for ns in g.namespaces:
+            digests = [full_digest(g.replica(p, i).engine, ns) for i in range(3)]
+            assert digests[0] == digests[1] == digests[2]
     for key, v in written.items():
         assert values_everywhere(g, key) == [v] * 3
-    assert values_everywhere(g, b"ctr", "cnt") == [60] * 3
+    assert values_everywhere(g, b"ctr", "cnt") == [30] * 3
     again = g.anti_entropy()
     assert again["keys_repaired"] == 0 and again["leaves"] == 0
-    assert again["rounds"] == 3 * len(g.namespaces)  # one root exchange per pair and namespace
+    assert again["rounds"] == 3 * len(g.namespaces) * 2  # one root exchange per pair, namespace and partition
+
+
+def test_anti_entropy_cost_grows_with_differences_not_keys(group):
+    g = group(write_quorum=3, read_quorum=1)
+    g.put_many([(b"k%05d" % i, b"v") for i in range(3000)])
+    assert g.anti_entropy()["leaves"] == 0
+    g.down(2)
+    g.client.hinted_handoff = False
+    for i in range(3):
+        g.put(b"k%05d" % i, b"changed", w=2)
+    g.up(2)
+    st_ = g.anti_entropy()
+    # 3 differing keys: at most 3 leaves per pair that differ (2 pairs involve replica 2)
+    assert 0 < st_["leaves"] <= 2 * 3 and st_["keys_repaired"] == 3
+    assert st_["rounds"] <= 3 * len(g.namespaces) + 2 * (3 + 1)
 
 
 def test_anti_entropy_repairs_a_crdt_delete(group):
     net = SimulatedNetwork(seed=0)
     g = group(write_quorum=1, read_quorum=1, transport=net)
-    g.merge(b"n", crdt.PNCounter.increment(5), namespace="cnt")
-    g.settle()
+    g.merge(b"n", crdt.PNCounter.increment(5), namespace="cnt", w=3)
     assert values_everywhere(g, b"n", "cnt") == [5, 5, 5]
-    coord = g.coordinator(b"n")
-    for i in range(3):
-        if i != coord:
-            net.partition(i)
+    g.client.hinted_handoff = False
+    order = g.client.origins(b"n")
+    for i in order[1:]:
+        net.partition(i)
     g.delete(b"n", namespace="cnt")
     g.merge(b"n", crdt.PNCounter.increment(1), namespace="cnt")
     net.heal()
+    assert sorted(values_everywhere(g, b"n", "cnt")) == [1, 5, 5]
     g.anti_entropy()
     assert values_everywhere(g, b"n", "cnt") == [1, 1, 1]
-    digests = [full_digest(r.engine, "cnt") for r in g.replicas]
+    digests = [full_digest(r.engine, "cnt") for r in g.replicas_of(b"n")]
     assert digests[0] == digests[1] == digests[2]
+
+
+def test_observed_remove_sees_what_its_origin_saw_unless_observe_quorum(group):
+    """W=2 of 3: an add acknowledged by two replicas may be missing on the third;
+    a remove that runs there removes only what it had seen, so the add survives
+    (add-wins). observe_quorum first gives the origin the key's records from R
+    replicas: with R + W > N it then sees every acknowledged add."""
+    net = SimulatedNetwork(seed=0)
+    g = group(write_quorum=2, read_quorum=2, transport=net)
+    g.client.hinted_handoff = False
+    g.client.suspect_seconds = 0.0
+    for key, observe in ((b"tags-1", False), (b"tags-2", True)):
+        stale = g.client.origins(key)[0]
+        net.partition(stale)
+        with pytest.raises(QuorumError):  # the add's origin is cut off: it may have run there
+            g.merge(key, crdt.ORSet.add(b"x"), namespace="set")
+        others = [i for i in range(3) if i != stale]
+        net.heal()
+        assert [g.replica(0, i).namespace("set").get(key) for i in range(3)] == [None] * 3
+        # the add runs elsewhere (stale is down: certainly undelivered), acknowledged by the two others
+        g.down(stale)
+        res = g.merge(key, crdt.ORSet.add(b"x"), namespace="set")
+        assert sorted(res.acked) == others
+        g.up(stale)
+        assert g.replica(0, stale).namespace("set").get(key) is None
+        res = g.merge(key, crdt.ORSet.remove(b"x"), namespace="set", observe_quorum=observe)
+        assert res.origin == stale
+        g.anti_entropy()
+        values = values_everywhere(g, key, "set")
+        assert values[0] == values[1] == values[2]
+        if observe:
+            assert not values[0]  # the remove saw the acknowledged add
+        else:
+            assert values[0] == frozenset({b"x"})  # add-wins: the remove had not seen it
+            g.merge(key, crdt.ORSet.remove(b"x"), namespace="set")  # now its origin has seen the add
+            assert not g.get(key, namespace="set", read_quorum=3)
+
+
+def test_client_clock_receives_what_it_reads(group):
+    g = group(write_quorum=3, read_quorum=3)
+    first = g.put(b"k", b"by the group's client")
+    behind = g.new_client(clock=lambda: real_ms() - 300)  # 300 ms behind everyone else
+    assert behind.get(b"k") == b"by the group's client"
+    res = behind.put(b"k", b"by the slow client")
+    assert res.timestamp > first.timestamp  # it read the value, so its write is newer
+    assert g.get(b"k") == b"by the slow client"
+    blind = g.new_client(clock=lambda: real_ms() - 300)  # the same clock, without the read
+    assert blind.put(b"k", b"lost").timestamp < res.timestamp
+    assert g.get(b"k") == b"by the slow client"
+    behind.close()
+    blind.close()
+
+
+def test_clock_skew_fails_the_call_and_names_the_clocks(group):
+    g = group()
+    ahead = g.new_client(clock=lambda: real_ms() + 60_000)
+    with pytest.raises(ae.ClockSkewError) as ei:
+        ahead.put(b"k", b"v")
+    msg = str(ei.value)
+    assert "refused records stamped" in msg and "its own clock reads" in msg and f"node {ahead.node_id}" in msg
+    assert g.get(b"k") is None  # nobody took it (no silent restamp)
+    behind = g.new_client(clock=lambda: real_ms() - 60_000)
+    with pytest.raises(ae.ClockSkewError) as ei:
+        behind.get(b"k")
+    assert f"client node {behind.node_id}" in str(ei.value)
+    ahead.close()
+    behind.close()
+
+
+def test_node_ids_are_never_reused(group, tmp_path):
+    g = group(partitions=2)
+    ids = {g.replica(p, i).node_id for p in range(2) for i in range(3)} | {g.client.node_id}
+    assert len(ids) == 7
+    c2 = g.new_client()
+    assert c2.node_id not in ids
+    old = g.replica(0, 1).node_id
+    g.restart(1)  # same directory, data kept: same id
+    assert g.replica(0, 1).node_id == old
+    g.put(b"k", b"v")
+    g.down(1)
+    shutil.rmtree(os.path.join(g.replica(0, 1).directory, "engine"))  # the node is rebuilt empty
+    g.up(1)
+    new = g.replica(0, 1).node_id
+    assert new != old and new not in ids | {c2.node_id}
+    c2.close()
+
+
+def test_id_allocator_persists_and_detects_corruption(tmp_path):
+    a = IdAllocator(str(tmp_path / "ids"))
+    first = a.allocate()
+    assert a.allocate(5) == first + 1
+    b = IdAllocator(str(tmp_path / "ids"))  # another process would see the same file
+    assert b.allocate() == first + 6
+    (tmp_path / "ids" / "next_node_id").write_text("abase-node-ids v1 99 00000000\n")
+    with pytest.raises(ae.CorruptionError) as ei:
+        IdAllocator(str(tmp_path / "ids"))
+    assert "next_node_id" in str(ei.value)
+    with pytest.raises(ValueError):
+        b.allocate(0)
+
+
+def test_bad_configuration_and_input_raise_clear_errors(group, tmp_path):
+    with pytest.raises(ClusterConfigError, match="write_quorum"):
+        ReplicaGroup(str(tmp_path / "w"), n_replicas=3, write_quorum=4)
+    with pytest.raises(ClusterConfigError, match="read_quorum"):
+        ReplicaGroup(str(tmp_path / "r"), n_replicas=3, read_quorum=0)
+    with pytest.raises(ClusterConfigError, match="MergeOperator"):
+        ReplicaGroup(str(tmp_path / "o"), namespaces={"bad": "PNCounter"})
+    with pytest.raises(ClusterConfigError, match="reserved"):
+        ReplicaGroup(str(tmp_path / "x"), namespaces={"__cluster.requests": None})
+    with pytest.raises(ClusterConfigError, match="partitions"):
+        ReplicaGroup(str(tmp_path / "p"), partitions=0)
+    g = group()
+    with pytest.raises(UnknownNamespaceError, match="nope"):
+        g.put(b"k", b"v", namespace="nope")
+    with pytest.raises(TypeError):
+        g.put("k", b"v")
+    with pytest.raises(TypeError):
+        g.put(b"k", 5)
+    with pytest.raises(ae.KeyTooLargeError):
+        g.put(b"k" * 600, b"v")
+    with pytest.raises(ClusterConfigError, match="w must be"):
+        g.put(b"k", b"v", w=4)
+    with pytest.raises(ae.errors.MergeOperandError):
+        g.merge(b"k", crdt.ORSet.add(b"x"), namespace="cnt")
+    with pytest.raises(ae.errors.MergeOperandError):
+        g.put(b"k", b"not a counter state", namespace="cnt")
+    with pytest.raises(ValueError, match="partition"):
+        list(g.scan(5))
+    for i in range(3):
+        g.down(i)
+    with pytest.raises(QuorumError, match="no replica"):
+        g.merge(b"k", crdt.PNCounter.increment(1), namespace="cnt")
+    with pytest.raises(QuorumError, match="0 of W=2"):
+        g.put(b"k", b"v")
+    with pytest.raises(QuorumError, match="0 of R=2"):
+        g.get(b"k")
+
+
+def test_scan_merges_replicas_and_repairs(group):
+    net = SimulatedNetwork(seed=3)
+    g = group(write_quorum=1, read_quorum=3, transport=net, partitions=2)
+    g.client.hinted_handoff = False
+    g.client.scan_page = 7
+    model = {}
+    for i in range(40):
+        net.heal()
+        net.partition(i % 3)
+        key = b"s%03d" % i
+        g.put(key, b"v%d" % i)
+        model[key] = b"v%d" % i
+        if i % 5 == 0:
+            g.delete(key)
+            del model[key]
+    net.heal()
+    got = dict(kv for p in range(2) for kv in g.scan(p))
+    assert got == model
+    assert list(g.scan(0, prefix=b"s00")) == sorted((k, v) for k, v in model.items()
+                                                    if k.startswith(b"s00") and partition_of(k, 2) == 0)
+    # the scan repaired what it saw: every replica now shows the same
+    for p in range(2):
+        views = [list(g.replica(p, i).engine.scan()) for i in range(3)]
+        assert views[0] == views[1] == views[2]
 
 
 def test_resolve():
@@ -441,6 +714,106 @@ def test_resolve():
     r = resolve(op, [ae.Change("c", b"k", ae.Op.MERGE, s1, t(1, 0, 1)),
                      ae.Change("c", b"k", ae.Op.MERGE, s2, t(2, 0, 2))])
     assert op.to_value(r.value) == 5 and r.timestamp == t(2, 0, 2)
+    # a delete newer than a state drops it; a state newer than the delete survives it
+    dn = ae.Change("c", b"k", ae.Op.DELETE, None, t(3, 0, 1))
+    assert resolve(op, [ae.Change("c", b"k", ae.Op.MERGE, s1, t(1, 0, 1)), dn]) == dn
+    s3 = op.make_operand(crdt.PNCounter.increment(4), None, t(4, 0, 3))
+    r = resolve(op, [dn, ae.Change("c", b"k", ae.Op.MERGE, s3, t(4, 0, 3))])
+    assert op.to_value(r.value) == 4
+
+
+# ---------------------------------------------------------------------------
+# Read-your-writes with W=2, R=2 of 3 under failures (a stateful model)
+# ---------------------------------------------------------------------------
+
+class QuorumModel(RuleBasedStateMachine):
+    """A dict model of acknowledged writes against a group with W=2, R=2 of N=3
+    on a network that loses and delays calls, with nodes going down and up.
+    A read must return the newest acknowledged write of the key or a newer
+    unacknowledged one (a write that raised may or may not have landed)."""
+
+    keys = Bundle("keys")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.root = tempfile.mkdtemp(prefix="abase-quorum-")
+        self.net = SimulatedNetwork(seed=7, drop=0.1, delay=0.1, duplicate=0.1)
+        self.g = ReplicaGroup(self.root, partitions=2, write_quorum=2, read_quorum=2, transport=self.net,
+                              segment_size=4096, compact_interval=None)
+        self.acked: Dict[bytes, Tuple[ae.Timestamp, bytes]] = {}
+        self.maybe: Dict[bytes, List[Tuple[ae.Timestamp, bytes]]] = {}
+
+    @initialize(target=keys, k=st.sampled_from([b"a", b"b", b"c"]))
+    def first_key(self, k):
+        return k
+
+    @rule(target=keys, k=st.binary(max_size=3))
+    def new_key(self, k):
+        return k
+
+    def _write(self, key: bytes, value: Optional[bytes], fn) -> None:
+        try:
+            res = fn()
+        except QuorumError as exc:
+            self.maybe.setdefault(key, []).append((exc.result.timestamp, value))
+            return
+        self.acked[key] = (res.timestamp, value)
+
+    @rule(key=keys, value=st.binary(max_size=4))
+    def put(self, key, value):
+        self._write(key, value, lambda: self.g.put(key, value))
+
+    @rule(key=keys)
+    def delete(self, key):
+        self._write(key, None, lambda: self.g.delete(key))
+
+    @rule(key=keys)
+    def get(self, key):
+        try:
+            got = self.g.get(key)
+        except QuorumError:
+            return
+        floor = self.acked.get(key)
+        allowed = set() if floor is None else {floor[1]}
+        if floor is None:
+            allowed.add(None)
+        allowed |= {v for ts, v in self.maybe.get(key, []) if floor is None or ts > floor[0]}
+        assert got in allowed, (key, got, floor, self.maybe.get(key))
+
+    @precondition(lambda self: sum(self.g.is_up(i) for i in range(3)) == 3)
+    @rule(node=st.integers(0, 2))
+    def down(self, node):
+        self.g.down(node)  # one node at a time: W=2 and R=2 stay reachable
+
+    @rule(node=st.integers(0, 2))
+    def up(self, node):
+        self.g.up(node)
+
+    @rule(node=st.integers(0, 2))
+    def restart(self, node):
+        if self.g.is_up(node):
+            self.g.restart(node)
+
+    @rule()
+    def settle(self):
+        self.g.settle()
+
+    @invariant()
+    def engines_are_healthy(self):
+        for p in range(2):
+            for i in range(3):
+                if self.g.is_up(i):
+                    self.g.replica(p, i).engine._check()
+
+    def teardown(self):
+        try:
+            self.g.close()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+TestQuorumModel = QuorumModel.TestCase
+TestQuorumModel.settings = settings(max_examples=15, stateful_step_count=30, deadline=None)
 
 
 # ---------------------------------------------------------------------------
@@ -448,7 +821,7 @@ def test_resolve():
 # ---------------------------------------------------------------------------
 
 KEYS = st.sampled_from([b"a", b"b", b"c", b"d", b""])
-REPLICA = st.integers(0, 2)
+NODE = st.integers(0, 2)
 OPS = st.lists(st.one_of(
     st.tuples(st.just("put"), KEYS, st.binary(max_size=6)),
     st.tuples(st.just("del"), KEYS),
@@ -456,8 +829,15 @@ OPS = st.lists(st.one_of(
     st.tuples(st.just("add"), KEYS, st.sampled_from([b"x", b"y"])),
     st.tuples(st.just("rem"), KEYS, st.sampled_from([b"x", b"y"])),
     st.tuples(st.just("get"), KEYS, st.sampled_from(["", "cnt", "set"]), st.integers(1, 3)),
-    st.tuples(st.sampled_from(["down", "up", "restart", "partition", "heal", "compact"]), REPLICA),
+    st.tuples(st.sampled_from(["down", "up", "restart", "partition", "heal", "compact"]), NODE),
 ), max_size=30)
+
+
+def subset_sums(xs: List[int]) -> set:
+    sums = {0}
+    for x in xs:
+        sums |= {s + x for s in sums}
+    return sums
 
 
 @settings(max_examples=30)
@@ -465,27 +845,30 @@ OPS = st.lists(st.one_of(
 def test_group_converges_after_healing_and_one_anti_entropy(ops, seed, drop):
     root = tempfile.mkdtemp(prefix="abase-repl-")
     net = SimulatedNetwork(seed=seed, drop=drop, duplicate=0.3, delay=0.4)
-    g = ReplicaGroup(root, n_replicas=3, partitions=8, write_quorum=1, read_quorum=1, namespaces=NAMESPACES,
+    g = ReplicaGroup(root, n_replicas=3, partitions=2, write_quorum=1, read_quorum=1, namespaces=NAMESPACES,
                      transport=net, segment_size=4096, compact_interval=None)
-    produced: List[ae.Change] = []
-    counts: Dict[bytes, int] = {}
+    written: List[ae.Change] = []      # every record the client made or got back (acked or not)
+    acked_lww: Dict[bytes, ae.Timestamp] = {}
+    acked_sum: Dict[bytes, int] = {}
+    failed_incs: Dict[bytes, List[int]] = {}
     try:
         for op in ops:
             kind = op[0]
             if kind in ("down", "up", "restart", "partition", "heal", "compact"):
                 i = op[1]
-                if kind == "down" and sum(r.is_up for r in g.replicas) > 1:
+                if kind == "down" and sum(g.is_up(j) for j in range(3)) > 1:
                     g.down(i)
                 elif kind == "up":
                     g.up(i)
-                elif kind == "restart" and g.replicas[i].is_up:
+                elif kind == "restart" and g.is_up(i):
                     g.restart(i)
                 elif kind == "partition":
                     net.partition(i)
                 elif kind == "heal":
                     net.heal(i)
-                elif kind == "compact" and g.replicas[i].is_up:
-                    g.replicas[i].call(lambda e: e.compact(wait=True))
+                elif kind == "compact" and g.is_up(i):
+                    for p in range(2):
+                        g.replica(p, i).engine.compact(wait=True)
                 continue
             key = op[1]
             if kind == "get":
@@ -494,44 +877,63 @@ def test_group_converges_after_healing_and_one_anti_entropy(ops, seed, drop):
                 except QuorumError:
                     pass
                 continue
-            if kind == "put":
-                res = g.put(key, op[2])
-            elif kind == "del":
-                res = g.delete(key)
-            elif kind == "inc":
-                res = g.merge(key, crdt.PNCounter.increment(op[2]), namespace="cnt")
-                counts[key] = counts.get(key, 0) + op[2]
-            elif kind == "add":
-                res = g.merge(key, crdt.ORSet.add(op[2]), namespace="set")
-            else:
-                res = g.merge(key, crdt.ORSet.remove(op[2]), namespace="set")
+            try:
+                if kind == "put":
+                    res = g.put(key, op[2])
+                elif kind == "del":
+                    res = g.delete(key)
+                elif kind == "inc":
+                    res = g.merge(key, crdt.PNCounter.increment(op[2]), namespace="cnt")
+                elif kind == "add":
+                    res = g.merge(key, crdt.ORSet.add(op[2]), namespace="set")
+                else:
+                    res = g.merge(key, crdt.ORSet.remove(op[2]), namespace="set")
+            except QuorumError as exc:
+                res = exc.result
+                written += res.changes
+                if kind == "inc":
+                    failed_incs.setdefault(key, []).append(op[2])
+                continue
             assert res.acks >= 1 and res.changes
-            produced += res.changes
+            written += res.changes
+            if kind in ("put", "del"):
+                acked_lww[key] = max(acked_lww.get(key, res.timestamp), res.timestamp)
+            if kind == "inc":
+                acked_sum[key] = acked_sum.get(key, 0) + op[2]
         # heal everything, bring everyone back, then one anti-entropy sweep
         net.heal()
+        net.set_faults()
         for i in range(3):
             g.up(i)
         g.settle()
         g.anti_entropy()
-        for name in g.namespaces:
-            digests = [full_digest(r.engine, name) for r in g.replicas]
-            assert digests[0] == digests[1] == digests[2], name
-        # the visible values are the expected LWW / CRDT results
+        for p in range(2):
+            for name in g.namespaces:
+                digests = [full_digest(g.replica(p, i).engine, name) for i in range(3)]
+                assert digests[0] == digests[1] == digests[2], (p, name)
         for key in [b"a", b"b", b"c", b"d", b""]:
-            lww = [c for c in produced if c.namespace == "" and c.key == key]
-            want = None
-            if lww:
-                w = max(lww, key=lambda c: c.timestamp)
-                want = None if w.op == ae.Op.DELETE else w.value
+            reps = g.replicas_of(key)
+            # LWW: the surviving record is one the client made, not older than the newest acknowledged
+            final = {key_record(r, "", key) for r in reps}
+            assert len(final) == 1
+            rec = final.pop()
+            if rec is None:
+                assert key not in acked_lww
+            else:
+                assert plain(rec) in {plain(c) for c in written if c.namespace == "" and c.key == key}
+                assert rec.timestamp >= acked_lww.get(key, rec.timestamp)
+            want = None if rec is None or rec.op == ae.Op.DELETE else rec.value
             assert values_everywhere(g, key) == [want] * 3
-            for name in ("cnt", "set"):
-                op = g.namespaces[name]
-                deltas = [c.value for c in produced if c.namespace == name and c.key == key]
-                raw = op.full_merge(None, deltas) if deltas else None
-                assert [r.ns[name].get_raw(key) for r in g.replicas] == [raw] * 3, name
-            assert values_everywhere(g, key, "cnt") == [counts.get(key)] * 3  # PNCounter: the exact sum
             assert g.get(key, namespace="", read_quorum=3) == want
-        assert sum(r.errors for r in g.replicas) == 0
+            for name in ("cnt", "set"):
+                raws = {r.namespace(name).get_raw(key) for r in reps}
+                assert len(raws) == 1, name
+            # PNCounter: every acknowledged increment once, every failed one at most once
+            total = reps[0].namespace("cnt").get(key, 0)
+            assert total - acked_sum.get(key, 0) in subset_sums(failed_incs.get(key, []))
+        for p in range(2):
+            for i in range(3):
+                assert g.replica(p, i).stats["request_hits"] >= 0
     finally:
         g.close()
         shutil.rmtree(root, ignore_errors=True)
