@@ -733,11 +733,13 @@ int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep)
         db->synced_addr = durable;
         pthread_mutex_unlock(&db->sync_mu);
         /* This boot's id, the failure flags cleared; fsync'd when they were
-         * set, so that a later crash cannot cut again what this run writes. */
-        if (m.present)
-            rc = log_mark_reset(db, durable, m.flags != 0);
-        else
+         * set, so that a later crash cannot cut again what this run writes.
+         * Not written when it would say the same (an open changes no file
+         * it does not have to). */
+        if (!m.present)
             rc = log_mark_create(db, durable); /* a new log: no segment yet */
+        else if (m.flags || durable != m.end || memcmp(m.boot, db->boot_id, 16) != 0)
+            rc = log_mark_reset(db, durable, m.flags != 0);
     }
     rep->mark_end = m.end;
     rep->mark_flags = m.flags;
