@@ -6,11 +6,15 @@
  * log's private structures are in log_internal.h. A format change updates
  * this comment in the same commit and bumps ABASE_FORMAT_VERSION.
  *
- * ON-DISK FORMAT (version 1). All integers are little-endian.
+ * ON-DISK FORMAT (version 2). All integers are little-endian.
  *
  *   log/NNNNNNNN.seg      one segment; NNNNNNNN is the segment number in
- *                         decimal, zero-padded to 8 digits. Numbers of the
- *                         live segments are consecutive.
+ *                         decimal, zero-padded to 8 digits (numbers from
+ *                         10^8 on have 9 or 10 digits, never a leading
+ *                         zero). Numbers of the live segments are
+ *                         consecutive.
+ *   log/MARK              the durable end mark (below), created with the
+ *                         log directory, before any segment.
  *
  *   segment  := header record* zero-tail?
  *   header   := (64 bytes)
@@ -55,14 +59,51 @@
  *   masked crc := ((crc >> 15) | (crc << 17)) + 0xa282ead8, so that a crc
  *                 of bytes that themselves contain crcs is not degenerate.
  *
- * Recovery reads every live segment in order. A record whose length is 0,
- * or whose bytes fail the crc, ends the data of the NEWEST segment (a torn
- * write): the bytes from there on are zeroed and reported as dropped. The
- * same in any other segment is corruption (ABASE_ECORRUPT, with the file and
- * the offset). A batch is all or nothing: records of a batch whose
- * BATCH_END record is missing are dropped with the torn tail. A length field
- * is never trusted before the crc of its record has been checked against
- * bounds that lie inside the file.
+ *   MARK     := slot slot   (1024 bytes: slot 0 at offset 0, slot 1 at 512,
+ *                            so that one torn sector spoils at most one)
+ *   slot     := (64 bytes)
+ *       magic        8 bytes  "ABLOGMRK"
+ *       version      u32      ABASE_FORMAT_VERSION
+ *       flags        u32      bit0 FAILED: the engine that wrote this slot
+ *                                  stopped after an I/O error on the log;
+ *                                  its bytes past `end` are not trusted
+ *                             bit1 CUT: (with FAILED) nothing past `end`
+ *                                  was acknowledged or shown to a reader:
+ *                                  recovery drops it
+ *       seq          u64      written alternately to slot seq % 2; the valid
+ *                             slot with the greater seq is the mark
+ *       end          u64      an address (see "address"): every log byte
+ *                             below it was on disk (fdatasync) when the slot
+ *                             was written; 0: nothing known
+ *       boot_id      16 bytes /proc/sys/kernel/random/boot_id (the 32 hex
+ *                             digits as bytes) of the machine that wrote the
+ *                             slot; all zero when unknown
+ *       reserved     12 bytes 0
+ *       crc          u32      masked crc32c of bytes [0, 60)
+ *   The mark is written after every successful sync of the log (group
+ *   commit, seal, abase_sync), at open (with this boot's id) and at a clean
+ *   close (abase_db_checkpoint, fsync'd). Writes between syncs are not
+ *   fsync'd: on disk the mark may lag, never lead. A slot with a bad crc or
+ *   magic is ignored; segments without any valid slot are corruption.
+ *
+ * Recovery reads every live segment in order and checks each record's crc.
+ * A record that fails it, a zero length where data is due, or a batch whose
+ * BATCH_END record is missing, is the first BAD record; then:
+ *   - before the mark's end: corruption (ABASE_ECORRUPT, file and offset);
+ *   - past it, when the mark has CUT: the log ends at the mark;
+ *   - past it, when the machine rebooted since the mark was written (its
+ *     boot id differs or is unknown) or the mark has FAILED: a power loss
+ *     can leave written and unwritten pages in any order, so the log ends
+ *     at the bad record, and everything after it (later segments
+ *     included) is dropped;
+ *   - past it, on the same boot (only the process died): a kill tears at
+ *     most the record being copied, the last one of the newest segment, so
+ *     a bad record is dropped only when no valid record follows it in that
+ *     segment; otherwise, or in an older segment, it is corruption.
+ * Dropped bytes are zeroed (and later segment files removed) before the
+ * log is used, counted in abase_recovery.dropped_bytes. A batch is all or
+ * nothing. A length field is never trusted before the crc of its record has
+ * been checked against bounds that lie inside the file.
  *
  * THREADS. An abase_db may be used from many threads at once: appends and
  * index changes hold its write lock, reads hold its read lock, and syncs
@@ -75,11 +116,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define ABASE_FORMAT_VERSION 1u
+#define ABASE_FORMAT_VERSION 2u
 #define ABASE_SEG_HEADER_SIZE 64u
 #define ABASE_REC_HEADER_SIZE 40u
 #define ABASE_MAX_KEY 511u
 #define ABASE_MAX_VALUE (256u * 1024u * 1024u)
+/* Encoded bytes (each record 40 + key + value, padded to 8) one batch may
+ * hold: the whole batch goes into one segment, which must stay within the
+ * largest segment size, so that every record offset fits the 32 bits an
+ * address gives it. */
+#define ABASE_MAX_BATCH (2048u * 1024u * 1024u)
 #define ABASE_NS_DEFS 0xFFFFFFFFu
 #define ABASE_LOGICAL_BITS 16
 /* physical ms below 2^47 keeps a packed hlc positive as an int64_t */
@@ -122,6 +168,11 @@
 #define ABASE_EAGAIN (-13)    /* logical clock exhausted for this ms: read the clock again */
 #define ABASE_ERANGE (-14)    /* a clock reading is out of the representable range */
 #define ABASE_EWOULDBLOCK (-15) /* a _nowait call would have had to wait: call the blocking one */
+#define ABASE_EBATCHSIZE (-16) /* a batch larger than ABASE_MAX_BATCH */
+
+/* MARK flags */
+#define ABASE_MARK_FAILED 0x01u
+#define ABASE_MARK_CUT 0x02u
 
 /* ---- the part below is also given to cffi (see _build_ffi.py) ---- */
 
@@ -137,6 +188,7 @@ typedef struct abase_error {
     uint64_t offset;
     char file[1024];
     char message[256];
+    char syscall[32];   /* the failing OS call of an ABASE_EIO, "" if none */
 } abase_error;
 
 /* What recovery found. */
@@ -148,6 +200,10 @@ typedef struct abase_recovery {
     uint64_t dropped_offset; /* where the torn tail started */
     uint64_t max_hlc;        /* greatest hlc seen (raises the clock) */
     uint64_t ns_def_records; /* records of namespace ABASE_NS_DEFS indexed */
+    uint64_t mark_end;       /* the durable end mark found (an address) */
+    uint32_t mark_flags;     /* its flags (ABASE_MARK_*) */
+    uint32_t rebooted;       /* 1: written on another boot (or unknown): lenient tail */
+    uint32_t dropped_segments; /* later segment files removed with a dropped tail */
 } abase_recovery;
 
 /* Outcome of a read that did not return a plain value (see abase_get). */
@@ -173,6 +229,11 @@ typedef struct abase_stats {
     uint32_t rehashing;
     uint64_t syncs;           /* fdatasync calls made by group commit */
     uint64_t synced_writes;   /* writes acknowledged after a sync */
+    uint64_t durable_end;     /* address below which the log is known on disk */
+    uint64_t stalls;          /* writes delayed because the log was over the stall limit */
+    uint64_t stall_ns;        /* total time those writes waited */
+    uint32_t stalled_writers; /* writes waiting right now */
+    uint32_t failed;          /* 1 after an I/O failure: writes are refused */
 } abase_stats;
 
 typedef struct abase_segstat {
@@ -213,7 +274,33 @@ int abase_db_new(const char *dir, uint32_t node_id, uint64_t segment_size,
                  int durability, abase_db **out);
 int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep);
 void abase_db_free(abase_db *db);
+/* Clean close: sync every segment and the log directory, write the durable
+ * end mark and fsync it. ABASE_EIO (nothing written) after an I/O failure.
+ * Call before abase_db_free, with no other call running. */
+int abase_db_checkpoint(abase_db *db);
 void abase_db_error(abase_db *db, abase_error *out);
+/* Sticky I/O failure. After any failed fdatasync/fsync/msync/ftruncate/
+ * fallocate of the log or its directory (or abase_db_fail), every write
+ * (put, batch, seal, sync, fold) returns ABASE_EIO until the engine is
+ * reopened; reads keep working. Under durability "sync" the records past
+ * the durable end (never acknowledged) are hidden from reads and the feed,
+ * and the mark is flagged CUT so that recovery drops them too.
+ * abase_db_fail: the caller's own I/O on the engine's files failed (the
+ * store's commit); the log itself is untouched. abase_db_failure: 1 and the
+ * first failure's details when failed, else 0. */
+void abase_db_fail(abase_db *db, int sys_errno, const char *file, const char *syscall,
+                   const char *message);
+int abase_db_failure(abase_db *db, abase_error *out);
+/* Write stalls (backpressure). With limit_bytes > 0, a local write that
+ * finds more than limit_bytes of live (not yet compacted) log waits until
+ * compaction brings the log under the limit, at most max_wait_ms, once per
+ * write; abase_put and abase_write_batch (local) do it themselves,
+ * abase_stall is for a caller about to write received records.
+ * abase_stall_waiters waits (at most timeout_ms) until at least `at_least`
+ * writes are stalled and returns how many are. */
+int abase_db_set_stall(abase_db *db, uint64_t limit_bytes, uint64_t max_wait_ms);
+void abase_stall(abase_db *db);
+uint32_t abase_stall_waiters(abase_db *db, uint32_t at_least, uint64_t timeout_ms);
 void abase_db_stats(abase_db *db, abase_stats *out);
 uint64_t abase_db_clock(abase_db *db);
 int abase_db_clock_now(abase_db *db, int64_t wall_ms, uint64_t *out);

@@ -253,6 +253,7 @@ static PyObject *fp_put_many(FastPath *self, PyObject *pairs)
     /* Every item an exact (bytes, bytes) tuple within the record limits, or
      * the whole batch goes to the general path, which says what is wrong. */
     size_t total = 0;
+    uint64_t encoded = 0; /* bytes in the log; over ABASE_MAX_BATCH the general path refuses it */
     int plain = n > 0 && (uint64_t)n <= UINT32_MAX;
     for (Py_ssize_t i = 0; plain && i < n; i++) {
         PyObject *it = items[i];
@@ -267,6 +268,11 @@ static PyObject *fp_put_many(FastPath *self, PyObject *pairs)
             break;
         }
         total += (size_t)PyBytes_GET_SIZE(k) + (size_t)PyBytes_GET_SIZE(v);
+        encoded += (ABASE_REC_HEADER_SIZE + (uint64_t)PyBytes_GET_SIZE(k) + (uint64_t)PyBytes_GET_SIZE(v) + 7) & ~(uint64_t)7;
+        if (encoded > ABASE_MAX_BATCH) {
+            plain = 0;
+            break;
+        }
     }
     if (!plain) {
         Py_DECREF(seq);

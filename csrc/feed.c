@@ -64,8 +64,9 @@ int64_t abase_log_read(abase_db *db, uint32_t *seg_no, uint64_t *offset,
         if (!s)
             break; /* past the end of the log */
         uint64_t off = *offset < ABASE_SEG_HEADER_SIZE ? ABASE_SEG_HEADER_SIZE : *offset;
-        if (off >= s->used) {
-            if (s->sealed && seg_by_no(db, *seg_no + 1)) {
+        uint64_t used = seg_visible_used(db, s); /* nothing past a failure's durable end */
+        if (off >= used) {
+            if (s->sealed && used == s->used && seg_by_no(db, *seg_no + 1)) {
                 (*seg_no)++;
                 *offset = ABASE_SEG_HEADER_SIZE;
                 continue;
@@ -74,9 +75,9 @@ int64_t abase_log_read(abase_db *db, uint32_t *seg_no, uint64_t *offset,
             break;
         }
         uint64_t end = off;
-        while (end < s->used) {
+        while (end < used) {
             uint64_t sz = align8(ld32(s->base + end + R_LEN));
-            if (sz < ABASE_REC_HEADER_SIZE || end + sz > s->used)
+            if (sz < ABASE_REC_HEADER_SIZE || end + sz > used)
                 break;
             if (end - off + sz > cap)
                 break;
@@ -104,8 +105,9 @@ uint64_t abase_log_lag(abase_db *db, uint32_t seg_no, uint64_t offset)
         if (s->no < seg_no || s->no < db->live_first)
             continue;
         uint64_t from = s->no == seg_no && offset > ABASE_SEG_HEADER_SIZE ? offset : ABASE_SEG_HEADER_SIZE;
-        if (s->used > from)
-            lag += s->used - from;
+        uint64_t used = seg_visible_used(db, s);
+        if (used > from)
+            lag += used - from;
     }
     pthread_rwlock_unlock(&db->lock);
     return lag;

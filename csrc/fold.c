@@ -29,9 +29,13 @@ int abase_compacted_through(abase_db *db, uint32_t seg_no)
     int rc = ABASE_OK;
     if (!s || !s->sealed)
         rc = ABASE_EINVAL;
-    else if (seg_no + 1 > db->live_first)
+    else if (seg_no + 1 > db->live_first) {
         db->live_first = seg_no + 1;
+        log_recount_live(db);
+    }
     pthread_rwlock_unlock(&db->lock);
+    if (rc == ABASE_OK)
+        log_stall_wake(db); /* the log shrank: stalled writers may go */
     return rc;
 }
 
@@ -136,6 +140,12 @@ int abase_fold_open(abase_db *db, uint32_t first_no, uint32_t n_segs, const uint
 {
     if (!out || (n_lww && !lww_ns) || n_segs == 0 || first_no + (uint64_t)n_segs > UINT32_MAX)
         return ABASE_EINVAL;
+    if (log_failed(db)) { /* compaction writes the store: refused after a failure */
+        pthread_rwlock_wrlock(&db->lock);
+        int rc = log_refuse(db);
+        pthread_rwlock_unlock(&db->lock);
+        return rc;
+    }
     abase_fold *f = calloc(1, sizeof(*f));
     if (!f)
         return ABASE_ENOMEM;

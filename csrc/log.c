@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ----------------------------------------------------------------- errors */
@@ -35,6 +36,14 @@ void log_set_error(abase_db *db, int status, int sys_errno, const char *file,
     va_start(ap, fmt);
     vsnprintf(db->err.message, sizeof(db->err.message), fmt, ap);
     va_end(ap);
+    db->err.syscall[0] = 0;
+}
+
+void log_set_io_error(abase_db *db, int sys_errno, const char *file, const char *syscall,
+                      const char *message)
+{
+    log_set_error(db, ABASE_EIO, sys_errno, file, 0, "%s", message);
+    snprintf(db->err.syscall, sizeof(db->err.syscall), "%s", syscall);
 }
 
 /* ------------------------------------------------------------- segments */
@@ -52,14 +61,28 @@ int log_write_seg_header(uint8_t *p, uint32_t no, uint32_t node, uint64_t hlc)
     return ABASE_OK;
 }
 
-static int fsync_dir(abase_db *db)
+/* fsync a directory, so that the names created or removed in it are on
+ * disk. 0 or -1 with errno set. */
+int log_fsync_dir(const char *path)
 {
-    int fd = open(db->logdir, O_RDONLY | O_DIRECTORY);
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
-        return ABASE_EIO;
+        return -1;
     int rc = fsync(fd);
+    int e = errno;
     close(fd);
-    return rc == 0 ? ABASE_OK : ABASE_EIO;
+    errno = e;
+    return rc;
+}
+
+/* Recompute live_bytes (write lock held). */
+void log_recount_live(abase_db *db)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < db->nsegs; i++)
+        if (db->segs[i].no >= db->live_first && db->segs[i].used > ABASE_SEG_HEADER_SIZE)
+            n += db->segs[i].used - ABASE_SEG_HEADER_SIZE;
+    __atomic_store_n(&db->live_bytes, n, __ATOMIC_RELAXED);
 }
 
 int log_grow_seg_array(abase_db *db)
@@ -75,8 +98,12 @@ int log_grow_seg_array(abase_db *db)
     return ABASE_OK;
 }
 
-/* Seal the active segment: shrink the file to its data and, for durability
- * "sync", put it on disk before any later segment exists. Write lock held. */
+/* Seal the active segment: for durability "sync" put it on disk before
+ * any later segment exists, then shrink the file to its data. Write lock
+ * held. Any failure is sticky (log_fail) and leaves the segment sealed at
+ * its full mapped size, so nothing is ever written through a mapping past
+ * the end of a shortened file (that was SIGBUS, or a write lost beyond
+ * the end of the file). */
 static int seal_locked(abase_db *db)
 {
     segment *s = active_seg(db);
@@ -84,21 +111,25 @@ static int seal_locked(abase_db *db)
         return ABASE_OK;
     char path[1100];
     seg_path(db, s->no, path, sizeof(path));
-    /* Pages past `used` are never touched again, so shrinking the file under
-     * the mapping is safe. */
-    if (ftruncate(s->fd, (off_t)s->used) != 0) {
-        log_set_error(db, ABASE_EIO, errno, path, s->used, "ftruncate at seal failed");
-        return ABASE_EIO;
-    }
     if (db->durability == ABASE_DUR_SYNC) {
-        if (fdatasync(s->fd) != 0) { /* fsync point: sealed segment */
-            log_set_error(db, ABASE_EIO, errno, path, 0, "fdatasync at seal failed");
+        /* fsync point: sealed segment. Before the file is shortened, so
+         * a failure leaves the file as long as its mapping. */
+        if (fdatasync(s->fd) != 0) {
+            s->sealed = 1;
+            log_fail(db, 1, 1, errno, path, "fdatasync", "fdatasync at seal failed");
             return ABASE_EIO;
         }
         s->synced = 1;
         db->sealed_synced = make_addr(s->no, s->used);
+        log_durable(db, db->sealed_synced, 1);
     }
+    /* Pages past `used` are never touched again, so shrinking the file
+     * under the mapping is safe once the segment is sealed. */
     s->sealed = 1;
+    if (ftruncate(s->fd, (off_t)s->used) != 0) {
+        log_fail(db, 1, 1, errno, path, "ftruncate", "ftruncate at seal failed");
+        return ABASE_EIO;
+    }
     return ABASE_OK;
 }
 
@@ -115,19 +146,23 @@ static int new_segment(abase_db *db, uint64_t need)
     uint32_t no = db->next_no;
     char path[1100];
     seg_path(db, no, path, sizeof(path));
+    /* Every failure here is sticky (log_fail): the engine runs out of
+     * room or of a working disk, and says so on every write after it. */
     int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
-        log_set_error(db, ABASE_EIO, errno, path, 0, "cannot create segment");
+        log_fail(db, 1, 1, errno, path, "open", "cannot create segment");
         return ABASE_EIO;
     }
     /* Reserve the blocks now: a write through the mapping into a hole that
-     * cannot be allocated would kill the process with SIGBUS. */
+     * cannot be allocated would kill the process with SIGBUS. (posix_fallocate
+     * returns its error; it does not set errno.) */
     int frc = posix_fallocate(fd, 0, (off_t)size);
     if (frc != 0) {
         close(fd);
         unlink(path);
-        log_set_error(db, ABASE_EIO, frc, path, 0, "cannot preallocate %llu bytes",
-                      (unsigned long long)size);
+        char msg[96];
+        snprintf(msg, sizeof(msg), "cannot preallocate a %llu-byte segment", (unsigned long long)size);
+        log_fail(db, 1, 1, frc, path, "posix_fallocate", msg);
         return ABASE_EIO;
     }
     uint8_t *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -135,20 +170,29 @@ static int new_segment(abase_db *db, uint64_t need)
         int e = errno;
         close(fd);
         unlink(path);
-        log_set_error(db, ABASE_EIO, e, path, 0, "mmap failed");
+        log_fail(db, 1, 1, e, path, "mmap", "cannot map a new segment");
         return ABASE_EIO;
     }
     log_write_seg_header(base, no, db->node_id, db->clock.last);
     if (db->durability == ABASE_DUR_SYNC) {
         /* fsync point: the new file's header and its name in the directory */
-        if (fdatasync(fd) != 0 || fsync_dir(db) != ABASE_OK) {
+        const char *call = "fdatasync", *what = path;
+        int bad = fdatasync(fd) != 0;
+        if (!bad && log_fsync_dir(db->logdir) != 0) {
+            bad = 1;
+            call = "fsync";
+            what = db->logdir;
+        }
+        if (bad) {
             int e = errno;
             munmap(base, size);
             close(fd);
             unlink(path);
-            log_set_error(db, ABASE_EIO, e, path, 0, "cannot sync new segment");
+            log_fail(db, 1, 1, e, what, call, "cannot sync a new segment");
             return ABASE_EIO;
         }
+    } else {
+        __atomic_store_n(&db->dir_dirty, 1, __ATOMIC_RELAXED); /* abase_sync fsyncs the directory */
     }
     segment *s = &db->segs[db->nsegs++];
     memset(s, 0, sizeof(*s));
@@ -164,6 +208,8 @@ static int new_segment(abase_db *db, uint64_t need)
 /* An active segment with room for `need` more bytes. Write lock held. */
 int log_room_for(abase_db *db, uint64_t need, segment **out)
 {
+    if (log_failed(db))
+        return log_refuse(db);
     segment *s = active_seg(db);
     if (s && s->used + need <= s->mapped) {
         *out = s;
@@ -188,6 +234,13 @@ uint64_t log_append_rec(abase_db *db, segment *s, uint32_t ns, int op,
     uint64_t off = s->used;
     uint8_t *p = s->base + off;
     uint32_t len = (uint32_t)(ABASE_REC_HEADER_SIZE + klen + vlen);
+    /* Store order matters to recovery: a process killed while copying a
+     * record leaves a program-order prefix of these stores in the page
+     * cache, so the header (with its length) is whole before any key or
+     * value byte lands, and the crc comes last. The compiler fences keep
+     * the compiler from reordering them. Recovery relies on it to skip a
+     * torn record by its length, so that a user's value holding a whole
+     * valid record is never read as one (see recovery.c). */
     st32(p + R_LEN, len);
     st64(p + R_PREV, prev);
     st64(p + R_HLC, hlc);
@@ -197,14 +250,18 @@ uint64_t log_append_rec(abase_db *db, segment *s, uint32_t ns, int op,
     p[R_FLAGS] = flags;
     st16(p + R_KLEN, (uint16_t)klen);
     st32(p + R_VLEN, (uint32_t)vlen);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
     if (klen)
         memcpy(p + ABASE_REC_HEADER_SIZE, key, klen);
     if (vlen)
         memcpy(p + ABASE_REC_HEADER_SIZE + klen, val, vlen);
     uint64_t padded = align8(len);
     memset(p + len, 0, padded - len);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
     st32(p + R_CRC, abase_crc_mask(abase_crc32c(0, p + 4, len - 4)));
     s->used += padded;
+    __atomic_store_n(&db->live_bytes, __atomic_load_n(&db->live_bytes, __ATOMIC_RELAXED) + padded,
+                     __ATOMIC_RELAXED);
     s->records++;
     if (ts_greater(hlc, node, s->max_hlc, s->max_node)) {
         s->max_hlc = hlc;
@@ -247,9 +304,18 @@ int abase_db_new(const char *dir, uint32_t node_id, uint64_t segment_size,
     db->seg_size = segment_size;
     db->durability = durability;
     db->sync_fd = -1;
+    db->mark_fd = -1;
+    db->read_limit = UINT64_MAX;
     pthread_rwlock_init(&db->lock, NULL);
     pthread_mutex_init(&db->sync_mu, NULL);
     pthread_cond_init(&db->sync_cv, NULL);
+    pthread_mutex_init(&db->mark_mu, NULL);
+    pthread_mutex_init(&db->stall_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* stall deadlines: not moved by the wall clock */
+    pthread_cond_init(&db->stall_cv, &ca);
+    pthread_condattr_destroy(&ca);
     ix_init(&db->ix, rec_mapped, db);
     *out = db;
     return ABASE_OK;
@@ -269,6 +335,8 @@ void abase_db_free(abase_db *db)
     }
     if (db->sync_fd >= 0)
         close(db->sync_fd);
+    if (db->mark_fd >= 0)
+        close(db->mark_fd);
     ix_free(&db->ix);
     free(db->segs);
     free(db->dir);
@@ -276,6 +344,9 @@ void abase_db_free(abase_db *db)
     pthread_rwlock_destroy(&db->lock);
     pthread_mutex_destroy(&db->sync_mu);
     pthread_cond_destroy(&db->sync_cv);
+    pthread_mutex_destroy(&db->mark_mu);
+    pthread_mutex_destroy(&db->stall_mu);
+    pthread_cond_destroy(&db->stall_cv);
     free(db);
 }
 
@@ -305,6 +376,15 @@ void abase_db_stats(abase_db *db, abase_stats *out)
     out->syncs = db->syncs;
     out->synced_writes = db->synced_writes;
     pthread_rwlock_unlock(&db->lock);
+    pthread_mutex_lock(&db->sync_mu);
+    out->durable_end = db->synced_addr;
+    out->failed = (uint32_t)db->failed;
+    pthread_mutex_unlock(&db->sync_mu);
+    pthread_mutex_lock(&db->stall_mu);
+    out->stalls = db->stalls;
+    out->stall_ns = db->stall_ns;
+    out->stalled_writers = db->stalled;
+    pthread_mutex_unlock(&db->stall_mu);
 }
 
 uint64_t abase_db_clock(abase_db *db)
@@ -381,7 +461,9 @@ int abase_seal(abase_db *db)
     pthread_rwlock_wrlock(&db->lock);
     segment *s = active_seg(db);
     int rc = ABASE_OK;
-    if (s && s->used > ABASE_SEG_HEADER_SIZE)
+    if (log_failed(db))
+        rc = log_refuse(db);
+    else if (s && s->used > ABASE_SEG_HEADER_SIZE)
         rc = seal_locked(db);
     pthread_rwlock_unlock(&db->lock);
     return rc;

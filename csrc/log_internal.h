@@ -19,15 +19,24 @@
  *   read.c      point reads: abase_get, abase_head, abase_newest
  *   scan.c      ordered scans of a namespace
  *   recovery.c  recovery at open (the crash windows) and abase_check
+ *   mark.c      the durable end mark (log/MARK), the boot id, the sticky
+ *               I/O failure, write stalls
  *   fold.c      compaction: fold, compacted_through, retire, segment drop
  *   feed.c      change feed: abase_log_read, abase_segment_read, abase_log_lag
  * and, below them, index.c (index.h), hlc.c, crc32c.c, bytes.h.
  *
- * Locking. Two locks, never held together (a writer releases `lock` before
- * it waits for a sync; the sync leader releases sync_mu before it syncs):
+ * Locking. Order: lock, then sync_mu, then mark_mu / stall_mu (leaves:
+ * nothing is taken while holding them). A writer releases `lock` before it
+ * waits for a sync; the sync leader releases sync_mu before it syncs; only
+ * a seal (holding `lock`) and a failure take sync_mu inside `lock`.
  *   lock     rwlock; GUARDED_BY(lock) below. The read lock to look, the
  *            write lock to change anything it guards.
- *   sync_mu  mutex of group commit; GUARDED_BY(sync_mu) below.
+ *   sync_mu  mutex of group commit and of the durable end; GUARDED_BY(sync_mu).
+ *   mark_mu  the MARK file's descriptor and slot sequence.
+ *   stall_mu stalled writers and their statistics.
+ * `failed` is written once, under sync_mu, after the failure details it
+ * publishes (release store); read it with log_failed() (acquire load) from
+ * anywhere, then read `failure` without a lock.
  * Fields marked "fixed" are set by abase_db_new and read without a lock.
  * `segs` moves when it grows (log_grow_seg_array) and shifts when the
  * oldest segment is dropped, so a `segment *` is valid only while `lock`
@@ -94,6 +103,28 @@ struct abase_db {
     uint64_t records_appended;
     uint64_t syncs;
     uint64_t synced_writes;
+    /* the durable end and the sticky failure: GUARDED_BY(sync_mu) */
+    int failed;             /* 1 once writes are refused (see log_failed) */
+    abase_error failure;    /* the first failure; read-only once `failed` is set */
+    uint64_t read_limit;    /* GUARDED_BY(lock): records at or past it are hidden (UINT64_MAX: none) */
+    int dir_dirty;          /* atomic: a segment was created since log/ was fsync'd */
+    /* the durable end mark: GUARDED_BY(mark_mu) */
+    pthread_mutex_t mark_mu;
+    int mark_fd;            /* log/MARK, -1 until recovery opened it */
+    uint64_t mark_seq;
+    uint64_t mark_end;      /* end of the slot written last */
+    uint32_t mark_flags;
+    int mark_stale;         /* the next write must happen even if end and flags are unchanged */
+    int mark_dirty;         /* written since it was last fsync'd */
+    uint8_t boot_id[16];    /* fixed after recovery: this boot's id (zero: unknown) */
+    /* write stalls: GUARDED_BY(stall_mu); the limit and bound are set before use */
+    pthread_mutex_t stall_mu;
+    pthread_cond_t stall_cv; /* the log shrank, or a writer started waiting */
+    uint64_t stall_limit;   /* bytes of live log; 0: never stall */
+    uint64_t stall_max_ns;
+    uint64_t live_bytes;    /* atomic; written under `lock`: bytes of records in live segments */
+    uint64_t stalls, stall_ns;
+    uint32_t stalled;
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -163,6 +194,39 @@ static inline uint64_t rec_prev(const uint8_t *r, uint64_t addr)
     return prev < addr ? prev : 0;
 }
 
+/* The newest version a reader may see, from a key's head: the head itself
+ * unless a failure hides records past the durable end (read_limit), then
+ * the newest older one. 0 if none is live. Read or write lock held. */
+static inline uint64_t visible_head(abase_db *db, uint64_t addr)
+{
+    while (addr >= db->read_limit) {
+        const uint8_t *r = rec_mapped(db, addr);
+        if (!r)
+            return 0;
+        addr = rec_prev(r, addr);
+    }
+    return rec_live(db, addr) ? addr : 0;
+}
+
+/* Bytes of segment s a reader may see: its records, up to the durable end
+ * when a failure hides what lies past it. Read or write lock held. */
+static inline uint64_t seg_visible_used(const abase_db *db, const segment *s)
+{
+    uint64_t lim = db->read_limit;
+    if (lim == UINT64_MAX || make_addr(s->no, s->used) <= lim)
+        return s->used;
+    if ((uint64_t)s->no > (lim >> 32))
+        return ABASE_SEG_HEADER_SIZE;
+    uint64_t off = lim & 0xffffffffu;
+    return off < ABASE_SEG_HEADER_SIZE ? ABASE_SEG_HEADER_SIZE : (off < s->used ? off : s->used);
+}
+
+/* 1 once an I/O failure made the engine refuse writes (any thread, no lock). */
+static inline int log_failed(abase_db *db)
+{
+    return __atomic_load_n(&db->failed, __ATOMIC_ACQUIRE);
+}
+
 /* memcmp order of two keys, a key sorting before every longer key it begins. */
 static inline int key_cmp(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
 {
@@ -181,6 +245,11 @@ static inline int key_cmp(const uint8_t *a, size_t al, const uint8_t *b, size_t 
 void log_set_error(abase_db *db, int status, int sys_errno, const char *file,
                    uint64_t offset, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
+/* log_set_error for a failed OS call: ABASE_EIO naming the call. */
+void log_set_io_error(abase_db *db, int sys_errno, const char *file, const char *syscall,
+                      const char *message);
+int log_fsync_dir(const char *path);
+void log_recount_live(abase_db *db);
 int log_write_seg_header(uint8_t *p, uint32_t no, uint32_t node, uint64_t hlc);
 int log_grow_seg_array(abase_db *db);
 int log_room_for(abase_db *db, uint64_t need, segment **out);
@@ -189,6 +258,52 @@ uint64_t log_append_rec(abase_db *db, segment *s, uint32_t ns, int op,
                         const uint8_t *val, size_t vlen, uint64_t hlc,
                         uint32_t node, uint64_t prev);
 void log_rewrite_flags(uint8_t *p, uint8_t flags);
+
+/* mark.c */
+/* The mark as recovery found it. */
+typedef struct mark_state {
+    int present;      /* the file existed */
+    int valid;        /* a valid slot was found (else the fields are 0) */
+    uint64_t seq, end;
+    uint32_t flags;
+    uint8_t boot[16];
+} mark_state;
+/* Open log/MARK and read the valid slot with the greatest seq; an absent
+ * file is not an error (m->present = 0). log_mark_create makes it (both
+ * slots, fsync'd with the directory) in a new log. */
+int log_mark_open(abase_db *db, mark_state *m);
+int log_mark_create(abase_db *db, uint64_t end);
+/* After recovery: clear the flags and write `end` (fsync'd with `sync`). */
+int log_mark_reset(abase_db *db, uint64_t end, int sync);
+int log_stall_needed(abase_db *db);
+/* The sticky failure. Record it (first one wins): with `log_data`, an I/O
+ * error on the log itself (under durability "sync" the unacknowledged
+ * records past the durable end are hidden and the mark is flagged CUT,
+ * otherwise FAILED). `lock_held`: the caller holds the write lock. Sets the
+ * error info to the failure. */
+void log_fail(abase_db *db, int lock_held, int log_data, int sys_errno, const char *file,
+              const char *syscall, const char *message);
+/* log_fail in two steps, for the group-commit leader, which must record
+ * the failure in the same sync_mu hold in which it ends its sync (so that
+ * no waiter leads a later sync that would seem to succeed):
+ * log_fail_record with sync_mu held (returns 1 for the first failure),
+ * then log_fail_finish with no lock held but `lock` if lock_held;
+ * `durable` is synced_addr as of the record. */
+int log_fail_record(abase_db *db, int sys_errno, const char *file, const char *syscall,
+                    const char *message);
+void log_fail_finish(abase_db *db, int first, int lock_held, int log_data, uint64_t durable,
+                     int sys_errno, const char *file, const char *syscall, const char *message);
+/* Refuse a write: copy the failure into the error info (write lock held). */
+int log_refuse(abase_db *db);
+/* Move the durable end forward to `end` and write the mark (sync_mu not
+ * held; `lock_held`: the caller holds the write lock). */
+void log_durable(abase_db *db, uint64_t end, int lock_held);
+void log_mark_write(abase_db *db, uint64_t end, uint32_t flags, int lock_held);
+int log_mark_sync(abase_db *db);
+void log_read_boot_id(uint8_t out[16]);
+/* Stall a local write while the live log is over the limit (no lock held). */
+void log_stall(abase_db *db);
+void log_stall_wake(abase_db *db);
 
 /* read.c */
 void log_newest_version(abase_db *db, uint64_t head, uint64_t base_hlc,

@@ -175,7 +175,7 @@ static int64_t get_impl(abase_db *db, uint32_t ns, const uint8_t *key, size_t kl
     else if (pthread_rwlock_tryrdlock(&db->lock) != 0)
         return ABASE_EWOULDBLOCK;
     uint64_t *slot = ix_find(&db->ix, h, ns, key, klen);
-    uint64_t head = slot && rec_live(db, *slot) ? *slot : 0;
+    uint64_t head = slot ? visible_head(db, *slot) : 0;
     int64_t rc;
     if (mode == ABASE_MODE_MERGE)
         rc = merge_get_locked(db, head, at_hlc, at_node, buf, cap, info);
@@ -206,7 +206,7 @@ uint64_t abase_head(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen)
     uint64_t h = abase_hash(ns, key, klen);
     pthread_rwlock_rdlock(&db->lock);
     uint64_t *slot = ix_find(&db->ix, h, ns, key, klen);
-    uint64_t head = slot && rec_live(db, *slot) ? *slot : 0;
+    uint64_t head = slot ? visible_head(db, *slot) : 0;
     pthread_rwlock_unlock(&db->lock);
     return head;
 }
@@ -224,7 +224,7 @@ int abase_newest(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
         uint64_t mh = 0;
         uint32_t mn = 0;
         int dup;
-        log_newest_version(db, *slot, 0, 0, 0, 0, NULL, 0, 0, &mh, &mn, &dup);
+        log_newest_version(db, visible_head(db, *slot), 0, 0, 0, 0, NULL, 0, 0, &mh, &mn, &dup);
         if (mh || mn) {
             *hlc = mh;
             *node = mn;

@@ -1,10 +1,13 @@
 /*
  * recovery.c: recovery at open (abase_db_recover) and abase_check.
  *
- * Recovery lists the segment files, unlinks the compacted ones, maps and
- * checks every live segment, cuts a torn tail of the newest one and fills
- * the index in one pass. abase_check re-reads every live record and checks
- * the index against the log.
+ * Recovery lists the segment files, unlinks the compacted ones, reads the
+ * durable end mark (mark.c), maps and checks every live segment, decides
+ * where the log ends (the rules are at the top of abase.h: corruption
+ * before the mark; past it a torn tail after a reboot or a failure, and
+ * after a process kill only the last record of the newest segment), drops
+ * what lies past that end and fills the index in one pass. abase_check
+ * re-reads every live record and checks the index against the log.
  *
  * Crash windows, named:
  *   W1 mid-append: a torn record at the tail of the newest segment; recovery
@@ -15,6 +18,9 @@
  *      rewrites it when it is the newest, empty segment.
  *   W4 after the store commit, before the segment files are unlinked: the
  *      caller passes first_live, and recovery unlinks older segments.
+ *   W5 power loss: pages written after the last sync may be on disk or not,
+ *      in any order; past the mark the log ends at the first bad record and
+ *      later segments are removed.
  *
  * Locks: both hold the write `lock` for the whole call (abase_check records
  * the first problem with log_set_error); neither takes sync_mu.
@@ -38,6 +44,28 @@ static int cmp_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* The segment number of a file name written by seg_path ("%08u.seg": 8
+ * digits, or 9 or 10 without a leading zero from 10^8 on), else 0. */
+static int parse_seg_name(const char *nm, uint32_t *out)
+{
+    size_t len = strlen(nm);
+    if (len < 12 || len > 14 || strcmp(nm + len - 4, ".seg") != 0)
+        return 0;
+    size_t digits = len - 4;
+    if (digits > 8 && nm[0] == '0')
+        return 0;
+    uint64_t v = 0;
+    for (size_t i = 0; i < digits; i++) {
+        if (nm[i] < '0' || nm[i] > '9')
+            return 0;
+        v = v * 10 + (uint64_t)(nm[i] - '0');
+    }
+    if (v > UINT32_MAX || (digits > 8 && v < UINT64_C(100000000)))
+        return 0;
+    *out = (uint32_t)v;
+    return 1;
+}
+
 /* Segment numbers of dir/log, sorted; older-than-first_live files unlinked
  * (crash window W4). */
 static int list_segments(abase_db *db, uint32_t first_live, uint32_t **out, uint32_t *n)
@@ -48,12 +76,17 @@ static int list_segments(abase_db *db, uint32_t first_live, uint32_t **out, uint
     if (!d) {
         if (errno == ENOENT) {
             if (mkdir(db->logdir, 0755) != 0 && errno != EEXIST) {
-                log_set_error(db, ABASE_EIO, errno, db->logdir, 0, "cannot create log directory");
+                log_set_io_error(db, errno, db->logdir, "mkdir", "cannot create the log directory");
+                return ABASE_EIO;
+            }
+            /* fsync point: the log directory's name in the engine directory */
+            if (log_fsync_dir(db->dir) != 0) {
+                log_set_io_error(db, errno, db->dir, "fsync", "cannot sync the engine directory");
                 return ABASE_EIO;
             }
             return ABASE_OK;
         }
-        log_set_error(db, ABASE_EIO, errno, db->logdir, 0, "cannot read log directory");
+        log_set_io_error(db, errno, db->logdir, "opendir", "cannot read the log directory");
         return ABASE_EIO;
     }
     uint32_t cap = 16, cnt = 0;
@@ -64,19 +97,8 @@ static int list_segments(abase_db *db, uint32_t first_live, uint32_t **out, uint
     }
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        const char *nm = e->d_name;
-        if (strlen(nm) != 12 || strcmp(nm + 8, ".seg") != 0)
-            continue;
-        uint32_t v = 0;
-        int ok = 1;
-        for (int i = 0; i < 8; i++) {
-            if (nm[i] < '0' || nm[i] > '9') {
-                ok = 0;
-                break;
-            }
-            v = v * 10 + (uint32_t)(nm[i] - '0');
-        }
-        if (!ok)
+        uint32_t v;
+        if (!parse_seg_name(e->d_name, &v))
             continue;
         if (v < first_live) {
             char path[1100];
@@ -273,22 +295,89 @@ static int index_record(recovery_queue *q, const segment *s, uint64_t off)
     return ABASE_OK;
 }
 
-/* Open, map and check one segment, queueing its records for the index.
- * `newest`: a torn tail is cut, not an error. */
-static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery *rep,
-                           recovery_queue *q)
+/* Whether a valid record (crc and lengths) starts at off, below `to`. The
+ * lengths are checked first, so garbage costs no crc. */
+static int valid_record_at(const uint8_t *base, uint64_t off, uint64_t to)
 {
+    if (off + ABASE_REC_HEADER_SIZE > to)
+        return 0;
+    const uint8_t *p = base + off;
+    uint32_t len = ld32(p + R_LEN);
+    if (len < ABASE_REC_HEADER_SIZE || len > to - off || ld16(p + R_KLEN) > ABASE_MAX_KEY ||
+        (uint64_t)ABASE_REC_HEADER_SIZE + ld16(p + R_KLEN) + ld32(p + R_VLEN) != len)
+        return 0;
+    return check_record(base, off, to) == NULL;
+}
+
+/* After a process kill only the record being copied can be torn, and a
+ * record's header (with its length) is stored before its key and value
+ * (log_append_rec), so a torn record whose length lies inside the file is
+ * skipped whole: its value may hold bytes that look like a valid record.
+ * Whether any valid record starts, at a multiple of 8, after the bad one at
+ * `bad` and before `to`. */
+static int valid_record_after(const uint8_t *base, uint64_t bad, uint64_t to)
+{
+    uint64_t off = bad + 8;
+    if (bad + ABASE_REC_HEADER_SIZE <= to) {
+        uint32_t len = ld32(base + bad + R_LEN);
+        if (len >= ABASE_REC_HEADER_SIZE && len <= to - bad)
+            off = bad + align8(len);
+    }
+    for (; off + ABASE_REC_HEADER_SIZE <= to; off += 8)
+        if (valid_record_at(base, off, to))
+            return 1;
+    return 0;
+}
+
+/* What the walk of one segment found. */
+typedef struct seg_walk {
+    uint64_t size;       /* bytes mapped */
+    uint64_t end;        /* end of the valid data (an unfinished batch excluded) */
+    uint64_t stop;       /* where the walk stopped: the bad or zero record */
+    const char *why;     /* why the record at stop is bad; NULL: zero or limit */
+    int open_batch;      /* a batch without its BATCH_END was dropped */
+    int interrupted;     /* ... and a record outside it followed (never a kill) */
+    int tail_dirty;      /* non-zero bytes lie past `end` */
+} seg_walk;
+
+static int header_ok(const uint8_t *base, uint32_t no, abase_db *db, const char *path)
+{
+    if (memcmp(base, SEG_MAGIC, 8) != 0 || abase_crc_unmask(ld32(base + 60)) != abase_crc32c(0, base, 60)) {
+        log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "bad segment header");
+        return ABASE_ECORRUPT;
+    }
+    if (ld32(base + 8) != ABASE_FORMAT_VERSION) {
+        log_set_error(db, ABASE_EVERSION, 0, path, 8, "segment format version %u, this build reads %u",
+                      ld32(base + 8), ABASE_FORMAT_VERSION);
+        return ABASE_EVERSION;
+    }
+    if (ld64(base + 16) != no) {
+        log_set_error(db, ABASE_ECORRUPT, 0, path, 16, "segment number does not match its file name");
+        return ABASE_ECORRUPT;
+    }
+    return ABASE_OK;
+}
+
+/* Open, map and check one segment, queueing its records for the index,
+ * up to `limit` bytes. `last`: the last segment listed, whose header may
+ * be zero (W3) when `may_be_new`. On success the segment is appended to
+ * db->segs with used = w->end; the caller decides what happens past it.
+ * A bad header fails with the error recorded and nothing added. */
+static int recover_segment(abase_db *db, uint32_t no, int last, int may_be_new, uint64_t limit,
+                           abase_recovery *rep, recovery_queue *q, seg_walk *w)
+{
+    memset(w, 0, sizeof(*w));
     char path[1100];
     seg_path(db, no, path, sizeof(path));
     int fd = open(path, O_RDWR | O_CLOEXEC);
     if (fd < 0) {
-        log_set_error(db, ABASE_EIO, errno, path, 0, "cannot open segment");
+        log_set_io_error(db, errno, path, "open", "cannot open segment");
         return ABASE_EIO;
     }
     struct stat st;
     if (fstat(fd, &st) != 0) {
+        log_set_io_error(db, errno, path, "fstat", "cannot stat segment");
         close(fd);
-        log_set_error(db, ABASE_EIO, errno, path, 0, "cannot stat segment");
         return ABASE_EIO;
     }
     uint64_t size = (uint64_t)st.st_size;
@@ -298,12 +387,14 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
         return ABASE_ECORRUPT;
     }
     uint64_t map_size = size;
-    if (newest && map_size < ABASE_SEG_HEADER_SIZE) {
-        /* W3: created but never written. Give it a full preallocation. */
+    if (last && may_be_new && map_size < ABASE_SEG_HEADER_SIZE) {
+        /* W3: created but never written. Give it a full preallocation
+         * (posix_fallocate returns its error; it does not set errno). */
         map_size = db->seg_size;
-        if (posix_fallocate(fd, 0, (off_t)map_size) != 0) {
+        int frc = posix_fallocate(fd, 0, (off_t)map_size);
+        if (frc != 0) {
             close(fd);
-            log_set_error(db, ABASE_EIO, errno, path, 0, "cannot preallocate segment");
+            log_set_io_error(db, frc, path, "posix_fallocate", "cannot preallocate segment");
             return ABASE_EIO;
         }
         size = map_size;
@@ -315,11 +406,17 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
     }
     uint8_t *base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
+        log_set_io_error(db, errno, path, "mmap", "cannot map segment");
         close(fd);
-        log_set_error(db, ABASE_EIO, errno, path, 0, "cannot map segment");
         return ABASE_EIO;
     }
-    int rc = log_grow_seg_array(db);
+    int rc = ABASE_OK;
+    if (last && may_be_new && all_zero(base, ABASE_SEG_HEADER_SIZE))
+        log_write_seg_header(base, no, db->node_id, db->clock.last); /* W3 */
+    else
+        rc = header_ok(base, no, db, path);
+    if (rc == ABASE_OK)
+        rc = log_grow_seg_array(db);
     if (rc != ABASE_OK) {
         munmap(base, map_size);
         close(fd);
@@ -332,27 +429,10 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
     s->base = base;
     s->mapped = map_size;
     s->used = ABASE_SEG_HEADER_SIZE;
-    s->sealed = !newest;
-
-    /* header */
-    if (newest && all_zero(base, ABASE_SEG_HEADER_SIZE)) {
-        log_write_seg_header(base, no, db->node_id, db->clock.last); /* W3 */
-    } else {
-        if (memcmp(base, SEG_MAGIC, 8) != 0 ||
-            abase_crc_unmask(ld32(base + 60)) != abase_crc32c(0, base, 60)) {
-            log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "bad segment header");
-            return ABASE_ECORRUPT;
-        }
-        if (ld32(base + 8) != ABASE_FORMAT_VERSION) {
-            log_set_error(db, ABASE_EVERSION, 0, path, 8, "segment format version %u, this build reads %u",
-                          ld32(base + 8), ABASE_FORMAT_VERSION);
-            return ABASE_EVERSION;
-        }
-        if (ld64(base + 16) != no) {
-            log_set_error(db, ABASE_ECORRUPT, 0, path, 16, "segment number does not match its file name");
-            return ABASE_ECORRUPT;
-        }
-    }
+    s->sealed = !last;
+    w->size = size;
+    if (limit > size)
+        limit = size;
 
     uint64_t off = ABASE_SEG_HEADER_SIZE;
     uint64_t batch_start = 0; /* offset of the first record of an open batch */
@@ -362,20 +442,21 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
     uint64_t batch_hlc = 0;
     uint32_t batch_node = 0;
     const char *why = NULL;
-    while (off + 8 <= size) {
+    while (off + 8 <= limit) {
         const uint8_t *p = base + off;
         uint32_t len = ld32(p + R_LEN);
         if (len == 0 && ld32(p) == 0)
             break; /* zero tail */
-        why = check_record(base, off, size);
+        why = check_record(base, off, limit);
         if (why)
             break;
         uint8_t flags = p[R_FLAGS];
         uint64_t next = off + align8(len);
-        if (next > size)
-            next = size;
+        if (next > limit)
+            next = limit;
         if (!(flags & ABASE_F_BATCH) && batch_start != 0) {
             why = "batch interrupted by a record outside it";
+            w->interrupted = 1;
             break;
         }
         rc = index_record(q, s, off);
@@ -420,36 +501,66 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
         }
         off = next;
     }
-    uint64_t end = off;
+    w->stop = off;
+    w->why = why;
+    w->end = off;
     if (batch_start) {
-        end = batch_start; /* W2: an unfinished batch is dropped */
+        w->end = batch_start; /* W2: an unfinished batch is dropped */
+        w->open_batch = 1;
         q->n = batch_first;
     }
-    if (!newest) {
-        if (why || batch_start || (off < size && nonzero_end(fd, base, off, size) != off)) {
-            log_set_error(db, ABASE_ECORRUPT, 0, path, why ? off : end, "%s",
-                          why ? why : "unfinished batch or garbage after the end of a sealed segment");
-            return ABASE_ECORRUPT;
-        }
-    } else if (end < size) {
-        /* W1/W2: torn tail. Count what is dropped, then zero it, so that
-         * stale bytes can never be read as records after later appends. */
-        uint64_t last = nonzero_end(fd, base, end, size);
-        if (last > end) {
-            rep->dropped_bytes += last - end;
-            rep->dropped_offset = end;
-            memset(base + end, 0, last - end);
-            if (msync(base, map_size, MS_SYNC) != 0) { /* fsync point: the cut */
-                log_set_error(db, ABASE_EIO, errno, path, end, "cannot sync the truncated tail");
-                return ABASE_EIO;
+    w->tail_dirty = w->end < size && nonzero_end(fd, base, w->end, size) > w->end;
+    s->used = w->end;
+    return ABASE_OK;
+}
+
+/* Zero segment s from `from` on (a dropped tail), so that stale bytes can
+ * never be read as records after later appends, and count it. */
+static int drop_tail(abase_db *db, segment *s, uint64_t from, abase_recovery *rep)
+{
+    uint64_t last = nonzero_end(s->fd, s->base, from, s->mapped);
+    s->used = from;
+    if (last <= from)
+        return ABASE_OK;
+    rep->dropped_bytes += last - from;
+    rep->dropped_offset = from;
+    memset(s->base + from, 0, last - from);
+    if (msync(s->base, s->mapped, MS_SYNC) != 0) { /* fsync point: the cut */
+        char path[1100];
+        seg_path(db, s->no, path, sizeof(path));
+        log_set_io_error(db, errno, path, "msync", "cannot sync the truncated tail");
+        return ABASE_EIO;
+    }
+    return ABASE_OK;
+}
+
+/* Remove a segment file past the end of the log, counting its data. */
+static void drop_segment_file(abase_db *db, uint32_t no, abase_recovery *rep)
+{
+    char path[1100];
+    seg_path(db, no, path, sizeof(path));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        struct stat st;
+        if (fstat(fd, &st) == 0 && (uint64_t)st.st_size > ABASE_SEG_HEADER_SIZE &&
+            (uint64_t)st.st_size <= (UINT64_C(1) << 32)) {
+            uint64_t size = (uint64_t)st.st_size;
+            uint8_t *base = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+            if (base != MAP_FAILED) {
+                uint64_t last = nonzero_end(fd, base, ABASE_SEG_HEADER_SIZE, size);
+                rep->dropped_bytes += last - ABASE_SEG_HEADER_SIZE;
+                munmap(base, size);
             }
         }
+        close(fd);
     }
-    s->used = end;
-    rep->bytes += end - ABASE_SEG_HEADER_SIZE;
-    if (ts_greater(s->max_hlc, s->max_node, rep->max_hlc, 0))
-        rep->max_hlc = s->max_hlc;
-    return ABASE_OK;
+    unlink(path);
+    rep->dropped_segments++;
+}
+
+static int zero16(const uint8_t *p)
+{
+    return ld64(p) == 0 && ld64(p + 8) == 0;
 }
 
 int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep)
@@ -459,22 +570,130 @@ int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep)
     if (!q)
         return ABASE_ENOMEM;
     pthread_rwlock_wrlock(&db->lock);
+    log_read_boot_id(db->boot_id);
     uint32_t *nums = NULL, n = 0;
+    mark_state m;
+    memset(&m, 0, sizeof(m));
     int rc = list_segments(db, first_live, &nums, &n);
+    if (rc == ABASE_OK)
+        rc = log_mark_open(db, &m);
     db->live_first = first_live;
     db->next_no = first_live;
+    /* Where recovery must find valid data: everything below the mark. */
+    int cut = m.valid && (m.flags & ABASE_MARK_CUT);
+    int rebooted = !m.valid || zero16(m.boot) || zero16(db->boot_id) || memcmp(m.boot, db->boot_id, 16) != 0;
+    int lenient = rebooted || (m.valid && (m.flags & ABASE_MARK_FAILED));
+    uint32_t mseg = (uint32_t)(m.end >> 32);
+    uint64_t moff = m.end & 0xffffffffu;
+    if (m.end == 0)
+        moff = 0;
+    uint32_t keep = n; /* segments nums[keep..] are past the end of the log */
     for (uint32_t i = 0; rc == ABASE_OK && i < n; i++) {
-        if (nums[i] != first_live + i) {
+        uint32_t want = first_live + i;
+        /* bytes of segment `want` the mark says are on disk */
+        uint64_t before = m.end == 0 || want > mseg ? 0 : (want < mseg ? UINT64_MAX : moff);
+        int past = before <= ABASE_SEG_HEADER_SIZE; /* the whole segment lies past the mark */
+        if (nums[i] != want || (cut && want > mseg)) {
+            if (nums[i] == want || (past && (cut || lenient))) {
+                keep = i; /* W5 (or CUT): the log ends before this segment */
+                break;
+            }
             char path[1100];
-            seg_path(db, first_live + i, path, sizeof(path));
+            seg_path(db, want, path, sizeof(path));
             log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment missing from the log");
             rc = ABASE_ECORRUPT;
             break;
         }
-        rc = recover_segment(db, nums[i], i + 1 == n, rep, q);
-        db->next_no = nums[i] + 1;
+        int last = i + 1 == n;
+        uint64_t limit = cut && want == mseg ? moff : UINT64_MAX;
+        seg_walk w;
+        rc = recover_segment(db, want, last, past, limit, rep, q, &w);
+        if (rc == ABASE_ECORRUPT && past && (cut || lenient)) {
+            keep = i; /* W5: a header never written, or torn */
+            rc = ABASE_OK;
+            break;
+        }
+        if (rc != ABASE_OK)
+            break;
+        if (i == 0 && (!m.present || !m.valid)) {
+            /* The segments are of this version, so the mark should exist. */
+            log_set_error(db, ABASE_ECORRUPT, 0, db->logdir, 0,
+                          m.present ? "durable end mark log/MARK has no valid slot"
+                                    : "durable end mark log/MARK is missing");
+            rc = ABASE_ECORRUPT;
+            break;
+        }
+        db->next_no = want + 1;
+        segment *s = &db->segs[db->nsegs - 1];
+        int bad = w.why || w.open_batch || w.tail_dirty;
+        if (cut && want == mseg) {
+            if (w.end < moff) {
+                char path[1100];
+                seg_path(db, want, path, sizeof(path));
+                log_set_error(db, ABASE_ECORRUPT, 0, path, w.why ? w.stop : w.end, "%s",
+                              w.why ? w.why : "data ends before the durable end mark");
+                rc = ABASE_ECORRUPT;
+                break;
+            }
+            rc = drop_tail(db, s, moff, rep); /* never acknowledged nor shown */
+            keep = i + 1;
+            break;
+        }
+        if (!bad)
+            continue;
+        /* the first bad bytes: the bad record, or an unfinished batch */
+        uint64_t at = w.open_batch && (w.interrupted || !w.why) ? w.end : w.stop;
+        int tolerated;
+        if (w.end < before)
+            tolerated = 0; /* data the mark says was on disk is bad: corruption */
+        else if (lenient)
+            tolerated = 1; /* W5: power loss, or a failed sync, past the mark */
+        else /* only the process died: it tore at most its last record */
+            tolerated = last && !w.interrupted && !valid_record_after(s->base, w.stop, w.size);
+        if (!tolerated) {
+            char path[1100];
+            seg_path(db, want, path, sizeof(path));
+            log_set_error(db, ABASE_ECORRUPT, 0, path, at, "%s",
+                          w.why ? w.why
+                                : w.open_batch ? "unfinished batch before more data"
+                                               : w.end < before ? "data ends before the durable end mark"
+                                                                : "garbage after the end of a sealed segment");
+            rc = ABASE_ECORRUPT;
+            break;
+        }
+        rc = drop_tail(db, s, w.end, rep); /* W1/W2/W5 */
+        keep = i + 1;
+        break;
+    }
+    if (rc == ABASE_OK && m.end != 0 && mseg >= first_live && moff > ABASE_SEG_HEADER_SIZE &&
+        (db->nsegs == 0 || db->segs[db->nsegs - 1].no < mseg) && keep == n) {
+        /* the mark says segment mseg holds data, and there is no such file */
+        char path[1100];
+        seg_path(db, mseg, path, sizeof(path));
+        log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment missing from the log");
+        rc = ABASE_ECORRUPT;
+    }
+    if (rc == ABASE_OK && keep < n) {
+        for (uint32_t j = keep; j < n; j++)
+            drop_segment_file(db, nums[j], rep);
+        if (log_fsync_dir(db->logdir) != 0) { /* fsync point: the removed segments */
+            log_set_io_error(db, errno, db->logdir, "fsync", "cannot sync the log directory");
+            rc = ABASE_EIO;
+        }
     }
     free(nums);
+    if (rc == ABASE_OK && db->nsegs) {
+        segment *newest = &db->segs[db->nsegs - 1];
+        newest->sealed = 0; /* the newest kept segment is the active one */
+        for (uint32_t i = 0; i < db->nsegs; i++) {
+            segment *s = &db->segs[i];
+            rep->bytes += s->used - ABASE_SEG_HEADER_SIZE;
+            if (ts_greater(s->max_hlc, s->max_node, rep->max_hlc, 0))
+                rep->max_hlc = s->max_hlc;
+            if (s->sealed && make_addr(s->no, s->used) <= m.end)
+                s->synced = 1;
+        }
+    }
     if (rc == ABASE_OK && q->n) {
         /* Every segment is mapped and its `used` final, so the index can
          * read any queued record's key. */
@@ -483,7 +702,50 @@ int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep)
     }
     free(q->items);
     free(q);
+    uint64_t durable = m.end;
+    if (rc == ABASE_OK && db->nsegs) {
+        segment *newest = &db->segs[db->nsegs - 1];
+        uint64_t log_end = make_addr(newest->no, newest->used);
+        if (durable > log_end)
+            durable = log_end;
+        if (db->durability == ABASE_DUR_SYNC && log_end > durable) {
+            /* Durability "sync" holds everything below the active segment
+             * on disk: sync what the last run left unsynced. */
+            for (uint32_t i = 0; rc == ABASE_OK && i < db->nsegs; i++) {
+                segment *s = &db->segs[i];
+                if (make_addr(s->no, s->used) > durable && fdatasync(s->fd) != 0) { /* fsync point */
+                    char path[1100];
+                    seg_path(db, s->no, path, sizeof(path));
+                    log_set_io_error(db, errno, path, "fdatasync", "cannot sync a recovered segment");
+                    rc = ABASE_EIO;
+                }
+                s->synced = s->sealed;
+            }
+            if (rc == ABASE_OK && log_fsync_dir(db->logdir) != 0) {
+                log_set_io_error(db, errno, db->logdir, "fsync", "cannot sync the log directory");
+                rc = ABASE_EIO;
+            }
+            durable = log_end;
+        }
+    }
+    if (rc == ABASE_OK) {
+        pthread_mutex_lock(&db->sync_mu);
+        db->synced_addr = durable;
+        pthread_mutex_unlock(&db->sync_mu);
+        /* This boot's id, the failure flags cleared; fsync'd when they were
+         * set, so that a later crash cannot cut again what this run writes.
+         * Not written when it would say the same (an open changes no file
+         * it does not have to). */
+        if (!m.present)
+            rc = log_mark_create(db, durable); /* a new log: no segment yet */
+        else if (m.flags || durable != m.end || memcmp(m.boot, db->boot_id, 16) != 0)
+            rc = log_mark_reset(db, durable, m.flags != 0);
+    }
+    rep->mark_end = m.end;
+    rep->mark_flags = m.flags;
+    rep->rebooted = (uint32_t)rebooted;
     rep->segments = db->nsegs;
+    log_recount_live(db);
     abase_hlc_observe(&db->clock, rep->max_hlc);
     pthread_rwlock_unlock(&db->lock);
     return rc;

@@ -283,7 +283,7 @@ int64_t abase_scan_next(abase_scan *sc, uint64_t at_hlc, uint32_t at_node,
         /* Versions appended after the open are newer than any snapshot
          * the scan can read at, so the head seen at open is enough; one
          * compacted since reads as "ask the store". */
-        uint64_t head = rec_live(db, sc->heads[i]) ? sc->heads[i] : 0;
+        uint64_t head = visible_head(db, sc->heads[i]);
         int status = ABASE_NEEDBASE;
         const uint8_t *w = NULL;
         if (mode != ABASE_MODE_MERGE) {

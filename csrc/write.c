@@ -25,27 +25,48 @@
 
 /* ------------------------------------------------------------ group commit */
 
-/* One fdatasync of the active segment (and, with all_segments, of every
- * sealed segment not yet synced). Returns the address it made durable in
- * *end. Called by the leader, with neither lock held. */
-static int sync_once(abase_db *db, int all_segments, uint64_t *end)
+/* What a failed sync was doing: for the error report. */
+typedef struct sync_failure {
+    int sys_errno;
+    const char *syscall;
+    char file[1100];
+} sync_failure;
+
+/* One fdatasync of the active segment (and, with all_segments, first of
+ * every sealed segment not yet synced and of the log directory if a
+ * segment was created since it was last synced). Returns the address it
+ * made durable in *end. Called by the leader, with neither lock held. */
+static int sync_once(abase_db *db, int all_segments, uint64_t *end, sync_failure *why)
 {
     int rc = ABASE_OK;
+    *end = 0;
     pthread_rwlock_rdlock(&db->lock);
     if (all_segments) {
-        for (uint32_t i = 0; i < db->nsegs; i++) {
+        for (uint32_t i = 0; i < db->nsegs && rc == ABASE_OK; i++) {
             segment *s = &db->segs[i];
             if (s->sealed && !s->synced) {
                 if (fdatasync(s->fd) != 0) { /* fsync point: db.sync() */
+                    why->sys_errno = errno;
+                    why->syscall = "fdatasync";
+                    seg_path(db, s->no, why->file, sizeof(why->file));
                     rc = ABASE_EIO;
                     break;
                 }
                 s->synced = 1;
             }
         }
+        /* fsync point: the names of segments created since (durability
+         * "sync" syncs the directory when it creates one) */
+        if (rc == ABASE_OK && __atomic_exchange_n(&db->dir_dirty, 0, __ATOMIC_ACQ_REL) &&
+            log_fsync_dir(db->logdir) != 0) {
+            __atomic_store_n(&db->dir_dirty, 1, __ATOMIC_RELAXED);
+            why->sys_errno = errno;
+            why->syscall = "fsync";
+            snprintf(why->file, sizeof(why->file), "%s", db->logdir);
+            rc = ABASE_EIO;
+        }
     }
     segment *s = active_seg(db);
-    *end = 0;
     int fd = -1;
     if (s) {
         *end = make_addr(s->no, s->used);
@@ -57,27 +78,48 @@ static int sync_once(abase_db *db, int all_segments, uint64_t *end)
             db->sync_fd_no = s->no;
         }
         fd = db->sync_fd;
-        if (fd < 0 && rc == ABASE_OK)
+        if (rc == ABASE_OK)
+            seg_path(db, s->no, why->file, sizeof(why->file));
+        if (fd < 0 && rc == ABASE_OK) {
+            why->sys_errno = errno;
+            why->syscall = "dup";
             rc = ABASE_EIO;
+        }
+    } else if (all_segments && db->nsegs) {
+        segment *last = &db->segs[db->nsegs - 1]; /* every segment synced above */
+        *end = make_addr(last->no, last->used);
     } else if (db->sealed_synced > *end) {
         *end = db->sealed_synced;
     }
     pthread_rwlock_unlock(&db->lock);
-    if (rc == ABASE_OK && fd >= 0 && fdatasync(fd) != 0) /* fsync point: group commit */
+    if (rc == ABASE_OK && fd >= 0 && fdatasync(fd) != 0) { /* fsync point: group commit */
+        why->sys_errno = errno;
+        why->syscall = "fdatasync";
         rc = ABASE_EIO;
+    }
     return rc;
 }
 
 /* Make every address below `target` durable. One writer at a time is the
  * leader and syncs, without holding sync_mu; the others wait on sync_cv
- * and leave as soon as a sync covers their write (group commit). */
+ * and leave as soon as a sync covers their write (group commit). A failed
+ * sync is sticky: the waiters it did not cover, and every later call,
+ * fail too, whatever a later sync would say (the kernel reports a failed
+ * writeback once, and may have dropped the pages). */
 static int sync_upto(abase_db *db, uint64_t target, int all_segments)
 {
-    int rc = ABASE_OK, led = 0;
+    int rc = ABASE_OK, led = 0, failed_here = 0, first = 0;
+    sync_failure why;
+    memset(&why, 0, sizeof(why));
+    uint64_t end = 0, durable = 0;
     pthread_mutex_lock(&db->sync_mu);
     for (;;) {
         if (!all_segments && db->synced_addr >= target)
             break;
+        if (db->failed) {
+            rc = ABASE_EIO;
+            break;
+        }
         if (db->syncing) {
             pthread_cond_wait(&db->sync_cv, &db->sync_mu);
             continue;
@@ -85,19 +127,31 @@ static int sync_upto(abase_db *db, uint64_t target, int all_segments)
         db->syncing = 1;
         led = 1;
         pthread_mutex_unlock(&db->sync_mu);
-        uint64_t end = 0;
-        rc = sync_once(db, all_segments, &end);
+        rc = sync_once(db, all_segments, &end, &why);
         pthread_mutex_lock(&db->sync_mu);
         db->syncing = 0;
         if (rc == ABASE_OK && end > db->synced_addr)
             db->synced_addr = end;
+        if (rc != ABASE_OK) {
+            /* in this hold: no waiter may lead another sync first */
+            failed_here = 1;
+            first = log_fail_record(db, why.sys_errno, why.file, why.syscall, "sync of the log failed");
+            durable = db->synced_addr;
+        }
         pthread_cond_broadcast(&db->sync_cv);
         break;
     }
     pthread_mutex_unlock(&db->sync_mu);
+    if (failed_here) {
+        log_fail_finish(db, first, 0, 1, durable, why.sys_errno, why.file, why.syscall,
+                        "sync of the log failed");
+        return ABASE_EIO;
+    }
+    if (rc == ABASE_OK && led)
+        log_mark_write(db, end, 0, 0); /* the durable end mark follows every sync */
     pthread_rwlock_wrlock(&db->lock);
     if (rc != ABASE_OK) {
-        log_set_error(db, ABASE_EIO, errno, db->logdir, 0, "fdatasync failed");
+        log_refuse(db);
     } else {
         db->syncs += led;
         db->synced_writes++;
@@ -109,6 +163,20 @@ static int sync_upto(abase_db *db, uint64_t target, int all_segments)
 int abase_sync(abase_db *db)
 {
     return sync_upto(db, UINT64_MAX, 1);
+}
+
+int abase_db_checkpoint(abase_db *db)
+{
+    if (log_failed(db))
+        return ABASE_EIO;
+    int rc = sync_upto(db, UINT64_MAX, 1);
+    if (rc != ABASE_OK)
+        return rc;
+    if (log_mark_sync(db) != ABASE_OK) {
+        log_fail(db, 0, 1, errno, db->logdir, "fsync", "cannot sync the durable end mark");
+        return ABASE_EIO;
+    }
+    return ABASE_OK;
 }
 
 /* ------------------------------------------------------------------ writes */
@@ -143,16 +211,17 @@ static int64_t put_impl(abase_db *db, uint32_t ns, int op, const uint8_t *key,
     if (nowait && real_clock)
         wall_ms = abase_wall_ms();
     if (nowait) {
-        if (db->durability == ABASE_DUR_SYNC)
+        if (db->durability == ABASE_DUR_SYNC || log_stall_needed(db))
             return ABASE_EWOULDBLOCK;
         if (pthread_rwlock_trywrlock(&db->lock) != 0)
             return ABASE_EWOULDBLOCK;
         s = active_seg(db);
-        if (!s || s->used + need > s->mapped) {
+        if (!log_failed(db) && (!s || s->used + need > s->mapped)) {
             pthread_rwlock_unlock(&db->lock);
             return ABASE_EWOULDBLOCK;
         }
     } else {
+        log_stall(db); /* backpressure: before the lock, bounded */
         pthread_rwlock_wrlock(&db->lock);
     }
     rc = log_room_for(db, need, &s);
@@ -225,7 +294,14 @@ int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
         if (hlcs && hlcs[i] >> ABASE_LOGICAL_BITS > ABASE_MAX_PHYSICAL_MS)
             return ABASE_ERANGE;
         need += align8(ABASE_REC_HEADER_SIZE + (uint64_t)lens[2 * i] + lens[2 * i + 1]);
+        /* one segment holds the whole batch: every record offset must fit
+         * the 32 bits of an address */
+        if (need > ABASE_MAX_BATCH)
+            return ABASE_EBATCHSIZE;
     }
+    if (!hlcs)
+        log_stall(db); /* backpressure for local writes; callers of received
+                        * records stall first (abase_stall), outside their locks */
     pthread_rwlock_wrlock(&db->lock);
     segment *s;
     /* The whole batch goes into one segment, reserved before anything is

@@ -141,7 +141,7 @@ def test_segment_and_record_format(tmp_path):
     files = segment_files(tmp_path)
     assert [os.path.basename(f) for f in files] == ["00000000.seg"]
     hdr, recs, end, raw = parse_segment(files[0])
-    assert hdr["magic"] == b"ABLOGSEG" and hdr["version"] == 1 and hdr["header_len"] == 64
+    assert hdr["magic"] == b"ABLOGSEG" and hdr["version"] == lib.ABASE_FORMAT_VERSION == 2 and hdr["header_len"] == 64
     assert hdr["no"] == 0 and hdr["node"] == 42 and hdr["crc_ok"]
     assert SEG_HDR.size == 64
     assert set(raw[40:60]) <= {0}  # reserved
@@ -460,3 +460,89 @@ def test_prefault_populates_ahead_of_the_appends_without_changing_data(tmp_path)
         assert db.get(b"k1999") == b"x" * 600 and db.stats()["recovery"]["dropped_bytes"] == 0
     finally:
         db.close()
+
+
+# ------------------------------------------------ issue 11: defects 7 and 9
+
+def _set_compacted_through(path, value: int) -> None:
+    """Make a new directory's log start at segment value + 1 (as if that many
+    segments had been compacted)."""
+    import lmdb
+
+    os.makedirs(os.path.join(path, "store"), exist_ok=True)
+    env = lmdb.open(os.path.join(path, "store"), max_dbs=8)
+    try:
+        with env.begin(write=True, db=env.open_db(b"meta")) as txn:
+            txn.put(b"compacted_through", struct.pack("<Q", value))
+    finally:
+        env.close()
+
+
+def test_segment_numbers_past_99999999_are_listed(tmp_path):
+    """Defect 9: segment 100000000 is named with 9 digits; recovery ignored
+    such names, so its records vanished and the next segment truncated it."""
+    path = str(tmp_path / "db")
+    _set_compacted_through(path, 99_999_997)
+    vals = {}
+    with ae.open(path, compact_interval=None, segment_size=4096) as db:
+        for i in range(80):
+            vals[b"k%03d" % i] = b"v" * 150
+            db.put(b"k%03d" % i, vals[b"k%03d" % i])
+    names = sorted(os.listdir(os.path.join(path, "log")))
+    assert "99999998.seg" in names and "100000000.seg" in names
+    with ae.open(path, compact_interval=None, segment_size=4096) as db:
+        assert db.recovery["records"] == 80
+        assert dict(db.scan()) == vals
+        db.put(b"more", b"x")
+    with ae.open(path, compact_interval=None, segment_size=4096) as db:
+        assert dict(db.scan()) == {**vals, b"more": b"x"}
+
+
+def test_non_canonical_segment_names_are_not_segments(tmp_path):
+    """Only names seg_path writes are segments: 8 digits, or 9-10 without a
+    leading zero. Others are left alone."""
+    path = str(tmp_path / "db")
+    with ae.open(path, compact_interval=None) as db:
+        db.put(b"k", b"v")
+    for junk in ("000000001.seg", "1.seg", "0000000x.seg", "99999999999.seg", "00000000.seg.bak"):
+        with open(os.path.join(path, "log", junk), "wb") as f:
+            f.write(b"junk")
+    with ae.open(path, compact_interval=None) as db:
+        assert db.get(b"k") == b"v" and db.recovery["segments"] == 1
+
+
+def test_batch_larger_than_an_address_can_hold_is_refused(open_db):
+    """Defect 7: nothing bounded a batch; a segment sized to fit 4 GiB pushed
+    record offsets into the segment bits of addresses and the directory
+    could not be opened again. Now every path refuses a batch over
+    MAX_BATCH encoded bytes, before copying it."""
+    db = open_db()
+    db.put(b"before", b"x")
+    big = bytes(lib.ABASE_MAX_VALUE)  # one object, referenced many times
+    n = lib.ABASE_MAX_BATCH // len(big) + 1
+    with pytest.raises(ae.ValueTooLargeError, match="batch"):
+        db.put_many([(b"k%d" % i, big) for i in range(n)])
+    with pytest.raises(ae.ValueTooLargeError, match="batch"):
+        with db.batch() as b:
+            for i in range(n):
+                b.put(b"b%d" % i, big)
+    changes = [ae.Change("", b"r%d" % i, ae.Op.PUT, big, ae.Timestamp(1_600_000_000_000 + i, 0, 9))
+               for i in range(n)]
+    with pytest.raises(ae.ValueTooLargeError, match="batch"):
+        db.apply(changes)
+    assert db.stats()["records_appended"] == 1 and db.stats()["log_bytes_written"] < 100
+    db.put_many([(b"k0", big)])  # one large value is fine
+    assert len(db.get(b"k0")) == len(big)
+
+
+def test_c_core_refuses_an_oversized_batch_before_reading_it(open_db):
+    db = open_db()
+    n = lib.ABASE_MAX_BATCH // lib.ABASE_MAX_VALUE + 1
+    lens = ffi.new("uint32_t[]", [1, lib.ABASE_MAX_VALUE] * n)
+    ops = bytes([lib.ABASE_OP_PUT]) * n
+    nss = ffi.new("uint32_t[]", [0] * n)
+    tiny = ffi.new("uint8_t[]", 8)  # the lengths lie: the core must not read past it
+    rc = lib.abase_write_batch(db._log._db, n, ops, nss, tiny, lens, ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL,
+                               ffi.NULL, ffi.NULL, ffi.NULL, -1)
+    assert rc == lib.ABASE_EBATCHSIZE
+    assert db.stats()["records_appended"] == 0

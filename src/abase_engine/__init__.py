@@ -12,6 +12,7 @@ from .errors import (
     CorruptionError,
     EngineClosedError,
     FormatVersionError,
+    IOFailedError,
     KeyTooLargeError,
     LockedError,
     InvalidOptionError,
@@ -37,5 +38,5 @@ __all__ = [
     "MergeOperator", "LWW", "crdt", "errors", "AbaseError", "CorruptionError", "LockedError",
     "EngineClosedError", "KeyTooLargeError", "ValueTooLargeError", "ClockSkewError",
     "SnapshotTooOldError", "FormatVersionError", "MergeOperatorMismatch", "MergeOperandError",
-    "SlotInvalidatedError", "InvalidOptionError",
+    "SlotInvalidatedError", "InvalidOptionError", "IOFailedError",
 ]

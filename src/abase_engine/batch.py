@@ -20,6 +20,11 @@ place that
   key before and after the write, under the merge lock;
 * tells the commit listeners (``on_commit``) what was committed.
 
+Batches are bounded: one may hold at most ``MAX_BATCH`` bytes as encoded in
+the log (40 + key + value, padded to 8, a record), or it raises
+:class:`~abase_engine.errors.ValueTooLargeError`, so that the segment that
+holds it keeps every record address within 32 bits of offset.
+
 Locks: ``merge_lock`` (re-entrant: operators are user code) serializes the
 read-modify-writes, digest upkeep and ``apply``; ``fold_lock`` is taken
 inside it by ``apply``, so that its read of stored versions never sees the
@@ -122,6 +127,8 @@ class Batch:
 
         :raises AbaseError: the batch was already committed or discarded.
         :raises EngineClosedError: the engine is closed.
+        :raises ValueTooLargeError: the batch is over ``MAX_BATCH`` encoded bytes.
+        :raises IOFailedError: an I/O failure; writes are refused until reopened.
         """
         if self._done:
             raise AbaseError("batch already committed or discarded")
@@ -227,6 +234,7 @@ class Committer:
         merges of a key see each other."""
         log = self._log
         handle = self._catalog.handle_by_id
+        log.stall()  # backpressure before the lock (the C core stalls only local batches)
         with self._merge_lock:
             n = len(b_ops)
             before = self.digests.track([(handle(b_nss[i]), b_parts[2 * i]) for i in range(n)]) \
@@ -322,6 +330,7 @@ class Committer:
         ``Engine.apply``) as one atomic batch; returns how many changed
         anything. :raises ClockSkewError: ``newest`` is too far ahead."""
         self._life.check("apply")
+        self._log.stall()  # backpressure, before the merge and fold locks the compactor needs
         self._log.clock_update(newest.hlc, max_skew_ms)
         parts: List[bytes] = []
         for _ns, _op, key, value, _t in recs:

@@ -25,6 +25,12 @@ purged tombstones.
 
 Locks: one compaction pass runs at a time (the pass lock); the thread and
 ``Engine.compact(wait=True)`` share it. Lock order: merge lock, fold lock.
+
+I/O failures: a store commit that fails (``IOFailedError``) makes the log
+refuse every later write (``Log.fail``), compaction included: the store may
+hold less than the commit meant to write, and the segments it folded stay
+live, so reopening replays them. After any I/O failure a pass refuses to
+start and the thread stops.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
+from .errors import IOFailedError
 from .log import NS_DEFS, Log
 from .record import Op
 from .resolve import Version, fold_lww, fold_merge
@@ -122,6 +129,10 @@ class Compactor:
                 with self._pass_lock:  # no pass may drop the segment meanwhile
                     self._log.prefault(self.prefault_bytes)
                 self.run_pass(seal=False)
+            except IOFailedError as exc:  # sticky: writes (and passes) are refused until reopened
+                self.errors.append(exc)
+                _logger.error("compaction stopped after an I/O failure: %s", exc)
+                return
             except BaseException as exc:  # reported, never kills the engine
                 self.errors.append(exc)
                 _logger.exception("compaction pass failed")
@@ -131,28 +142,41 @@ class Compactor:
 
         ``seal=True`` first seals the active segment so the pass covers every
         write acknowledged so far (``Engine.compact(wait=True)``).
+
+        :raises IOFailedError: writes are refused after an I/O failure, or
+            this pass's store commit failed (which makes them refused).
         """
         with self._pass_lock:
-            if seal:
-                self._log.seal()
-            segs = []
-            pin = self._oldest_pin()
-            floor = self._retention_floor()
-            for seg in self._log.segments():
-                if not seg["sealed"] or len(segs) >= self.max_segments_per_pass:
-                    break
-                if pin is not None and (seg["max_hlc"], seg["max_node"]) > pin:
-                    break  # an open snapshot still needs these versions
-                if floor is not None and seg["no"] >= floor:
-                    break  # a change feed or replication slot still reads it
-                segs.append(seg)
-            if segs:
-                self._fold_segments(segs)
-            done = len(segs)
-            self._purge_tombstones()
-            self.passes += 1
-            self.segments_compacted += done
-            return done
+            self._log.check_writable("compaction")
+            try:
+                return self._pass(seal)
+            except IOFailedError as exc:
+                if self._log.failure() is None:
+                    self._log.fail(exc)  # the store's commit failed: refuse writes from now on
+                raise
+
+    def _pass(self, seal: bool) -> int:
+        """One pass (pass lock held); see :meth:`run_pass`."""
+        if seal:
+            self._log.seal()
+        segs = []
+        pin = self._oldest_pin()
+        floor = self._retention_floor()
+        for seg in self._log.segments():
+            if not seg["sealed"] or len(segs) >= self.max_segments_per_pass:
+                break
+            if pin is not None and (seg["max_hlc"], seg["max_node"]) > pin:
+                break  # an open snapshot still needs these versions
+            if floor is not None and seg["no"] >= floor:
+                break  # a change feed or replication slot still reads it
+            segs.append(seg)
+        if segs:
+            self._fold_segments(segs)
+        done = len(segs)
+        self._purge_tombstones()
+        self.passes += 1
+        self.segments_compacted += done
+        return done
 
     def _fold_segments(self, segs: List[dict]) -> None:
         """Fold the segments, oldest first, in ONE store transaction.

@@ -29,7 +29,11 @@ Guarantees (see docs/architecture.md):
   returns; concurrent writers share one sync). ``sync()`` forces everything
   acknowledged so far to disk at any level.
 * a batch is all or nothing after any crash;
-* the visible value of a key is a pure function of its set of records.
+* the visible value of a key is a pure function of its set of records;
+* I/O errors are sticky: after a failed sync, seal, segment allocation or
+  store commit every write raises ``IOFailedError`` until the engine is
+  reopened, reads keep working, and ``stats()["io_error"]`` says what
+  failed (``docs/reliability.md``).
 
 Locks owned here and handed to the components: the *merge lock*
 (re-entrant; local read-modify-writes, ``apply``, digest upkeep, tombstone
@@ -65,7 +69,7 @@ from .resolve import KeyReader
 from .scan import Scanner
 from .slots import ReplicationSlot, SlotTable
 from .snapshot import PinSet, Snapshot
-from .store import Store
+from .store import Store, fsync_dir
 
 __all__ = ["Engine", "Namespace", "Batch", "Snapshot", "ReplicationSlot", "open", "DEFAULT_OPTIONS"]
 
@@ -81,6 +85,8 @@ DEFAULT_OPTIONS: Dict[str, Any] = {
     "max_slot_lag_bytes": 1 << 30,     # bytes of log a replication slot may lag before it is invalidated
     "digests": False,                  # maintain anti-entropy digests on every write (replicas)
     "clock": None,                     # callable -> wall ms (tests); None: real clock
+    "stall_log_bytes": 4 << 30,        # bytes of uncompacted log past which writes stall; None: never
+    "stall_max_ms": 100,               # ms one stalled write waits at most for the compactor
 }
 
 _PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
@@ -113,6 +119,13 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
       clean restarts, instead of rebuilding it when digest() is called
       after writes. Replicas should turn it on.
     * ``clock``: a callable returning wall-clock ms, for tests.
+    * ``stall_log_bytes`` (bytes, default 4 GiB) and ``stall_max_ms`` (ms,
+      default 100): write stalls, the backpressure of a compactor that
+      falls behind. A write that finds more than ``stall_log_bytes`` of log
+      not yet compacted first waits until compaction brings the log under
+      the limit, at most ``stall_max_ms`` (each write waits once, so a
+      stall delays a write by at most ``stall_max_ms``; it never fails it).
+      ``stats()`` reports ``stalls`` and ``stall_ms``. None disables stalls.
 
     Every method of :class:`Namespace` is available on the engine and acts
     on the default namespace ``""`` (the engine is not itself a Namespace:
@@ -136,13 +149,19 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         seg = opts["segment_size"]
         if not isinstance(seg, int) or not 4096 <= seg <= (1 << 31):
             raise InvalidOptionError("segment_size must be an int in 4096..2**31 bytes")
+        stall = opts["stall_log_bytes"]
+        if stall is not None and (not isinstance(stall, int) or isinstance(stall, bool) or stall < 0):
+            raise InvalidOptionError("stall_log_bytes must be None or an int >= 0 (bytes)")
+        wait = opts["stall_max_ms"]
+        if not isinstance(wait, int) or isinstance(wait, bool) or not 0 <= wait <= 86_400_000:
+            raise InvalidOptionError("stall_max_ms must be an int in 0..86400000 (ms)")
         self._options = opts
         self.path = os.path.realpath(os.fspath(path))
         self.node_id = node_id
         self.durability = durability
         self._life = Lifecycle()
         self._life.closed = True
-        os.makedirs(self.path, exist_ok=True)
+        _make_dir(self.path)
         self._lock_fd = self._take_lock()
         try:
             self._open_layers()
@@ -193,7 +212,8 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         try:
             first_live = self._store.meta_u64(b"compacted_through", -1) + 1
             self._log = Log(self.path, self.node_id, opts["segment_size"], self.durability, first_live,
-                            clock=opts["clock"])
+                            clock=opts["clock"], stall_log_bytes=opts["stall_log_bytes"],
+                            stall_max_ms=opts["stall_max_ms"])
         except BaseException:
             self._store.close()
             raise
@@ -213,6 +233,8 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         self.recovery = {
             "segments": rec.segments, "records": rec.records, "bytes": rec.bytes,
             "dropped_bytes": rec.dropped_bytes, "dropped_offset": rec.dropped_offset,
+            "dropped_segments": rec.dropped_segments, "durable_end": rec.mark_end,
+            "rebooted": bool(rec.rebooted), "after_failure": bool(rec.mark_flags),
         }
 
     def _wire(self) -> None:
@@ -260,18 +282,25 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
     def close(self) -> None:
         """Stop the compactor, close the log and the store, release the lock.
 
-        Does not sync (durability levels already hold); safe to call twice.
+        A clean close syncs the log and writes its durable end mark, so that
+        recovery can tell corruption from a torn tail; after an I/O failure
+        it syncs nothing. Safe to call twice.
+
+        :raises IOFailedError: the closing sync failed (the engine is closed
+            all the same).
         """
         if self._life.closed:
             return
         self._life.closed = True
         self._fastpaths.detach_all()
         self._compactor.stop()
-        if self._digests.maintained:
-            self._digests.save()
-        self._log.close()
-        self._store.close()
-        self._release_lock()
+        try:
+            if self._digests.maintained and self._log.failure() is None:
+                self._digests.save()
+            self._log.close()
+        finally:
+            self._store.close()
+            self._release_lock()
 
     def __enter__(self) -> "Engine":
         return self
@@ -350,7 +379,11 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
     def compact(self, wait: bool = True) -> int:
         """Fold the log into the store. ``wait=True`` seals the active segment
         and runs a full pass now, returning the number of segments folded;
-        ``wait=False`` only wakes the compactor thread."""
+        ``wait=False`` only wakes the compactor thread.
+
+        :raises IOFailedError: the store's commit failed (from then on writes
+            are refused), or writes are refused after an earlier I/O failure.
+        """
         self._check_open("compact")
         if not wait:
             self._compactor.wake()
@@ -358,7 +391,12 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         return self._compactor.run_pass(seal=True)
 
     def sync(self) -> None:
-        """Force every write acknowledged so far to disk (fdatasync)."""
+        """Force every write acknowledged so far to disk (fdatasync of the
+        segments, fsync of the log directory) and advance the durable end mark.
+
+        :raises IOFailedError: a sync failed now or earlier (writes are refused
+            until the engine is reopened).
+        """
         self._check_open("sync")
         self._log.sync()
 
@@ -367,6 +405,11 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
 
         ``keys`` is approximate: keys in the log's index plus entries in the
         store (a key in both counts twice; tombstones count). ``len()`` is exact.
+        ``io_error`` is None, or the first I/O failure (``file``, ``syscall``,
+        ``errno``, ``message``) after which writes are refused;
+        ``durable_end`` the log address below which everything is known to be
+        on disk; ``stalls``, ``stall_ms`` and ``stalled_writers`` count write
+        stalls (option ``stall_log_bytes``).
         """
         self._check_open("stats")
         ls = self._log.stats()
@@ -394,6 +437,11 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
             "slots": self._slots.stats(),
             "listener_errors": self._listeners.errors,
             "recovery": dict(self.recovery),
+            "durable_end": ls["durable_end"],
+            "stalls": ls["stalls"],
+            "stall_ms": ls["stall_ns"] / 1e6,
+            "stalled_writers": ls["stalled_writers"],
+            "io_error": self._log.failure(),
         }
 
     def check(self, fix: bool = False) -> List[str]:
@@ -415,6 +463,21 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         assert not problems, problems
 
 
+def _make_dir(path: str) -> None:
+    """Create the engine directory (and missing parents) with their names on
+    disk: each created directory is fsync'd into its parent."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _make_dir(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    fsync_dir(parent or ".")  # fsync point: the new directory's name
+
+
 def open(path: Union[str, "os.PathLike[str]"], node_id: int = 1, durability: str = "process", **options: Any) -> Engine:
     """Open (creating if needed) the engine directory ``path``.
 
@@ -425,7 +488,9 @@ def open(path: Union[str, "os.PathLike[str]"], node_id: int = 1, durability: str
     b'v'
 
     :raises LockedError: the directory is open elsewhere.
-    :raises CorruptionError: a segment is damaged outside the tail.
+    :raises CorruptionError: a segment is damaged before the durable end mark,
+        or in a way a process kill cannot explain.
+    :raises IOFailedError: an OS call failed while opening.
     :raises FormatVersionError: written by an unknown format version.
     :raises InvalidOptionError: an unknown or out-of-range option.
     """

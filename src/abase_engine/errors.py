@@ -11,6 +11,7 @@ exception, for the log (``log.py``) and the clock (``hlc.py``) alike.
 
 from __future__ import annotations
 
+import os
 from typing import Dict, Optional, Tuple, Type
 
 from ._abase import lib
@@ -29,6 +30,7 @@ __all__ = [
     "MergeOperandError",
     "SlotInvalidatedError",
     "InvalidOptionError",
+    "IOFailedError",
     "error_for_status",
 ]
 
@@ -97,12 +99,41 @@ class SlotInvalidatedError(AbaseError):
     """A replication slot fell too far behind and its history was discarded; use anti-entropy."""
 
 
+class IOFailedError(AbaseError):
+    """An operating-system call on the engine's files failed.
+
+    ``file`` names the file (or directory), ``syscall`` the call
+    (``fdatasync``, ``fsync``, ``msync``, ``posix_fallocate``,
+    ``mdb_txn_commit``, ``write``, ...) and ``errno`` its error number, when
+    known.
+
+    After a failed sync of the log or its directory, a failed seal or
+    segment allocation, or a failed store commit, the engine refuses every
+    later write with this error until it is reopened: a failed writeback is
+    reported once and the kernel may have dropped the pages, so a later
+    successful sync would prove nothing. Reads keep working, and
+    ``Engine.stats()["io_error"]`` describes the first failure. Under
+    durability ``"sync"`` the write whose sync failed (and any other write
+    not yet acknowledged) is not visible to reads or the change feed, and
+    is gone after reopening.
+    """
+
+    def __init__(self, message: str, file: Optional[str] = None, syscall: Optional[str] = None,
+                 errno: int = 0, reason: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.file = file
+        self.syscall = syscall
+        self.errno = errno
+        #: the message without the call, errno and file appended
+        self.reason = reason if reason is not None else message
+
+
 #: C status -> (exception class, what the status means). Statuses that are
 #: answers rather than failures (NOTFOUND, DELETED, NEEDBASE, ETOOSMALL,
 #: EAGAIN) are handled where they occur and never reach this table.
 _STATUS_ERRORS: Dict[int, Tuple[Type[Exception], str]] = {
     lib.ABASE_EINVAL: (ValueError, "invalid argument"),
-    lib.ABASE_EIO: (AbaseError, "I/O error"),
+    lib.ABASE_EIO: (IOFailedError, "I/O error"),
     lib.ABASE_ENOMEM: (MemoryError, "out of memory"),
     lib.ABASE_ECORRUPT: (CorruptionError, "corruption"),
     lib.ABASE_EVERSION: (FormatVersionError, "unknown format version"),
@@ -111,17 +142,20 @@ _STATUS_ERRORS: Dict[int, Tuple[Type[Exception], str]] = {
     lib.ABASE_ESKEW: (ClockSkewError, "remote timestamp too far ahead of the local clock"),
     lib.ABASE_ERANGE: (ValueError, "wall clock reading out of range (must be 0 <= ms < 2**47)"),
     lib.ABASE_EWOULDBLOCK: (AbaseError, "would block"),
+    lib.ABASE_EBATCHSIZE: (ValueTooLargeError,
+                           f"batch larger than {lib.ABASE_MAX_BATCH} encoded bytes (40 + key + value, "
+                           "padded to 8, a record)"),
 }
 
 
 def error_for_status(rc: int, what: str, *, message: str = "", file: Optional[str] = None,
-                     offset: Optional[int] = None, sys_errno: int = 0) -> Exception:
+                     offset: Optional[int] = None, sys_errno: int = 0, syscall: str = "") -> Exception:
     """The exception for the failure status ``rc`` of the C call ``what``.
 
-    ``message``, ``file``, ``offset`` and ``sys_errno`` are the C core's
-    error details when it gave them (``abase_db_error``): a
-    :class:`CorruptionError` carries file and offset, an I/O error names the
-    errno and the file.
+    ``message``, ``file``, ``offset``, ``sys_errno`` and ``syscall`` are the
+    C core's error details when it gave them (``abase_db_error``): a
+    :class:`CorruptionError` carries file and offset, an
+    :class:`IOFailedError` the file, the failing call and its errno.
     """
     cls, meaning = _STATUS_ERRORS.get(rc, (AbaseError, f"status {rc}"))
     if cls in (KeyTooLargeError, ValueTooLargeError, ClockSkewError):
@@ -132,5 +166,18 @@ def error_for_status(rc: int, what: str, *, message: str = "", file: Optional[st
     if cls is FormatVersionError and file:
         return FormatVersionError(f"{text} ({file})")
     if rc == lib.ABASE_EIO:
-        return AbaseError(f"{text} (errno {sys_errno}){' ' + file if file else ''}")
+        return io_failed(text, file, syscall or None, sys_errno)
     return cls(text)
+
+
+def io_failed(text: str, file: Optional[str], syscall: Optional[str], sys_errno: int) -> IOFailedError:
+    """An :class:`IOFailedError` whose message names the call, the errno and the file."""
+    detail = []
+    if syscall:
+        detail.append(syscall)
+    if sys_errno:
+        detail.append(f"errno {sys_errno} ({os.strerror(sys_errno)})")
+    if file:
+        detail.append(file)
+    suffix = f" [{', '.join(detail)}]" if detail else ""
+    return IOFailedError(text + suffix, file, syscall, sys_errno, reason=text)

@@ -62,6 +62,9 @@ class ReplicationHooks:
         :raises TypeError: an item is not a Change.
         :raises MergeOperandError: a value does not decode for its namespace's operator.
         :raises AbaseError: a record names a merge namespace this engine has not opened.
+        :raises ValueTooLargeError: the records are over the batch bound
+            (``MAX_BATCH`` bytes as encoded in the log): split them.
+        :raises IOFailedError: writes are refused after an I/O failure.
         """
         self._life.check("apply")
         recs = []

@@ -20,14 +20,16 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 from ._abase import ffi, lib
 from ._fast import scan_split
-from .errors import AbaseError, EngineClosedError, error_for_status
+from .errors import AbaseError, EngineClosedError, IOFailedError, ValueTooLargeError, error_for_status, io_failed
 from .log_segments import LogRecord, SegmentAccess
 
-__all__ = ["Log", "LogRecord", "DURABILITY", "MAX_KEY", "MAX_VALUE", "NS_DEFS"]
+__all__ = ["Log", "LogRecord", "DURABILITY", "MAX_KEY", "MAX_VALUE", "MAX_BATCH", "NS_DEFS"]
 
 DURABILITY = {"none": lib.ABASE_DUR_NONE, "process": lib.ABASE_DUR_PROCESS, "sync": lib.ABASE_DUR_SYNC}
 MAX_KEY = lib.ABASE_MAX_KEY
 MAX_VALUE = lib.ABASE_MAX_VALUE
+MAX_BATCH = lib.ABASE_MAX_BATCH
+_REC_HEADER_SIZE = lib.ABASE_REC_HEADER_SIZE
 NS_DEFS = lib.ABASE_NS_DEFS
 MODE_LWW = lib.ABASE_MODE_LWW
 MODE_MERGE = lib.ABASE_MODE_MERGE
@@ -54,7 +56,25 @@ def _error_from_status(db, rc: int, what: str) -> Exception:
     return error_for_status(
         rc, what, message=ffi.string(info.message).decode("utf-8", "replace"),
         file=ffi.string(info.file).decode("utf-8", "replace") or None, offset=int(info.offset),
-        sys_errno=int(info.sys_errno))
+        sys_errno=int(info.sys_errno), syscall=ffi.string(info.syscall).decode("ascii", "replace"))
+
+
+def _error_dict(info) -> dict:
+    """An ``abase_error`` as a dict (what ``Engine.stats()["io_error"]`` shows)."""
+    return {
+        "file": ffi.string(info.file).decode("utf-8", "replace"),
+        "syscall": ffi.string(info.syscall).decode("ascii", "replace"),
+        "errno": int(info.sys_errno),
+        "message": ffi.string(info.message).decode("utf-8", "replace"),
+    }
+
+
+def _encoded_size(parts: List[bytes]) -> int:
+    """Bytes a batch takes in the log: per record 40 + key + value, padded to 8."""
+    total = 0
+    for i in range(0, len(parts), 2):
+        total += (_REC_HEADER_SIZE + len(parts[i]) + len(parts[i + 1]) + 7) & ~7
+    return total
 
 
 class _Buffers(threading.local):
@@ -84,12 +104,18 @@ class Log(SegmentAccess):
         older segment files are deleted (a crash can leave them behind).
     :param clock: a callable returning wall-clock ms (tests inject one);
         None: the C core reads ``CLOCK_REALTIME`` itself.
-    :raises CorruptionError: a bad record outside the newest segment's tail.
+    :param stall_log_bytes: write stalls: a local write that finds more live
+        (uncompacted) log than this waits for compaction, at most
+        ``stall_max_ms``; None or 0: never.
+    :raises CorruptionError: a bad record before the durable end mark, or
+        one a process kill cannot explain (see ``csrc/abase.h``).
     :raises FormatVersionError: a segment of an unknown format version.
+    :raises IOFailedError: an OS call failed while recovering.
     """
 
     def __init__(self, path: str, node_id: int, segment_size: int, durability: str, first_live: int,
-                 clock: Optional[Callable[[], int]] = None) -> None:
+                 clock: Optional[Callable[[], int]] = None, stall_log_bytes: Optional[int] = None,
+                 stall_max_ms: int = 0) -> None:
         self._clock_fn = clock
         out = ffi.new("abase_db **")
         rc = lib.abase_db_new(path.encode(), node_id, segment_size, DURABILITY[durability], out)
@@ -105,6 +131,7 @@ class Log(SegmentAccess):
             lib.abase_db_free(self._db)
             self._db = None
             raise err
+        lib.abase_db_set_stall(self._db, stall_log_bytes or 0, stall_max_ms)
 
     # -- hot paths ---------------------------------------------------------
     def fast_handle(self) -> Tuple[int, Tuple[int, int, int, int, int]]:
@@ -124,10 +151,57 @@ class Log(SegmentAccess):
 
     # -- lifecycle -------------------------------------------------------
     def close(self) -> None:
-        """Unmap and close every segment (no sync: call :meth:`sync` first if needed)."""
-        if self._db is not None:
-            lib.abase_db_free(self._db)
-            self._db = None
+        """Sync every segment, write the durable end mark (a clean close),
+        then unmap and close everything. After an I/O failure nothing is
+        synced or marked (the failure is already recorded).
+
+        :raises IOFailedError: the closing sync failed (the log is closed
+            all the same; what was acknowledged under ``"process"`` is in
+            the page cache, and recovery treats the tail past the mark as
+            possibly torn).
+        """
+        if self._db is None:
+            return
+        rc = 0 if self.failure() is not None else lib.abase_db_checkpoint(self._db)
+        err = _error_from_status(self._db, rc, "close") if rc != 0 else None
+        lib.abase_db_free(self._db)
+        self._db = None
+        if err is not None:
+            raise err
+
+    # -- the sticky I/O failure and write stalls -----------------------------
+    def failure(self) -> Optional[dict]:
+        """The first I/O failure (``file``, ``syscall``, ``errno``,
+        ``message``) after which writes are refused, or None."""
+        info = ffi.new("abase_error *")
+        if lib.abase_db_failure(self._db, info):
+            return _error_dict(info)
+        return None
+
+    def fail(self, exc: IOFailedError) -> None:
+        """Refuse every later write: an I/O call outside the log (the
+        store's commit) failed with ``exc``."""
+        lib.abase_db_fail(self._db, exc.errno or 0, (exc.file or "").encode("utf-8", "replace"),
+                          (exc.syscall or "").encode("ascii", "replace")[:31],
+                          exc.reason.encode("utf-8", "replace")[:255])
+
+    def check_writable(self, what: str) -> None:
+        """:raises IOFailedError: writes are refused after an I/O failure."""
+        f = self.failure()
+        if f is not None:
+            raise io_failed(f"{what}: writes refused after an earlier I/O failure ({f['message']}); "
+                            "reopen the engine", f["file"] or None, f["syscall"] or None, f["errno"])
+
+    def stall(self) -> None:
+        """Wait, at most the configured bound, while the live log is over
+        the stall limit (before writing received records; local writes
+        stall in C)."""
+        lib.abase_stall(self._db)
+
+    def stalled_writers(self, at_least: int = 0, timeout_ms: int = 0) -> int:
+        """How many writes are stalled now; with ``at_least``, first wait
+        (at most ``timeout_ms``) until that many are."""
+        return lib.abase_stall_waiters(self._db, at_least, timeout_ms)
 
     def _fail(self, rc: int, what: str) -> AbaseError:
         return _error_from_status(self._db, rc, what)
@@ -214,6 +288,11 @@ class Log(SegmentAccess):
         and, with ``hlcs``, a list of 1 (appended) / 0 (skipped).
         """
         n = len(ops)
+        encoded = sum(len(p) for p in parts) + n * (_REC_HEADER_SIZE + 7)
+        if encoded > MAX_BATCH and _encoded_size(parts) > MAX_BATCH:
+            raise ValueTooLargeError(
+                f"write batch of {_encoded_size(parts)} encoded bytes; the maximum is {MAX_BATCH} "
+                "(each record: 40 bytes + key + value, padded to 8)")
         wall_ms = self.wall()
         blob = b"".join(parts)
         lens = ffi.new("uint32_t[]", [len(p) for p in parts])
@@ -354,7 +433,7 @@ class Log(SegmentAccess):
         return {name: int(getattr(st, name)) for name in (
             "live_keys", "index_bytes", "index_capacity", "log_bytes", "log_bytes_written",
             "records_appended", "segments", "first_segment", "active_segment", "rehashing",
-            "syncs", "synced_writes")}
+            "syncs", "synced_writes", "durable_end", "stalls", "stall_ns", "stalled_writers", "failed")}
 
     def check(self) -> List[str]:
         """Check every live record's crc and the index; returns findings."""

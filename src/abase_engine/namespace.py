@@ -76,6 +76,8 @@ class Namespace:
         :raises ValueTooLargeError: value longer than 256 MiB.
         :raises MergeOperandError: (merge namespace) value is not a valid state.
         :raises EngineClosedError: the engine is closed.
+        :raises IOFailedError: an I/O failure (now or earlier): writes are
+            refused until the engine is reopened (docs/reliability.md).
         """
         self._life.check("put")
         if not self.lww:
@@ -88,6 +90,7 @@ class Namespace:
         It is not an error if the key does not exist.
 
         :raises TypeError, KeyTooLargeError, EngineClosedError:
+        :raises IOFailedError: writes are refused after an I/O failure.
         """
         self._life.check("delete")
         return self._committer.write(self, _DELETE, check_key(key), b"")
@@ -102,6 +105,7 @@ class Namespace:
 
         :raises MergeOperandError: the operation does not fit the operator.
         :raises EngineClosedError: the engine is closed.
+        :raises IOFailedError: writes are refused after an I/O failure.
         """
         self._life.check("merge")
         return self._committer.merge_one(self, key, operation)
@@ -197,6 +201,7 @@ class DefaultNamespaceMethods:
         :raises KeyTooLargeError: key longer than 511 bytes.
         :raises ValueTooLargeError: value longer than 256 MiB.
         :raises EngineClosedError: the engine is closed.
+        :raises IOFailedError: writes are refused after an I/O failure.
 
         Thread-safety: safe.
         """
@@ -220,6 +225,11 @@ class DefaultNamespaceMethods:
 
         Returns the last record's timestamp, None for no pairs. A list of
         ``(bytes, bytes)`` tuples crosses into C once for the whole batch.
+
+        :raises TypeError, KeyTooLargeError, ValueTooLargeError: a bad pair.
+        :raises ValueTooLargeError: the batch is over ``MAX_BATCH`` (2 GiB)
+            bytes as encoded in the log (40 + key + value, padded to 8, a pair).
+        :raises IOFailedError: writes are refused after an I/O failure.
         """
         return self._fastpath.put_many(items)
 

@@ -8,9 +8,13 @@ its reader must fall back to anti-entropy (``SlotInvalidatedError``).
 
 File format: ``<dir>/slots.json``, a JSON object ``{name: {"cursor": hex of
 the 12-byte feed cursor, "invalidated": bool}}``, replaced atomically
-(write to ``slots.json.tmp``, then rename; fsync'd first under durability
-"sync"). It lives outside LMDB so the compactor stays the store's only
-writer.
+(write to ``slots.json.tmp``, then rename; under durability "sync" the
+temporary file is fsync'd before the rename and the directory after it). It
+lives outside LMDB so the compactor stays the store's only writer. A save
+that fails (a short or failed write, a failed fsync or rename) raises
+:class:`~abase_engine.errors.IOFailedError` and changes nothing: the slot
+keeps its previous position, in memory and in the file. Such a failure does
+not stop the engine's writes (the log does not depend on the file).
 
 Locks: :class:`SlotTable` has one lock guarding its table and the file.
 """
@@ -22,11 +26,12 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from .errors import AbaseError, SlotInvalidatedError
+from .errors import AbaseError, SlotInvalidatedError, io_failed
 from .feed import CURSOR, parse_cursor
 from .lifecycle import Lifecycle
 from .log import Log
 from .record import Change
+from .store import fsync_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from .feed import ChangeFeed
@@ -59,29 +64,60 @@ class SlotTable:
             for name, st in raw.items():
                 self._slots[name] = {"cursor": bytes.fromhex(st["cursor"]), "invalidated": bool(st["invalidated"])}
 
-    def _save(self) -> None:
+    def _save(self, slots: Dict[str, Dict[str, Any]]) -> None:
+        """Write ``slots`` to the file, replacing it atomically; then make
+        them the table (only once the file holds them).
+
+        :raises IOFailedError: a write, fsync or rename failed (nothing
+            changed, unless only the directory's fsync after the rename did).
+        """
         tmp = self._path + ".tmp"
-        data = {n: {"cursor": st["cursor"].hex(), "invalidated": st["invalidated"]} for n, st in self._slots.items()}
-        with open(tmp, "w") as f:
-            json.dump(data, f)
+        text = json.dumps({n: {"cursor": st["cursor"].hex(), "invalidated": st["invalidated"]}
+                           for n, st in slots.items()}).encode()
+        call = "open"
+        renamed = False
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                call = "write"
+                view = memoryview(text)
+                while view:  # a short write is continued; an error stops the save
+                    view = view[os.write(fd, view):]
+                if self._durability == "sync":
+                    call = "fsync"
+                    os.fsync(fd)  # fsync point: the new slots, before they replace the old
+            finally:
+                os.close(fd)
+            call = "rename"
+            os.replace(tmp, self._path)
+            renamed = True
             if self._durability == "sync":
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, self._path)
+                call = "fsync"
+                fsync_dir(os.path.dirname(self._path))  # fsync point: the rename
+        except OSError as exc:
+            if renamed:
+                self._slots = slots  # the file holds them, only their rename may not be on disk
+            else:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+            raise io_failed(f"saving replication slots failed: {exc.strerror}", exc.filename or tmp, call,
+                            exc.errno or 0) from exc
+        self._slots = slots
 
     def create(self, name: str) -> None:
         """Create slot ``name`` at the oldest record in the log, unless it exists."""
         with self._lock:
             if name not in self._slots:
                 seg, off = self._start()
-                self._slots[name] = {"cursor": CURSOR.pack(seg, off), "invalidated": False}
-                self._save()
+                self._save(dict(self._slots, **{name: {"cursor": CURSOR.pack(seg, off), "invalidated": False}}))
 
     def drop(self, name: str) -> None:
         """Forget slot ``name`` (not an error if absent)."""
         with self._lock:
-            if self._slots.pop(name, None) is not None:
-                self._save()
+            if name in self._slots:
+                self._save({n: st for n, st in self._slots.items() if n != name})
 
     def state(self, name: str) -> Dict[str, Any]:
         """``{"cursor": bytes, "invalidated": bool}`` of slot ``name``.
@@ -99,29 +135,34 @@ class SlotTable:
         return self._log.lag(seg, off)
 
     def ack(self, name: str, cursor: bytes) -> None:
-        """Advance slot ``name`` to ``cursor`` if it is ahead of its position (persisted)."""
+        """Advance slot ``name`` to ``cursor`` if it is ahead of its position (persisted).
+
+        :raises IOFailedError: the file could not be saved (the slot stays where it was).
+        """
         with self._lock:
             st = self.state(name)
             if CURSOR.unpack(cursor) > CURSOR.unpack(st["cursor"]):
-                st["cursor"] = cursor
-                self._save()
+                self._save(dict(self._slots, **{name: dict(st, cursor=cursor)}))
 
     def floors(self) -> List[int]:
         """Oldest segment each active slot needs; invalidates slots that lag too far."""
         out = []
         with self._lock:
-            changed = False
-            for st in self._slots.values():
+            new = {}
+            for name, st in self._slots.items():
                 if st["invalidated"]:
                     continue
                 seg, off = CURSOR.unpack(st["cursor"])
                 if self._log.lag(seg, off) > self._max_lag:
-                    st["invalidated"] = True
-                    changed = True
+                    new[name] = dict(st, invalidated=True)
                     continue
                 out.append(seg)
-            if changed:
-                self._save()
+            if new:
+                try:
+                    self._save(dict(self._slots, **new))
+                except AbaseError:
+                    # not persisted: the slots stay valid, so their segments stay too
+                    out += [CURSOR.unpack(st["cursor"])[0] for st in new.values()]
         return out
 
     def stats(self) -> Dict[str, Dict[str, Any]]:

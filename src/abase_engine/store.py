@@ -17,7 +17,9 @@ Layout of ``<dir>/store`` (one LMDB environment):
   ``empty:<ns id>``.
 
 The compactor is the only writer after open. Map size grows by doubling
-when LMDB reports it full, instead of failing.
+when LMDB reports it full, instead of failing. A commit that fails for any
+other reason raises :class:`~abase_engine.errors.IOFailedError` (the
+compactor then makes the engine refuse writes).
 
 Thread-safety: safe. Readers use per-thread read transactions that are
 renewed when the compactor has committed since they began.
@@ -25,6 +27,7 @@ renewed when the compactor has committed since they began.
 
 from __future__ import annotations
 
+import errno as _errno
 import os
 import struct
 import threading
@@ -34,9 +37,9 @@ from typing import Callable, Iterator, Optional, Tuple
 import lmdb
 import xxhash
 
-from .errors import CorruptionError, FormatVersionError
+from .errors import CorruptionError, FormatVersionError, IOFailedError, io_failed
 
-__all__ = ["Store", "Stored", "VALUE", "TOMBSTONE", "STATE", "FORMAT_VERSION"]
+__all__ = ["Store", "Stored", "VALUE", "TOMBSTONE", "STATE", "FORMAT_VERSION", "fsync_dir"]
 
 FORMAT_VERSION = 1
 VALUE = 1
@@ -112,6 +115,15 @@ class Store:
         # folded are deleted (fsync point: store commit).
         self.env = lmdb.open(self.path, map_size=map_size, max_dbs=max_namespaces + 2, sync=True,
                              metasync=True, readahead=False, max_readers=1024, lock=True)
+        # fsync point: LMDB does not sync a directory; the names of its files
+        # and of store/ must be on disk before a commit counts.
+        try:
+            fsync_dir(self.path)
+            fsync_dir(path)
+        except OSError as exc:
+            self.env.close()
+            raise io_failed(f"open store: cannot sync a directory ({exc.strerror})", exc.filename, "fsync",
+                            exc.errno or 0) from exc
         self.meta = self.env.open_db(b"meta")
         self.tombs = self.env.open_db(b"tombstones")
         self._dbs: dict = {}
@@ -145,7 +157,10 @@ class Store:
             with self._lock:
                 d = self._dbs.get(ns_id)
                 if d is None:
-                    d = self.env.open_db(b"n:%d" % ns_id)
+                    try:
+                        d = self.env.open_db(b"n:%d" % ns_id)  # a write transaction when new
+                    except lmdb.Error as exc:
+                        raise self._commit_failed(exc) from exc
                     self._dbs[ns_id] = d
                     # Read transactions begun before this handle existed cannot use it.
                     self.generation += 1
@@ -268,7 +283,6 @@ class Store:
             txn = self.env.begin(write=True)
             try:
                 result = fn(txn)
-                txn.commit()  # fsync point: store commit (sync=True)
             except lmdb.MapFullError:
                 txn.abort()
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
@@ -276,10 +290,28 @@ class Store:
             except BaseException:
                 txn.abort()
                 raise
+            try:
+                txn.commit()  # fsync point: store commit (sync=True)
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                continue  # a failed commit has ended the transaction
+            except lmdb.Error as exc:
+                raise self._commit_failed(exc) from exc
             self.generation += 1
             if self.after_write is not None:
                 self.after_write()
             return result
+
+    def _commit_failed(self, exc: "lmdb.Error") -> Exception:
+        """The error for a failed commit. py-lmdb reports an OS error (EIO
+        from a failed fdatasync, ENOSPC, ...) as ``Error("call: strerror")``
+        (or ``Error(call, errno)``); that is an :class:`IOFailedError`. Any
+        other LMDB condition is returned unchanged (re-raised)."""
+        call, code = _lmdb_errno(exc)
+        if not code:
+            return exc
+        return io_failed(f"store commit failed: {os.strerror(code)}", os.path.join(self.path, "data.mdb"),
+                         call or "mdb_txn_commit", code)
 
     def put_meta_u64(self, txn, key: bytes, value: int) -> None:
         txn.put(key, _U64.pack(value), db=self.meta)
@@ -316,6 +348,31 @@ class Store:
             txn.delete(key, db=self.db(ns_id))
         else:
             txn.delete(empty_key_slot(ns_id), db=self.meta)
+
+
+def _lmdb_errno(exc: "lmdb.Error") -> Tuple[str, int]:
+    """``(call, errno)`` of an LMDB error that carries an OS error, else ``(call, 0)``."""
+    args = exc.args
+    if len(args) > 1 and isinstance(args[1], int):
+        return str(args[0]), args[1] if 0 < args[1] < 4096 else 0
+    text = str(args[0]) if args else ""
+    call, _sep, message = text.partition(": ")
+    for code in _errno.errorcode:
+        if os.strerror(code) == message:
+            return call, code
+    return call, 0
+
+
+def fsync_dir(path: str) -> None:
+    """fsync the directory ``path`` (the names created in it reach the disk).
+
+    :raises OSError: the directory cannot be opened or synced.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def empty_key_slot(ns_id: int) -> bytes:

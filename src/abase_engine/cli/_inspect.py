@@ -107,9 +107,13 @@ def verify(path: str, *, node_id: int, ui: Ui) -> Outcome:
         with db:
             rec = db.recovery
             if rec["dropped_bytes"]:
+                later = (f" and {rec['dropped_segments']} later segment(s)"
+                         if rec.get("dropped_segments") else "")
+                why = ("past the durable end mark after a reboot: writes not yet synced when the machine went down "
+                       "(never an acknowledged one under durability sync)" if rec.get("rebooted") else
+                       "the record a killed process was writing (never an acknowledged one)")
                 notes.append(f"open dropped a torn tail of {rec['dropped_bytes']} byte(s) at offset "
-                             f"{rec['dropped_offset']} of the newest segment: an unfinished write from a crash "
-                             f"(normal; never an acknowledged one under durability process/sync)")
+                             f"{rec['dropped_offset']}{later}: {why}")
             for msg in db.check():
                 findings.append(_finding("check", msg))
             opened, skipped = open_known_namespaces(db)
