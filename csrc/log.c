@@ -20,20 +20,57 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ----------------------------------------------------------------- errors */
 
-void log_set_error(abase_db *db, int status, int sys_errno, const char *file,
-                   uint64_t offset, const char *fmt, ...)
+/* Copy the path dir[/name] into out, keeping its end (the file name) and
+ * marking a cut front with "...", so a long directory never hides which
+ * file an error is about. */
+static void copy_path(char *out, size_t cap, const char *dir, const char *name)
+{
+    size_t dl = strlen(dir), nl = name ? strlen(name) + 1 : 0;
+    size_t total = dl + nl;
+    if (total < cap) {
+        snprintf(out, cap, "%s%s%s", dir, name ? "/" : "", name ? name : "");
+        return;
+    }
+    size_t keep = cap - 4; /* "..." and the terminator */
+    size_t skip = total - keep;
+    if (skip < dl)
+        snprintf(out, cap, "...%s%s%s", dir + skip, name ? "/" : "", name ? name : "");
+    else /* a name longer than the record: never for segment names */
+        snprintf(out, cap, "...%s", name ? name + (nl - 1 - (keep < nl ? keep : nl - 1)) : "");
+}
+
+static void set_error_v(abase_db *db, int status, int sys_errno, const char *dir,
+                        const char *name, uint64_t offset, const char *fmt, va_list ap)
 {
     db->err.status = status;
     db->err.sys_errno = sys_errno;
     db->err.offset = offset;
-    snprintf(db->err.file, sizeof(db->err.file), "%s", file ? file : "");
+    copy_path(db->err.file, sizeof(db->err.file), dir ? dir : "", name);
+    vsnprintf(db->err.message, sizeof(db->err.message), fmt, ap);
+}
+
+void log_set_error(abase_db *db, int status, int sys_errno, const char *file,
+                   uint64_t offset, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(db->err.message, sizeof(db->err.message), fmt, ap);
+    set_error_v(db, status, sys_errno, file, NULL, offset, fmt, ap);
+    va_end(ap);
+}
+
+void log_set_seg_error(abase_db *db, int status, int sys_errno, uint32_t no,
+                       uint64_t offset, const char *fmt, ...)
+{
+    char name[SEG_NAME_CAP];
+    seg_name(no, name);
+    va_list ap;
+    va_start(ap, fmt);
+    set_error_v(db, status, sys_errno, db->logdir, name, offset, fmt, ap);
     va_end(ap);
 }
 
@@ -82,17 +119,15 @@ static int seal_locked(abase_db *db)
     segment *s = active_seg(db);
     if (!s)
         return ABASE_OK;
-    char path[1100];
-    seg_path(db, s->no, path, sizeof(path));
     /* Pages past `used` are never touched again, so shrinking the file under
      * the mapping is safe. */
     if (ftruncate(s->fd, (off_t)s->used) != 0) {
-        log_set_error(db, ABASE_EIO, errno, path, s->used, "ftruncate at seal failed");
+        log_set_seg_error(db, ABASE_EIO, errno, s->no, s->used, "ftruncate at seal failed");
         return ABASE_EIO;
     }
     if (db->durability == ABASE_DUR_SYNC) {
         if (fdatasync(s->fd) != 0) { /* fsync point: sealed segment */
-            log_set_error(db, ABASE_EIO, errno, path, 0, "fdatasync at seal failed");
+            log_set_seg_error(db, ABASE_EIO, errno, s->no, 0, "fdatasync at seal failed");
             return ABASE_EIO;
         }
         s->synced = 1;
@@ -113,11 +148,11 @@ static int new_segment(abase_db *db, uint64_t need)
     if (size < ABASE_SEG_HEADER_SIZE + need)
         size = align8(ABASE_SEG_HEADER_SIZE + need);
     uint32_t no = db->next_no;
-    char path[1100];
-    seg_path(db, no, path, sizeof(path));
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    char name[SEG_NAME_CAP];
+    seg_name(no, name);
+    int fd = openat(db->logdir_fd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
-        log_set_error(db, ABASE_EIO, errno, path, 0, "cannot create segment");
+        log_set_seg_error(db, ABASE_EIO, errno, no, 0, "cannot create segment");
         return ABASE_EIO;
     }
     /* Reserve the blocks now: a write through the mapping into a hole that
@@ -125,17 +160,17 @@ static int new_segment(abase_db *db, uint64_t need)
     int frc = posix_fallocate(fd, 0, (off_t)size);
     if (frc != 0) {
         close(fd);
-        unlink(path);
-        log_set_error(db, ABASE_EIO, frc, path, 0, "cannot preallocate %llu bytes",
-                      (unsigned long long)size);
+        unlinkat(db->logdir_fd, name, 0);
+        log_set_seg_error(db, ABASE_EIO, frc, no, 0, "cannot preallocate %llu bytes",
+                          (unsigned long long)size);
         return ABASE_EIO;
     }
     uint8_t *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
         int e = errno;
         close(fd);
-        unlink(path);
-        log_set_error(db, ABASE_EIO, e, path, 0, "mmap failed");
+        unlinkat(db->logdir_fd, name, 0);
+        log_set_seg_error(db, ABASE_EIO, e, no, 0, "mmap failed");
         return ABASE_EIO;
     }
     log_write_seg_header(base, no, db->node_id, db->clock.last);
@@ -145,8 +180,8 @@ static int new_segment(abase_db *db, uint64_t need)
             int e = errno;
             munmap(base, size);
             close(fd);
-            unlink(path);
-            log_set_error(db, ABASE_EIO, e, path, 0, "cannot sync new segment");
+            unlinkat(db->logdir_fd, name, 0);
+            log_set_seg_error(db, ABASE_EIO, e, no, 0, "cannot sync new segment");
             return ABASE_EIO;
         }
     }
@@ -247,11 +282,59 @@ int abase_db_new(const char *dir, uint32_t node_id, uint64_t segment_size,
     db->seg_size = segment_size;
     db->durability = durability;
     db->sync_fd = -1;
+    db->logdir_fd = -1;
+    atomic_init(&db->calls, 0);
+    atomic_init(&db->closing, 0);
     pthread_rwlock_init(&db->lock, NULL);
     pthread_mutex_init(&db->sync_mu, NULL);
+    pthread_mutex_init(&db->feed_mu, NULL);
     pthread_cond_init(&db->sync_cv, NULL);
     ix_init(&db->ix, rec_mapped, db);
     *out = db;
+    return ABASE_OK;
+}
+
+int abase_db_close(abase_db *db)
+{
+    if (!db)
+        return ABASE_OK;
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&db->closing, &expected, 1)) {
+        /* Another thread closes (or closed): wait until it is done, so a
+         * return from here means the same as from the first call. */
+        struct timespec pause = {0, 50000};
+        while (atomic_load(&db->closing) != 2)
+            nanosleep(&pause, NULL);
+        return ABASE_OK;
+    }
+    /* No call enters from now on; wait for those inside to leave. Each
+     * finishes by itself: lock holds are short, a group-commit waiter is
+     * woken by the sync it waits for, and nothing waits for the wall clock
+     * (see hlc.c). */
+    struct timespec pause = {0, 50000}; /* 50 us */
+    while (atomic_load(&db->calls) != 0)
+        nanosleep(&pause, NULL);
+    pthread_rwlock_wrlock(&db->lock);
+    for (uint32_t i = 0; i < db->nsegs; i++) {
+        /* the active segment keeps its preallocated tail: reopening
+         * continues in it */
+        munmap(db->segs[i].base, db->segs[i].mapped);
+        close(db->segs[i].fd);
+        free(db->segs[i].marks);
+    }
+    db->nsegs = 0;
+    free(db->segs);
+    db->segs = NULL;
+    db->segs_cap = 0;
+    if (db->sync_fd >= 0)
+        close(db->sync_fd);
+    db->sync_fd = -1;
+    if (db->logdir_fd >= 0)
+        close(db->logdir_fd);
+    db->logdir_fd = -1;
+    ix_free(&db->ix);
+    pthread_rwlock_unlock(&db->lock);
+    atomic_store(&db->closing, 2);
     return ABASE_OK;
 }
 
@@ -259,36 +342,34 @@ void abase_db_free(abase_db *db)
 {
     if (!db)
         return;
-    for (uint32_t i = 0; i < db->nsegs; i++) {
-        segment *s = &db->segs[i];
-        if (!s->sealed && s->used < s->mapped) {
-            /* keep the preallocated tail: reopening continues in it */
-        }
-        munmap(s->base, s->mapped);
-        close(s->fd);
-    }
-    if (db->sync_fd >= 0)
-        close(db->sync_fd);
-    ix_free(&db->ix);
-    free(db->segs);
+    abase_db_close(db);
     free(db->dir);
     free(db->logdir);
     pthread_rwlock_destroy(&db->lock);
     pthread_mutex_destroy(&db->sync_mu);
+    pthread_mutex_destroy(&db->feed_mu);
     pthread_cond_destroy(&db->sync_cv);
     free(db);
 }
 
+int abase_db_closed(abase_db *db)
+{
+    return gate_closing(db);
+}
+
 void abase_db_error(abase_db *db, abase_error *out)
 {
+    /* Not gated: the error record outlives abase_db_close. */
     pthread_rwlock_rdlock(&db->lock);
     *out = db->err;
     pthread_rwlock_unlock(&db->lock);
 }
 
-void abase_db_stats(abase_db *db, abase_stats *out)
+int abase_db_stats(abase_db *db, abase_stats *out)
 {
     memset(out, 0, sizeof(*out));
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_rdlock(&db->lock);
     out->live_keys = ix_count(&db->ix);
     out->index_bytes = ix_bytes(&db->ix);
@@ -305,37 +386,52 @@ void abase_db_stats(abase_db *db, abase_stats *out)
     out->syncs = db->syncs;
     out->synced_writes = db->synced_writes;
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
+    return ABASE_OK;
 }
 
-uint64_t abase_db_clock(abase_db *db)
+int abase_db_clock(abase_db *db, uint64_t *out)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_rdlock(&db->lock);
-    uint64_t v = db->clock.last;
+    *out = db->clock.last;
     pthread_rwlock_unlock(&db->lock);
-    return v;
+    gate_leave(db);
+    return ABASE_OK;
 }
 
 int abase_db_clock_now(abase_db *db, int64_t wall_ms, uint64_t *out)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_wrlock(&db->lock);
     int rc = abase_hlc_now(&db->clock, wall_ms, out);
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
     return rc;
 }
 
-void abase_db_clock_observe(abase_db *db, uint64_t seen)
+int abase_db_clock_observe(abase_db *db, uint64_t seen)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_wrlock(&db->lock);
     abase_hlc_observe(&db->clock, seen);
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
+    return ABASE_OK;
 }
 
 int abase_db_clock_update(abase_db *db, uint64_t remote, int64_t wall_ms,
                           uint64_t max_skew_ms, uint64_t *out)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_wrlock(&db->lock);
     int rc = abase_hlc_update(&db->clock, remote, wall_ms, max_skew_ms, out);
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
     return rc;
 }
 
@@ -346,7 +442,7 @@ uint64_t abase_prefault(abase_db *db, uint64_t max_bytes)
     /* Not under durability "sync": populating a shared file mapping for
      * writing marks its pages dirty, and the next fdatasync would write
      * all of them. */
-    if (db->durability == ABASE_DUR_SYNC)
+    if (db->durability == ABASE_DUR_SYNC || !gate_enter(db))
         return 0;
     pthread_rwlock_rdlock(&db->lock);
     segment *s = active_seg(db);
@@ -365,30 +461,37 @@ uint64_t abase_prefault(abase_db *db, uint64_t max_bytes)
      * segment is sealed and shortened first, the call fails with EFAULT
      * instead of raising SIGBUS. The mapping itself stays until close or
      * the segment's compaction, neither of which runs concurrently with
-     * the compactor that calls this. */
+     * the compactor that calls this; abase_db_close waits for this call
+     * to leave the gate before it unmaps. */
 #ifdef MADV_POPULATE_WRITE
     if (len && madvise(from, len, MADV_POPULATE_WRITE) != 0)
-        return 0;
-    return len;
+        len = 0;
 #else
     (void)from;
-    return 0;
+    len = 0;
 #endif
+    gate_leave(db);
+    return len;
 }
 
 int abase_seal(abase_db *db)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_wrlock(&db->lock);
     segment *s = active_seg(db);
     int rc = ABASE_OK;
     if (s && s->used > ABASE_SEG_HEADER_SIZE)
         rc = seal_locked(db);
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
     return rc;
 }
 
-uint32_t abase_segments(abase_db *db, abase_segstat *out, uint32_t cap)
+int64_t abase_segments(abase_db *db, abase_segstat *out, uint32_t cap)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_rdlock(&db->lock);
     uint32_t n = 0;
     for (uint32_t i = 0; i < db->nsegs; i++) {
@@ -406,5 +509,6 @@ uint32_t abase_segments(abase_db *db, abase_segstat *out, uint32_t cap)
         n++;
     }
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
     return n;
 }

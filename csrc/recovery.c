@@ -44,15 +44,24 @@ static int list_segments(abase_db *db, uint32_t first_live, uint32_t **out, uint
 {
     *out = NULL;
     *n = 0;
-    DIR *d = opendir(db->logdir);
+    if (mkdir(db->logdir, 0755) != 0 && errno != EEXIST) {
+        log_set_error(db, ABASE_EIO, errno, db->logdir, 0, "cannot create log directory");
+        return ABASE_EIO;
+    }
+    /* Segment files are opened relative to this descriptor, so only the
+     * directory's own path must be one the OS accepts (ENAMETOOLONG here
+     * is the clear error for a path that is too long). */
+    if (db->logdir_fd < 0)
+        db->logdir_fd = open(db->logdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (db->logdir_fd < 0) {
+        log_set_error(db, ABASE_EIO, errno, db->logdir, 0, "cannot open log directory");
+        return ABASE_EIO;
+    }
+    int dfd = dup(db->logdir_fd);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
     if (!d) {
-        if (errno == ENOENT) {
-            if (mkdir(db->logdir, 0755) != 0 && errno != EEXIST) {
-                log_set_error(db, ABASE_EIO, errno, db->logdir, 0, "cannot create log directory");
-                return ABASE_EIO;
-            }
-            return ABASE_OK;
-        }
+        if (dfd >= 0)
+            close(dfd);
         log_set_error(db, ABASE_EIO, errno, db->logdir, 0, "cannot read log directory");
         return ABASE_EIO;
     }
@@ -79,9 +88,7 @@ static int list_segments(abase_db *db, uint32_t first_live, uint32_t **out, uint
         if (!ok)
             continue;
         if (v < first_live) {
-            char path[1100];
-            seg_path(db, v, path, sizeof(path));
-            unlink(path); /* compacted before the crash (W4) */
+            unlinkat(db->logdir_fd, nm, 0); /* compacted before the crash (W4) */
             continue;
         }
         if (cnt == cap) {
@@ -278,23 +285,23 @@ static int index_record(recovery_queue *q, const segment *s, uint64_t off)
 static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery *rep,
                            recovery_queue *q)
 {
-    char path[1100];
-    seg_path(db, no, path, sizeof(path));
-    int fd = open(path, O_RDWR | O_CLOEXEC);
+    char name[SEG_NAME_CAP];
+    seg_name(no, name);
+    int fd = openat(db->logdir_fd, name, O_RDWR | O_CLOEXEC);
     if (fd < 0) {
-        log_set_error(db, ABASE_EIO, errno, path, 0, "cannot open segment");
+        log_set_seg_error(db, ABASE_EIO, errno, no, 0, "cannot open segment");
         return ABASE_EIO;
     }
     struct stat st;
     if (fstat(fd, &st) != 0) {
         close(fd);
-        log_set_error(db, ABASE_EIO, errno, path, 0, "cannot stat segment");
+        log_set_seg_error(db, ABASE_EIO, errno, no, 0, "cannot stat segment");
         return ABASE_EIO;
     }
     uint64_t size = (uint64_t)st.st_size;
     if (size > (UINT64_C(1) << 32)) {
         close(fd);
-        log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment larger than 4 GiB");
+        log_set_seg_error(db, ABASE_ECORRUPT, 0, no, 0, "segment larger than 4 GiB");
         return ABASE_ECORRUPT;
     }
     uint64_t map_size = size;
@@ -303,20 +310,20 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
         map_size = db->seg_size;
         if (posix_fallocate(fd, 0, (off_t)map_size) != 0) {
             close(fd);
-            log_set_error(db, ABASE_EIO, errno, path, 0, "cannot preallocate segment");
+            log_set_seg_error(db, ABASE_EIO, errno, no, 0, "cannot preallocate segment");
             return ABASE_EIO;
         }
         size = map_size;
     }
     if (size < ABASE_SEG_HEADER_SIZE) {
         close(fd);
-        log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment shorter than its header");
+        log_set_seg_error(db, ABASE_ECORRUPT, 0, no, 0, "segment shorter than its header");
         return ABASE_ECORRUPT;
     }
     uint8_t *base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
         close(fd);
-        log_set_error(db, ABASE_EIO, errno, path, 0, "cannot map segment");
+        log_set_seg_error(db, ABASE_EIO, errno, no, 0, "cannot map segment");
         return ABASE_EIO;
     }
     int rc = log_grow_seg_array(db);
@@ -340,16 +347,16 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
     } else {
         if (memcmp(base, SEG_MAGIC, 8) != 0 ||
             abase_crc_unmask(ld32(base + 60)) != abase_crc32c(0, base, 60)) {
-            log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "bad segment header");
+            log_set_seg_error(db, ABASE_ECORRUPT, 0, no, 0, "bad segment header");
             return ABASE_ECORRUPT;
         }
         if (ld32(base + 8) != ABASE_FORMAT_VERSION) {
-            log_set_error(db, ABASE_EVERSION, 0, path, 8, "segment format version %u, this build reads %u",
+            log_set_seg_error(db, ABASE_EVERSION, 0, no, 8, "segment format version %u, this build reads %u",
                           ld32(base + 8), ABASE_FORMAT_VERSION);
             return ABASE_EVERSION;
         }
         if (ld64(base + 16) != no) {
-            log_set_error(db, ABASE_ECORRUPT, 0, path, 16, "segment number does not match its file name");
+            log_set_seg_error(db, ABASE_ECORRUPT, 0, no, 16, "segment number does not match its file name");
             return ABASE_ECORRUPT;
         }
     }
@@ -370,6 +377,15 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
         why = check_record(base, off, size);
         if (why)
             break;
+        if (!abase_hlc_usable(ld64(p + R_HLC))) {
+            /* A whole record (its checksum holds), not a torn write, with a
+             * timestamp the clock could never advance from: corruption
+             * wherever it is. Judged against the clock's range only, never
+             * against the wall clock. */
+            log_set_seg_error(db, ABASE_ECORRUPT, 0, no, off,
+                              "record timestamp at the end of the clock's range");
+            return ABASE_ECORRUPT;
+        }
         uint8_t flags = p[R_FLAGS];
         uint64_t next = off + align8(len);
         if (next > size)
@@ -427,7 +443,7 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
     }
     if (!newest) {
         if (why || batch_start || (off < size && nonzero_end(fd, base, off, size) != off)) {
-            log_set_error(db, ABASE_ECORRUPT, 0, path, why ? off : end, "%s",
+            log_set_seg_error(db, ABASE_ECORRUPT, 0, no, why ? off : end, "%s",
                           why ? why : "unfinished batch or garbage after the end of a sealed segment");
             return ABASE_ECORRUPT;
         }
@@ -440,7 +456,7 @@ static int recover_segment(abase_db *db, uint32_t no, int newest, abase_recovery
             rep->dropped_offset = end;
             memset(base + end, 0, last - end);
             if (msync(base, map_size, MS_SYNC) != 0) { /* fsync point: the cut */
-                log_set_error(db, ABASE_EIO, errno, path, end, "cannot sync the truncated tail");
+                log_set_seg_error(db, ABASE_EIO, errno, no, end, "cannot sync the truncated tail");
                 return ABASE_EIO;
             }
         }
@@ -465,9 +481,7 @@ int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep)
     db->next_no = first_live;
     for (uint32_t i = 0; rc == ABASE_OK && i < n; i++) {
         if (nums[i] != first_live + i) {
-            char path[1100];
-            seg_path(db, first_live + i, path, sizeof(path));
-            log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment missing from the log");
+            log_set_seg_error(db, ABASE_ECORRUPT, 0, first_live + i, 0, "segment missing from the log");
             rc = ABASE_ECORRUPT;
             break;
         }
@@ -519,6 +533,8 @@ static int check_entry(void *arg, uint64_t addr)
 
 int64_t abase_check(abase_db *db)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_wrlock(&db->lock);
     check_ctx c = {db, 0};
     for (uint32_t i = 0; i < db->nsegs; i++) {
@@ -528,11 +544,8 @@ int64_t abase_check(abase_db *db)
         for (uint64_t off = ABASE_SEG_HEADER_SIZE; off < s->used;) {
             const char *why = check_record(s->base, off, s->used);
             if (why) {
-                if (c.problems++ == 0) {
-                    char path[1100];
-                    seg_path(db, s->no, path, sizeof(path));
-                    log_set_error(db, ABASE_ECORRUPT, 0, path, off, "%s", why);
-                }
+                if (c.problems++ == 0)
+                    log_set_seg_error(db, ABASE_ECORRUPT, 0, s->no, off, "%s", why);
                 break;
             }
             off += align8(ld32(s->base + off + R_LEN));
@@ -540,5 +553,6 @@ int64_t abase_check(abase_db *db)
     }
     ix_foreach(&db->ix, check_entry, &c);
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
     return c.problems;
 }

@@ -108,7 +108,11 @@ static int sync_upto(abase_db *db, uint64_t target, int all_segments)
 
 int abase_sync(abase_db *db)
 {
-    return sync_upto(db, UINT64_MAX, 1);
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
+    int rc = sync_upto(db, UINT64_MAX, 1);
+    gate_leave(db);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ writes */
@@ -193,16 +197,24 @@ static int64_t put_impl(abase_db *db, uint32_t ns, int op, const uint8_t *key,
 int64_t abase_put(abase_db *db, uint32_t ns, int op, const uint8_t *key,
                   size_t klen, const uint8_t *value, size_t vlen, int64_t wall_ms)
 {
-    return put_impl(db, ns, op, key, klen, value, vlen, wall_ms, 0);
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
+    int64_t rc = put_impl(db, ns, op, key, klen, value, vlen, wall_ms, 0);
+    gate_leave(db);
+    return rc;
 }
 
 int64_t abase_put_nowait(abase_db *db, uint32_t ns, int op, const uint8_t *key,
                          size_t klen, const uint8_t *value, size_t vlen, int64_t wall_ms)
 {
-    return put_impl(db, ns, op, key, klen, value, vlen, wall_ms, 1);
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
+    int64_t rc = put_impl(db, ns, op, key, klen, value, vlen, wall_ms, 1);
+    gate_leave(db);
+    return rc;
 }
 
-int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
+static int64_t write_batch_impl(abase_db *db, uint32_t n, const uint8_t *ops,
                           const uint32_t *nss, const uint8_t *blob,
                           const uint32_t *lens, const uint64_t *hlcs,
                           const uint32_t *nodes, const uint64_t *base_hlcs,
@@ -222,8 +234,8 @@ int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
             return rc;
         if (ops[i] < ABASE_OP_PUT || ops[i] > ABASE_OP_MERGE)
             return ABASE_EINVAL;
-        if (hlcs && hlcs[i] >> ABASE_LOGICAL_BITS > ABASE_MAX_PHYSICAL_MS)
-            return ABASE_ERANGE;
+        if (hlcs && !abase_hlc_usable(hlcs[i]))
+            return ABASE_ERANGE; /* would leave the clock no room to advance */
         need += align8(ABASE_REC_HEADER_SIZE + (uint64_t)lens[2 * i] + lens[2 * i + 1]);
     }
     pthread_rwlock_wrlock(&db->lock);
@@ -318,4 +330,20 @@ int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
             return rc;
     }
     return (int64_t)last_hlc;
+}
+
+int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
+                          const uint32_t *nss, const uint8_t *blob,
+                          const uint32_t *lens, const uint64_t *hlcs,
+                          const uint32_t *nodes, const uint64_t *base_hlcs,
+                          const uint32_t *base_nodes, const uint8_t *modes,
+                          uint8_t *out_status, const uint8_t *flags_in,
+                          int64_t wall_ms)
+{
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
+    int64_t rc = write_batch_impl(db, n, ops, nss, blob, lens, hlcs, nodes, base_hlcs, base_nodes,
+                                  modes, out_status, flags_in, wall_ms);
+    gate_leave(db);
+    return rc;
 }

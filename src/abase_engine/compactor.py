@@ -32,6 +32,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+
+import lmdb
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 from .log import NS_DEFS, Log
@@ -131,7 +133,16 @@ class Compactor:
 
         ``seal=True`` first seals the active segment so the pass covers every
         write acknowledged so far (``Engine.compact(wait=True)``).
+
+        :raises EngineClosedError: the engine was closed during the pass
+            (what was committed stays; recovery finishes the rest).
         """
+        try:
+            return self._run_pass(seal)
+        except lmdb.Error as exc:
+            raise self._store.translate(exc) from exc
+
+    def _run_pass(self, seal: bool) -> int:
         with self._pass_lock:
             if seal:
                 self._log.seal()

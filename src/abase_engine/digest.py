@@ -281,10 +281,12 @@ class DigestTree:
             self._leaves[ns_id] = list(struct.unpack_from(">4096Q", body, i + 4))
 
     def save(self) -> None:
-        """Write the maintained leaves to ``digests.bin`` (at a clean close)."""
-        parts = [self._marker()]
-        for ns_id, leaves in self._leaves.items():
-            parts.append(struct.pack(">I", ns_id) + struct.pack(">4096Q", *leaves))
+        """Write the maintained leaves to ``digests.bin`` (at a clean close;
+        under the merge lock, so no write is half-counted in them)."""
+        with self._lock:
+            parts = [self._marker()]
+            for ns_id, leaves in self._leaves.items():
+                parts.append(struct.pack(">I", ns_id) + struct.pack(">4096Q", *leaves))
         tmp = self._file + ".tmp"
         with open(tmp, "wb") as f:
             f.write(b"".join(parts))

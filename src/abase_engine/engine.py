@@ -37,8 +37,10 @@ purges) and the *fold lock* (``apply``'s store read against the compactor's
 commit). Lock order: merge lock, fold lock, then the C core's own locks.
 
 Thread-safety: an Engine, its Namespaces and Snapshots are safe to share
-between threads; a Batch is not (build it in one thread). ``close()`` must
-not race with other calls on the same Engine.
+between threads; a Batch is not (build it in one thread). ``close()`` may
+race any other call from any thread: calls in flight finish or raise
+EngineClosedError, later ones raise EngineClosedError, and nothing is freed
+while a thread can still touch it (see ``lifecycle.py``).
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         self.node_id = node_id
         self.durability = durability
         self._life = Lifecycle()
-        self._life.closed = True
+        self._life.closed = True  # until open completes
         os.makedirs(self.path, exist_ok=True)
         self._lock_fd = self._take_lock()
         try:
@@ -260,18 +262,23 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
     def close(self) -> None:
         """Stop the compactor, close the log and the store, release the lock.
 
-        Does not sync (durability levels already hold); safe to call twice.
+        Does not sync (durability levels already hold); safe to call twice,
+        and safe while other threads use the engine: their calls in flight
+        finish or raise EngineClosedError; every call after raises it. A
+        second, concurrent close() returns when the first has finished.
         """
-        if self._life.closed:
+        if not self._life.begin_close():
             return
-        self._life.closed = True
-        self._fastpaths.detach_all()
-        self._compactor.stop()
-        if self._digests.maintained:
-            self._digests.save()
-        self._log.close()
-        self._store.close()
-        self._release_lock()
+        try:
+            self._fastpaths.detach_all()
+            self._compactor.stop()
+            if self._digests.maintained:
+                self._digests.save()
+            self._log.close()  # waits for the C calls in flight
+            self._store.close()  # py-lmdb waits for its calls in flight
+        finally:
+            self._release_lock()
+            self._life.end_close()
 
     def __enter__(self) -> "Engine":
         return self

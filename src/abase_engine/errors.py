@@ -111,6 +111,7 @@ _STATUS_ERRORS: Dict[int, Tuple[Type[Exception], str]] = {
     lib.ABASE_ESKEW: (ClockSkewError, "remote timestamp too far ahead of the local clock"),
     lib.ABASE_ERANGE: (ValueError, "wall clock reading out of range (must be 0 <= ms < 2**47)"),
     lib.ABASE_EWOULDBLOCK: (AbaseError, "would block"),
+    lib.ABASE_ECLOSED: (EngineClosedError, "the engine is closed"),
 }
 
 
@@ -124,7 +125,7 @@ def error_for_status(rc: int, what: str, *, message: str = "", file: Optional[st
     errno and the file.
     """
     cls, meaning = _STATUS_ERRORS.get(rc, (AbaseError, f"status {rc}"))
-    if cls in (KeyTooLargeError, ValueTooLargeError, ClockSkewError):
+    if cls in (KeyTooLargeError, ValueTooLargeError, ClockSkewError, EngineClosedError):
         return cls(f"{what}: {meaning}")  # the C message adds nothing here
     text = f"{what}: {message or meaning}"
     if cls is CorruptionError:
