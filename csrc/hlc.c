@@ -94,6 +94,8 @@ int abase_hlc_update(abase_hlc *clk, uint64_t remote, int64_t wall_ms,
     int rc = read_clock(wall_ms, &pt);
     if (rc != ABASE_OK)
         return rc;
+    if (!abase_hlc_usable(remote))
+        return ABASE_ERANGE; /* refused: the clock does not move */
     uint64_t remote_pt = remote >> ABASE_LOGICAL_BITS;
     if (remote_pt > pt && remote_pt - pt > max_skew_ms)
         return ABASE_ESKEW; /* refused: the clock does not move */

@@ -151,7 +151,13 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         except BaseException:
             self._release_lock()
             raise
-        self._wire()
+        try:
+            self._wire()
+        except BaseException:  # e.g. a damaged slots.json: release everything
+            self._log.close()
+            self._store.close()
+            self._release_lock()
+            raise
         self._life.closed = False
         # The hot calls resolve straight to C, saving a Python frame each
         # (~0.1 us); the methods below say what they do, and stay in charge

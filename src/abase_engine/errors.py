@@ -109,7 +109,8 @@ _STATUS_ERRORS: Dict[int, Tuple[Type[Exception], str]] = {
     lib.ABASE_EKEYSIZE: (KeyTooLargeError, f"key longer than {lib.ABASE_MAX_KEY} bytes"),
     lib.ABASE_EVALSIZE: (ValueTooLargeError, f"value longer than {lib.ABASE_MAX_VALUE} bytes"),
     lib.ABASE_ESKEW: (ClockSkewError, "remote timestamp too far ahead of the local clock"),
-    lib.ABASE_ERANGE: (ValueError, "wall clock reading out of range (must be 0 <= ms < 2**47)"),
+    lib.ABASE_ERANGE: (ValueError, "timestamp or wall clock reading out of the clock's range "
+                                   "(physical ms must be below 2**47 - 1, leaving the clock room to advance)"),
     lib.ABASE_EWOULDBLOCK: (AbaseError, "would block"),
     lib.ABASE_ECLOSED: (EngineClosedError, "the engine is closed"),
 }
