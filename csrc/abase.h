@@ -415,4 +415,23 @@ int abase_segment_drop(abase_db *db, uint32_t seg_no);
  * number of problems found, details of the first in the error info. */
 int64_t abase_check(abase_db *db);
 
+/* What abase_segment_verify found in the bytes of one segment file. */
+typedef struct abase_verify {
+    int status;             /* ABASE_OK: every byte checks; ABASE_ECORRUPT: see below */
+    uint64_t good_end;      /* end of the last whole record (or whole batch) that
+                               checks; 0 when the header itself is bad */
+    uint64_t bad_offset;    /* where the first problem starts (the first record
+                               of an unfinished batch, if it is in one) */
+    uint64_t records;       /* records before good_end */
+    uint64_t batch_records; /* records of the unfinished batch dropped with it */
+    char why[128];
+} abase_verify;
+
+/* Check the bytes of segment file number `no` the way recovery does (the
+ * header, every record's bounds and checksum, timestamps, batches, and
+ * that only zeros follow the last record), with no engine: for repair and
+ * for fuzzing. Never reads outside data[0, size). Returns ABASE_EINVAL for
+ * bad arguments, else ABASE_OK with the findings in *out. */
+int abase_segment_verify(const uint8_t *data, uint64_t size, uint32_t no, abase_verify *out);
+
 #endif /* ABASE_H */

@@ -556,3 +556,78 @@ int64_t abase_check(abase_db *db)
     gate_leave(db);
     return c.problems;
 }
+
+/* ------------------------------------------------------------------ verify */
+
+int abase_segment_verify(const uint8_t *data, uint64_t size, uint32_t no, abase_verify *out)
+{
+    if (!out || (size && !data))
+        return ABASE_EINVAL;
+    memset(out, 0, sizeof(*out));
+    out->bad_offset = size;
+    out->status = ABASE_OK;
+    const char *why = NULL;
+    if (size < ABASE_SEG_HEADER_SIZE)
+        why = "segment shorter than its header";
+    else if (all_zero(data, ABASE_SEG_HEADER_SIZE))
+        why = "segment header is all zero";
+    else if (memcmp(data, SEG_MAGIC, 8) != 0 ||
+             abase_crc_unmask(ld32(data + 60)) != abase_crc32c(0, data, 60))
+        why = "bad segment header";
+    else if (ld32(data + 8) != ABASE_FORMAT_VERSION)
+        why = "unknown segment format version";
+    else if (ld64(data + 16) != no)
+        why = "segment number does not match its file name";
+    if (why) {
+        out->status = ABASE_ECORRUPT;
+        out->bad_offset = 0;
+        snprintf(out->why, sizeof(out->why), "%s", why);
+        return ABASE_OK;
+    }
+    uint64_t off = ABASE_SEG_HEADER_SIZE, batch_start = 0, batch_records = 0;
+    out->good_end = off;
+    while (off + 8 <= size) {
+        const uint8_t *p = data + off;
+        if (ld32(p + R_LEN) == 0 && ld32(p) == 0) {
+            if (!all_zero(p, size - off))
+                why = "bytes after the zero that ends the records";
+            break;
+        }
+        why = check_record(data, off, size);
+        if (!why && !abase_hlc_usable(ld64(p + R_HLC)))
+            why = "record timestamp at the end of the clock's range";
+        if (!why && !(p[R_FLAGS] & ABASE_F_BATCH) && batch_start)
+            why = "batch interrupted by a record outside it";
+        if (why)
+            break;
+        uint64_t next = off + align8(ld32(p + R_LEN));
+        if (next > size)
+            next = size;
+        if (p[R_FLAGS] & ABASE_F_BATCH) {
+            if (!batch_start)
+                batch_start = off;
+            batch_records++;
+            if (p[R_FLAGS] & ABASE_F_BATCH_END) {
+                out->records += batch_records;
+                out->good_end = next;
+                batch_start = 0;
+                batch_records = 0;
+            }
+        } else {
+            out->records++;
+            out->good_end = next;
+        }
+        off = next;
+    }
+    if (!why && off + 8 > size && off < size && !all_zero(data + off, size - off))
+        why = "bytes after the last record";
+    if (!why && batch_start)
+        why = "unfinished batch";
+    if (why) {
+        out->status = ABASE_ECORRUPT;
+        out->bad_offset = batch_start ? batch_start : off;
+        out->batch_records = batch_records;
+        snprintf(out->why, sizeof(out->why), "%s", why);
+    }
+    return ABASE_OK;
+}

@@ -63,6 +63,7 @@ from .log import Log
 from .merge import MergeOperator
 from .namespace import DefaultNamespaceMethods, Namespace
 from .record import MAX_NODE_ID, Op, Timestamp, from_packed
+from .repair import repair
 from .resolve import KeyReader
 from .scan import Scanner
 from .slots import ReplicationSlot, SlotTable
@@ -411,15 +412,27 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
 
     def check(self, fix: bool = False) -> List[str]:
         """Check log checksums and that the index agrees with the log and the
-        store; returns a list of findings (empty: healthy). ``fix`` is not
-        supported yet and raises NotImplementedError when True."""
+        store; returns a list of findings (empty: healthy).
+
+        ``fix=True`` on a healthy engine changes nothing and returns [].
+        When something is found, it closes the engine (the damaged files
+        must not be mapped while they are cut), salvages the directory with
+        :func:`abase_engine.repair` and returns the findings followed by the
+        repair's report (what was dropped, moved aside or rebuilt); reopen
+        the directory to go on. A directory too damaged to open at all is
+        repaired with ``abase_engine.repair(path)``.
+
+        :raises EngineClosedError: the engine is closed.
+        Thread-safety: safe; with ``fix=True`` and damage found, as ``close()``.
+        """
         self._check_open("check")
-        if fix:
-            raise NotImplementedError("check(fix=True) is not implemented")
         findings = self._log.check()
         for name, ns_id, _op in self._catalog.ids():
             for key, exc in self._store.check_namespace(ns_id):
                 findings.append(f"namespace {name!r} key {key!r}: {exc}")
+        if fix and findings:
+            self.close()
+            findings += repair(self.path, self.node_id)
         return findings
 
     def _check(self) -> None:

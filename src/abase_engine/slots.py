@@ -31,10 +31,10 @@ from .record import Change
 if TYPE_CHECKING:  # pragma: no cover
     from .feed import ChangeFeed
 
-__all__ = ["SlotTable", "ReplicationSlot"]
+__all__ = ["SlotTable", "ReplicationSlot", "parse_slots_file"]
 
 
-def _parse_slots(data: bytes, path: str) -> Dict[str, Dict[str, Any]]:
+def parse_slots_file(data: bytes, path: str) -> Dict[str, Dict[str, Any]]:
     """The slots in the bytes of ``slots.json``.
 
     :raises CorruptionError: not the format in the module docstring.
@@ -81,7 +81,7 @@ class SlotTable:
         self._slots: Dict[str, Dict[str, Any]] = {}
         if os.path.exists(self._path):
             with open(self._path, "rb") as f:
-                self._slots = _parse_slots(f.read(), self._path)
+                self._slots = parse_slots_file(f.read(), self._path)
 
     def _save(self) -> None:
         tmp = self._path + ".tmp"
