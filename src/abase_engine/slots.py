@@ -47,6 +47,8 @@ def parse_slots_file(data: bytes, path: str) -> Dict[str, Dict[str, Any]]:
         raise CorruptionError("slots file does not hold a JSON object", path)
     out: Dict[str, Dict[str, Any]] = {}
     for name, st in raw.items():
+        if not name:
+            raise CorruptionError("a slot with an empty name", path)
         if not isinstance(st, dict) or not isinstance(st.get("cursor"), str) \
                 or not isinstance(st.get("invalidated"), bool):
             raise CorruptionError(f"slot {name!r}: needs a hex 'cursor' and a bool 'invalidated'", path)
