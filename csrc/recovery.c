@@ -193,6 +193,8 @@ static const char *check_record(const uint8_t *base, uint64_t off, uint64_t end)
     uint32_t len = ld32(p + R_LEN);
     if (len < ABASE_REC_HEADER_SIZE || len > end - off)
         return "record length out of bounds";
+    if (align8(len) > end - off) /* a file cut inside the padding (fuzz finding) */
+        return "record padding runs past the end of the segment";
     if (abase_crc_unmask(ld32(p + R_CRC)) != abase_crc32c(0, p + 4, len - 4))
         return "record checksum mismatch";
     uint32_t klen = ld16(p + R_KLEN), vlen = ld32(p + R_VLEN);

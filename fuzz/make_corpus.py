@@ -45,7 +45,8 @@ def main() -> None:
         for i, name in enumerate(segs):
             with open(os.path.join(logdir, name), "rb") as f:
                 data = f.read()
-            _put("segment", f"seg{i}", bytes([i]) + data.rstrip(b"\0"))
+            data = data.rstrip(b"\0")  # the preallocated zero tail; keep the last record's padding
+            _put("segment", f"seg{i}", bytes([i]) + data + b"\0" * (-len(data) % 8))
         for i, cur in enumerate(seed["cursors"][::3]):
             _put("cursor", f"valid{i}", cur)
         _put("cursor", "zeros", bytes(12))
