@@ -8,8 +8,10 @@ Compare two builds by running it with each on ``PYTHONPATH``:
     PYTHONPATH=/path/to/old/src python bench/gate_cost.py
     PYTHONPATH=/path/to/new/src python bench/gate_cost.py
 
-Machine note: 2 shared cores; run both builds back to back, alternating,
-and compare ratios, not absolute numbers.
+Times are this process's CPU time (``time.process_time_ns``), which a
+loaded machine disturbs less than wall time. Machine note: 2 shared cores;
+run both builds back to back, alternating, and compare ratios, not absolute
+numbers.
 """
 
 from __future__ import annotations
@@ -34,14 +36,14 @@ def main() -> None:
             put(k, val)
         puts, gets = [], []
         for _ in range(7):
-            t = time.perf_counter_ns()
+            t = time.process_time_ns()
             for k in keys:
                 put(k, val)
-            puts.append((time.perf_counter_ns() - t) / N)
-            t = time.perf_counter_ns()
+            puts.append((time.process_time_ns() - t) / N)
+            t = time.process_time_ns()
             for k in keys:
                 get(k)
-            gets.append((time.perf_counter_ns() - t) / N)
+            gets.append((time.process_time_ns() - t) / N)
         print(f"{ae.__file__}: put {statistics.median(puts):.1f} ns, get {statistics.median(gets):.1f} ns")
 
 
