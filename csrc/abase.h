@@ -109,6 +109,14 @@
  * index changes hold its write lock, reads hold its read lock, and syncs
  * (group commit) serialize on a separate mutex without holding either.
  * abase_hlc and abase_scan are not thread-safe: guard them yourself.
+ *
+ * TEARDOWN. abase_db_close may be called while other threads are inside
+ * any call on the same abase_db (or on an abase_scan or abase_fold of it):
+ * it waits for the calls in flight to finish, then unmaps and frees the
+ * log; every call made after it began returns ABASE_ECLOSED (calls that
+ * return a count or an address have an int status for this). The handle
+ * itself stays valid until abase_db_free, which must come last, when no
+ * thread can use the pointer any more.
  */
 #ifndef ABASE_H
 #define ABASE_H
@@ -130,6 +138,15 @@
 #define ABASE_LOGICAL_BITS 16
 /* physical ms below 2^47 keeps a packed hlc positive as an int64_t */
 #define ABASE_MAX_PHYSICAL_MS ((UINT64_C(1) << 47) - 1)
+
+/* A timestamp the clock can be raised to and still advance from: its
+ * physical part below the last representable millisecond. A record with
+ * any other timestamp is refused at write (ABASE_ERANGE) and is corruption
+ * at recovery: a clock raised to it could never issue a newer one. */
+static inline int abase_hlc_usable(uint64_t hlc)
+{
+    return (hlc >> ABASE_LOGICAL_BITS) < ABASE_MAX_PHYSICAL_MS;
+}
 
 /* ops */
 #define ABASE_OP_PUT 1
@@ -165,10 +182,11 @@
 #define ABASE_EKEYSIZE (-10)
 #define ABASE_EVALSIZE (-11)
 #define ABASE_ESKEW (-12)     /* remote clock too far ahead */
-#define ABASE_EAGAIN (-13)    /* logical clock exhausted for this ms: read the clock again */
+#define ABASE_EAGAIN (-13)    /* injected clock: logical counter of this ms exhausted, advance it */
 #define ABASE_ERANGE (-14)    /* a clock reading is out of the representable range */
 #define ABASE_EWOULDBLOCK (-15) /* a _nowait call would have had to wait: call the blocking one */
 #define ABASE_EBATCHSIZE (-16) /* a batch larger than ABASE_MAX_BATCH */
+#define ABASE_ECLOSED (-17)   /* abase_db_close has begun: nothing was done */
 
 /* MARK flags */
 #define ABASE_MARK_FAILED 0x01u
@@ -268,16 +286,21 @@ int abase_hlc_update(abase_hlc *clk, uint64_t remote, int64_t wall_ms,
 void abase_hlc_observe(abase_hlc *clk, uint64_t seen);
 
 /* Lifecycle. abase_db_new allocates; abase_db_recover opens the segments
- * numbered >= first_live in dir/log and rebuilds the index; abase_db_free
- * unmaps and closes everything (no sync). */
+ * numbered >= first_live in dir/log and rebuilds the index;
+ * abase_db_close waits for the calls in flight, then unmaps and closes
+ * everything (no sync; see TEARDOWN above; a second call waits for the
+ * first to finish); abase_db_free closes if needed and frees the handle
+ * (no thread may use it any more). abase_db_closed: 1 once close began. */
 int abase_db_new(const char *dir, uint32_t node_id, uint64_t segment_size,
                  int durability, abase_db **out);
 int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep);
+int abase_db_close(abase_db *db);
 void abase_db_free(abase_db *db);
 /* Clean close: sync every segment and the log directory, write the durable
  * end mark and fsync it. ABASE_EIO (nothing written) after an I/O failure.
- * Call before abase_db_free, with no other call running. */
+ * Call before abase_db_close. */
 int abase_db_checkpoint(abase_db *db);
+int abase_db_closed(abase_db *db);
 void abase_db_error(abase_db *db, abase_error *out);
 /* Sticky I/O failure. After any failed fdatasync/fsync/msync/ftruncate/
  * fallocate of the log or its directory (or abase_db_fail), every write
@@ -301,13 +324,13 @@ int abase_db_failure(abase_db *db, abase_error *out);
 int abase_db_set_stall(abase_db *db, uint64_t limit_bytes, uint64_t max_wait_ms);
 void abase_stall(abase_db *db);
 uint32_t abase_stall_waiters(abase_db *db, uint32_t at_least, uint64_t timeout_ms);
-void abase_db_stats(abase_db *db, abase_stats *out);
-uint64_t abase_db_clock(abase_db *db);
+int abase_db_stats(abase_db *db, abase_stats *out);
+int abase_db_clock(abase_db *db, uint64_t *out);
 int abase_db_clock_now(abase_db *db, int64_t wall_ms, uint64_t *out);
 int abase_db_clock_update(abase_db *db, uint64_t remote, int64_t wall_ms,
                           uint64_t max_skew_ms, uint64_t *out);
 /* Raise the clock to at least `seen`, without a skew check (our own past). */
-void abase_db_clock_observe(abase_db *db, uint64_t seen);
+int abase_db_clock_observe(abase_db *db, uint64_t seen);
 
 /* A local put or delete in one call: issues the timestamp, appends, indexes,
  * and (durability sync) waits for the group commit. Returns the packed hlc
@@ -373,11 +396,13 @@ int64_t abase_get_nowait(abase_db *db, uint32_t ns, const uint8_t *key, size_t k
                          uint64_t at_hlc, uint32_t at_node, int mode, uint8_t *buf,
                          size_t cap, abase_getinfo *info);
 
-/* Address of the newest live record of (ns, key), 0 if the log has none.
- * Any append to the key, or compaction of its versions, changes it. */
-uint64_t abase_head(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen);
+/* *addr = address of the newest live record of (ns, key), 0 if the log has
+ * none. Any append to the key, or compaction of its versions, changes it.
+ * Returns ABASE_OK or a negative status. */
+int abase_head(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen, uint64_t *addr);
 
-/* Newest record timestamp of (ns, key) in the log, any op: 1 found, 0 not. */
+/* Newest record timestamp of (ns, key) in the log, any op: 1 found, 0 not,
+ * or a negative status. */
 int abase_newest(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
                  uint64_t *hlc, uint32_t *node);
 
@@ -412,7 +437,16 @@ int abase_seal(abase_db *db);  /* seal the active segment if it holds records */
  * populated, 0 when there was nothing to do, the kernel cannot, or the
  * durability is "sync" (populated pages count as dirty for fdatasync). */
 uint64_t abase_prefault(abase_db *db, uint64_t max_bytes);
-uint32_t abase_segments(abase_db *db, abase_segstat *out, uint32_t cap);
+/* Fills up to cap entries; returns the number of live segments (may be
+ * more than cap) or a negative status. */
+int64_t abase_segments(abase_db *db, abase_segstat *out, uint32_t cap);
+/* Whether (seg_no, offset) is a position the log really has: ABASE_OK for
+ * a record boundary of a live segment (offset 0: its first record) or the
+ * end of the log, ABASE_NOTFOUND when the segment was compacted away,
+ * ABASE_EINVAL for any other position. Proven by walking the segment's
+ * records from its header (see feed.c), never by the bytes at the
+ * position. */
+int abase_log_check(abase_db *db, uint32_t seg_no, uint64_t offset);
 /* Copy whole records of sealed segment seg_no from *offset into buf, raw
  * as on disk (40-byte header, key, value, padding); advances *offset.
  * Returns bytes copied, 0 at the end of the segment. */
@@ -423,12 +457,17 @@ int64_t abase_segment_read(abase_db *db, uint32_t seg_no, uint64_t *offset,
  * On return *seg_no and *offset say where the copied bytes start (a position
  * at the end of a sealed segment moves to the start of the next one).
  * Returns bytes copied, 0 at the end of the log, ABASE_NOTFOUND when the
- * position lies in history already compacted away. A batch's records are
- * appended under one lock hold, so a call never sees part of one. */
+ * position lies in history already compacted away, ABASE_EINVAL for a
+ * position outside the log, ABASE_ETOOSMALL when the first record does not
+ * fit in cap. A position must have been checked with abase_log_check or
+ * returned by this call (lengths are bounds-checked either way). A batch's
+ * records are appended under one lock hold, so a call never sees part of
+ * one. */
 int64_t abase_log_read(abase_db *db, uint32_t *seg_no, uint64_t *offset,
                        uint8_t *buf, size_t cap);
-/* Bytes of records from position (seg_no, offset) to the end of the log. */
-uint64_t abase_log_lag(abase_db *db, uint32_t seg_no, uint64_t offset);
+/* Bytes of records from position (seg_no, offset) to the end of the log,
+ * or a negative status. */
+int64_t abase_log_lag(abase_db *db, uint32_t seg_no, uint64_t offset);
 
 /* Mark every segment numbered <= seg_no as compacted: reads stop seeing
  * versions in them at once. Then abase_retire_step removes index entries
@@ -462,5 +501,24 @@ int abase_segment_drop(abase_db *db, uint32_t seg_no);
 /* Walk every live record and check crcs and index agreement; returns the
  * number of problems found, details of the first in the error info. */
 int64_t abase_check(abase_db *db);
+
+/* What abase_segment_verify found in the bytes of one segment file. */
+typedef struct abase_verify {
+    int status;             /* ABASE_OK: every byte checks; ABASE_ECORRUPT: see below */
+    uint64_t good_end;      /* end of the last whole record (or whole batch) that
+                               checks; 0 when the header itself is bad */
+    uint64_t bad_offset;    /* where the first problem starts (the first record
+                               of an unfinished batch, if it is in one) */
+    uint64_t records;       /* records before good_end */
+    uint64_t batch_records; /* records of the unfinished batch dropped with it */
+    char why[128];
+} abase_verify;
+
+/* Check the bytes of segment file number `no` the way recovery does (the
+ * header, every record's bounds and checksum, timestamps, batches, and
+ * that only zeros follow the last record), with no engine: for repair and
+ * for fuzzing. Never reads outside data[0, size). Returns ABASE_EINVAL for
+ * bad arguments, else ABASE_OK with the findings in *out. */
+int abase_segment_verify(const uint8_t *data, uint64_t size, uint32_t no, abase_verify *out);
 
 #endif /* ABASE_H */

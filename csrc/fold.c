@@ -24,6 +24,8 @@
 
 int abase_compacted_through(abase_db *db, uint32_t seg_no)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_wrlock(&db->lock);
     segment *s = seg_by_no(db, seg_no);
     int rc = ABASE_OK;
@@ -36,6 +38,7 @@ int abase_compacted_through(abase_db *db, uint32_t seg_no)
     pthread_rwlock_unlock(&db->lock);
     if (rc == ABASE_OK)
         log_stall_wake(db); /* the log shrank: stalled writers may go */
+    gate_leave(db);
     return rc;
 }
 
@@ -163,6 +166,11 @@ int abase_fold_open(abase_db *db, uint32_t first_no, uint32_t n_segs, const uint
     }
     if (n_lww)
         memcpy(f->lww, lww_ns, n_lww * sizeof(uint32_t));
+    if (!gate_enter(db)) {
+        free(used);
+        abase_fold_free(f);
+        return ABASE_ECLOSED;
+    }
     int rc = ABASE_OK;
     uint64_t records = 0;
     pthread_rwlock_rdlock(&db->lock);
@@ -199,6 +207,7 @@ int abase_fold_open(abase_db *db, uint32_t first_no, uint32_t n_segs, const uint
     free(used);
     if (rc == ABASE_OK)
         rc = sort_handles(f->addrs, f->n, fold_cmp, f);
+    gate_leave(db);
     if (rc != ABASE_OK) {
         abase_fold_free(f);
         return rc;
@@ -229,7 +238,10 @@ int64_t abase_fold_next(abase_fold *f, uint8_t *buf, size_t cap, uint32_t *items
         return ABASE_EINVAL;
     /* No lock: the fold reads only sealed segments' bytes, which never
      * change and stay mapped until its compaction drops them (see
-     * abase_fold_open), so puts never wait for a fold. */
+     * abase_fold_open), so puts never wait for a fold. The gate keeps
+     * abase_db_close from unmapping them while this call reads. */
+    if (!gate_enter(f->db))
+        return ABASE_ECLOSED;
     uint64_t used = 0;
     int64_t rc = 0;
     while (f->pos < f->n) {
@@ -282,6 +294,7 @@ int64_t abase_fold_next(abase_fold *f, uint8_t *buf, size_t cap, uint32_t *items
         (*items)++;
         f->pos += count;
     }
+    gate_leave(f->db);
     return rc < 0 ? rc : (int64_t)used;
 }
 
@@ -291,14 +304,18 @@ int abase_retire_step(abase_db *db, uint32_t seg_no, uint64_t *offset, uint32_t 
     uint64_t offs[STEP], hashes[STEP];
     if (budget == 0 || budget > STEP)
         budget = STEP;
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_rdlock(&db->lock);
     segment *s = seg_by_no(db, seg_no);
     int compacted = s && seg_no < db->live_first;
     const uint8_t *base = compacted ? s->base : NULL;
     uint64_t used = compacted ? s->used : 0;
     pthread_rwlock_unlock(&db->lock);
-    if (!compacted)
+    if (!compacted) {
+        gate_leave(db);
         return 0;
+    }
     /* Keys are read and hashed without the lock (a compacted segment never
      * changes and only its compaction unmaps it, after the last step); the
      * write lock is held only for the index removals. */
@@ -321,29 +338,34 @@ int abase_retire_step(abase_db *db, uint32_t seg_no, uint64_t *offset, uint32_t 
                         ld16(r + R_KLEN), limit);
     }
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
     *offset = off;
     return n == budget && off < used;
 }
 
 int abase_segment_drop(abase_db *db, uint32_t seg_no)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_wrlock(&db->lock);
     int rc = ABASE_OK;
     if (db->nsegs == 0 || db->segs[0].no != seg_no || seg_no >= db->live_first) {
         rc = ABASE_EINVAL;
     } else {
         segment *s = &db->segs[0];
-        char path[1100];
-        seg_path(db, seg_no, path, sizeof(path));
+        char name[SEG_NAME_CAP];
+        seg_name(seg_no, name);
         munmap(s->base, s->mapped);
         close(s->fd);
-        if (unlink(path) != 0 && errno != ENOENT) {
-            log_set_error(db, ABASE_EIO, errno, path, 0, "cannot unlink compacted segment");
+        free(s->marks);
+        if (unlinkat(db->logdir_fd, name, 0) != 0 && errno != ENOENT) {
+            log_set_seg_error(db, ABASE_EIO, errno, seg_no, 0, "cannot unlink compacted segment");
             rc = ABASE_EIO;
         }
         memmove(&db->segs[0], &db->segs[1], (db->nsegs - 1) * sizeof(segment));
         db->nsegs--;
     }
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
     return rc;
 }

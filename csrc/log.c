@@ -25,18 +25,61 @@
 
 /* ----------------------------------------------------------------- errors */
 
-void log_set_error(abase_db *db, int status, int sys_errno, const char *file,
-                   uint64_t offset, const char *fmt, ...)
+/* Copy the path dir[/name] into out, keeping its end (the file name) and
+ * marking a cut front with "...", so a long directory never hides which
+ * file an error is about. */
+static void copy_path(char *out, size_t cap, const char *dir, const char *name)
+{
+    size_t dl = strlen(dir), nl = name ? strlen(name) + 1 : 0;
+    size_t total = dl + nl;
+    if (total < cap) {
+        snprintf(out, cap, "%s%s%s", dir, name ? "/" : "", name ? name : "");
+        return;
+    }
+    size_t keep = cap - 4; /* "..." and the terminator */
+    size_t skip = total - keep;
+    if (skip < dl)
+        snprintf(out, cap, "...%s%s%s", dir + skip, name ? "/" : "", name ? name : "");
+    else /* a name longer than the record: never for segment names */
+        snprintf(out, cap, "...%s", name ? name + (nl - 1 - (keep < nl ? keep : nl - 1)) : "");
+}
+
+static void set_error_v(abase_db *db, int status, int sys_errno, const char *dir,
+                        const char *name, uint64_t offset, const char *fmt, va_list ap)
 {
     db->err.status = status;
     db->err.sys_errno = sys_errno;
     db->err.offset = offset;
-    snprintf(db->err.file, sizeof(db->err.file), "%s", file ? file : "");
+    copy_path(db->err.file, sizeof(db->err.file), dir ? dir : "", name);
+    vsnprintf(db->err.message, sizeof(db->err.message), fmt, ap);
+}
+
+void log_set_error(abase_db *db, int status, int sys_errno, const char *file,
+                   uint64_t offset, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(db->err.message, sizeof(db->err.message), fmt, ap);
+    set_error_v(db, status, sys_errno, file, NULL, offset, fmt, ap);
+    va_end(ap);
+}
+
+void log_set_seg_error(abase_db *db, int status, int sys_errno, uint32_t no,
+                       uint64_t offset, const char *fmt, ...)
+{
+    char name[SEG_NAME_CAP];
+    seg_name(no, name);
+    va_list ap;
+    va_start(ap, fmt);
+    set_error_v(db, status, sys_errno, db->logdir, name, offset, fmt, ap);
     va_end(ap);
     db->err.syscall[0] = 0;
+}
+
+void log_seg_display_path(const abase_db *db, uint32_t no, char *out, size_t cap)
+{
+    char name[SEG_NAME_CAP];
+    seg_name(no, name);
+    copy_path(out, cap, db->logdir, name);
 }
 
 void log_set_io_error(abase_db *db, int sys_errno, const char *file, const char *syscall,
@@ -109,8 +152,8 @@ static int seal_locked(abase_db *db)
     segment *s = active_seg(db);
     if (!s)
         return ABASE_OK;
-    char path[1100];
-    seg_path(db, s->no, path, sizeof(path));
+    char path[sizeof(db->err.file)];
+    log_seg_display_path(db, s->no, path, sizeof(path));
     if (db->durability == ABASE_DUR_SYNC) {
         /* fsync point: sealed segment. Before the file is shortened, so
          * a failure leaves the file as long as its mapping. */
@@ -144,11 +187,12 @@ static int new_segment(abase_db *db, uint64_t need)
     if (size < ABASE_SEG_HEADER_SIZE + need)
         size = align8(ABASE_SEG_HEADER_SIZE + need);
     uint32_t no = db->next_no;
-    char path[1100];
-    seg_path(db, no, path, sizeof(path));
+    char name[SEG_NAME_CAP], path[sizeof(db->err.file)];
+    seg_name(no, name);
+    log_seg_display_path(db, no, path, sizeof(path));
     /* Every failure here is sticky (log_fail): the engine runs out of
      * room or of a working disk, and says so on every write after it. */
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = openat(db->logdir_fd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         log_fail(db, 1, 1, errno, path, "open", "cannot create segment");
         return ABASE_EIO;
@@ -159,7 +203,7 @@ static int new_segment(abase_db *db, uint64_t need)
     int frc = posix_fallocate(fd, 0, (off_t)size);
     if (frc != 0) {
         close(fd);
-        unlink(path);
+        unlinkat(db->logdir_fd, name, 0);
         char msg[96];
         snprintf(msg, sizeof(msg), "cannot preallocate a %llu-byte segment", (unsigned long long)size);
         log_fail(db, 1, 1, frc, path, "posix_fallocate", msg);
@@ -169,7 +213,7 @@ static int new_segment(abase_db *db, uint64_t need)
     if (base == MAP_FAILED) {
         int e = errno;
         close(fd);
-        unlink(path);
+        unlinkat(db->logdir_fd, name, 0);
         log_fail(db, 1, 1, e, path, "mmap", "cannot map a new segment");
         return ABASE_EIO;
     }
@@ -187,7 +231,7 @@ static int new_segment(abase_db *db, uint64_t need)
             int e = errno;
             munmap(base, size);
             close(fd);
-            unlink(path);
+            unlinkat(db->logdir_fd, name, 0);
             log_fail(db, 1, 1, e, what, call, "cannot sync a new segment");
             return ABASE_EIO;
         }
@@ -306,8 +350,12 @@ int abase_db_new(const char *dir, uint32_t node_id, uint64_t segment_size,
     db->sync_fd = -1;
     db->mark_fd = -1;
     db->read_limit = UINT64_MAX;
+    db->logdir_fd = -1;
+    atomic_init(&db->calls, 0);
+    atomic_init(&db->closing, 0);
     pthread_rwlock_init(&db->lock, NULL);
     pthread_mutex_init(&db->sync_mu, NULL);
+    pthread_mutex_init(&db->feed_mu, NULL);
     pthread_cond_init(&db->sync_cv, NULL);
     pthread_mutex_init(&db->mark_mu, NULL);
     pthread_mutex_init(&db->stall_mu, NULL);
@@ -321,28 +369,63 @@ int abase_db_new(const char *dir, uint32_t node_id, uint64_t segment_size,
     return ABASE_OK;
 }
 
+int abase_db_close(abase_db *db)
+{
+    if (!db)
+        return ABASE_OK;
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&db->closing, &expected, 1)) {
+        /* Another thread closes (or closed): wait until it is done, so a
+         * return from here means the same as from the first call. */
+        struct timespec pause = {0, 50000};
+        while (atomic_load(&db->closing) != 2)
+            nanosleep(&pause, NULL);
+        return ABASE_OK;
+    }
+    /* No call enters from now on; wait for those inside to leave. Each
+     * finishes by itself: lock holds are short, a group-commit waiter is
+     * woken by the sync it waits for, and nothing waits for the wall clock
+     * (see hlc.c). */
+    struct timespec pause = {0, 50000}; /* 50 us */
+    while (atomic_load(&db->calls) != 0)
+        nanosleep(&pause, NULL);
+    pthread_rwlock_wrlock(&db->lock);
+    for (uint32_t i = 0; i < db->nsegs; i++) {
+        /* the active segment keeps its preallocated tail: reopening
+         * continues in it */
+        munmap(db->segs[i].base, db->segs[i].mapped);
+        close(db->segs[i].fd);
+        free(db->segs[i].marks);
+    }
+    db->nsegs = 0;
+    free(db->segs);
+    db->segs = NULL;
+    db->segs_cap = 0;
+    if (db->sync_fd >= 0)
+        close(db->sync_fd);
+    db->sync_fd = -1;
+    if (db->logdir_fd >= 0)
+        close(db->logdir_fd);
+    db->logdir_fd = -1;
+    if (db->mark_fd >= 0)
+        close(db->mark_fd);
+    db->mark_fd = -1;
+    ix_free(&db->ix);
+    pthread_rwlock_unlock(&db->lock);
+    atomic_store(&db->closing, 2);
+    return ABASE_OK;
+}
+
 void abase_db_free(abase_db *db)
 {
     if (!db)
         return;
-    for (uint32_t i = 0; i < db->nsegs; i++) {
-        segment *s = &db->segs[i];
-        if (!s->sealed && s->used < s->mapped) {
-            /* keep the preallocated tail: reopening continues in it */
-        }
-        munmap(s->base, s->mapped);
-        close(s->fd);
-    }
-    if (db->sync_fd >= 0)
-        close(db->sync_fd);
-    if (db->mark_fd >= 0)
-        close(db->mark_fd);
-    ix_free(&db->ix);
-    free(db->segs);
+    abase_db_close(db);
     free(db->dir);
     free(db->logdir);
     pthread_rwlock_destroy(&db->lock);
     pthread_mutex_destroy(&db->sync_mu);
+    pthread_mutex_destroy(&db->feed_mu);
     pthread_cond_destroy(&db->sync_cv);
     pthread_mutex_destroy(&db->mark_mu);
     pthread_mutex_destroy(&db->stall_mu);
@@ -350,16 +433,24 @@ void abase_db_free(abase_db *db)
     free(db);
 }
 
+int abase_db_closed(abase_db *db)
+{
+    return gate_closing(db);
+}
+
 void abase_db_error(abase_db *db, abase_error *out)
 {
+    /* Not gated: the error record outlives abase_db_close. */
     pthread_rwlock_rdlock(&db->lock);
     *out = db->err;
     pthread_rwlock_unlock(&db->lock);
 }
 
-void abase_db_stats(abase_db *db, abase_stats *out)
+int abase_db_stats(abase_db *db, abase_stats *out)
 {
     memset(out, 0, sizeof(*out));
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_rdlock(&db->lock);
     out->live_keys = ix_count(&db->ix);
     out->index_bytes = ix_bytes(&db->ix);
@@ -385,37 +476,52 @@ void abase_db_stats(abase_db *db, abase_stats *out)
     out->stall_ns = db->stall_ns;
     out->stalled_writers = db->stalled;
     pthread_mutex_unlock(&db->stall_mu);
+    gate_leave(db);
+    return ABASE_OK;
 }
 
-uint64_t abase_db_clock(abase_db *db)
+int abase_db_clock(abase_db *db, uint64_t *out)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_rdlock(&db->lock);
-    uint64_t v = db->clock.last;
+    *out = db->clock.last;
     pthread_rwlock_unlock(&db->lock);
-    return v;
+    gate_leave(db);
+    return ABASE_OK;
 }
 
 int abase_db_clock_now(abase_db *db, int64_t wall_ms, uint64_t *out)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_wrlock(&db->lock);
     int rc = abase_hlc_now(&db->clock, wall_ms, out);
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
     return rc;
 }
 
-void abase_db_clock_observe(abase_db *db, uint64_t seen)
+int abase_db_clock_observe(abase_db *db, uint64_t seen)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_wrlock(&db->lock);
     abase_hlc_observe(&db->clock, seen);
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
+    return ABASE_OK;
 }
 
 int abase_db_clock_update(abase_db *db, uint64_t remote, int64_t wall_ms,
                           uint64_t max_skew_ms, uint64_t *out)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_wrlock(&db->lock);
     int rc = abase_hlc_update(&db->clock, remote, wall_ms, max_skew_ms, out);
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
     return rc;
 }
 
@@ -426,7 +532,7 @@ uint64_t abase_prefault(abase_db *db, uint64_t max_bytes)
     /* Not under durability "sync": populating a shared file mapping for
      * writing marks its pages dirty, and the next fdatasync would write
      * all of them. */
-    if (db->durability == ABASE_DUR_SYNC)
+    if (db->durability == ABASE_DUR_SYNC || !gate_enter(db))
         return 0;
     pthread_rwlock_rdlock(&db->lock);
     segment *s = active_seg(db);
@@ -445,19 +551,23 @@ uint64_t abase_prefault(abase_db *db, uint64_t max_bytes)
      * segment is sealed and shortened first, the call fails with EFAULT
      * instead of raising SIGBUS. The mapping itself stays until close or
      * the segment's compaction, neither of which runs concurrently with
-     * the compactor that calls this. */
+     * the compactor that calls this; abase_db_close waits for this call
+     * to leave the gate before it unmaps. */
 #ifdef MADV_POPULATE_WRITE
     if (len && madvise(from, len, MADV_POPULATE_WRITE) != 0)
-        return 0;
-    return len;
+        len = 0;
 #else
     (void)from;
-    return 0;
+    len = 0;
 #endif
+    gate_leave(db);
+    return len;
 }
 
 int abase_seal(abase_db *db)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_wrlock(&db->lock);
     segment *s = active_seg(db);
     int rc = ABASE_OK;
@@ -466,11 +576,14 @@ int abase_seal(abase_db *db)
     else if (s && s->used > ABASE_SEG_HEADER_SIZE)
         rc = seal_locked(db);
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
     return rc;
 }
 
-uint32_t abase_segments(abase_db *db, abase_segstat *out, uint32_t cap)
+int64_t abase_segments(abase_db *db, abase_segstat *out, uint32_t cap)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_rdlock(&db->lock);
     uint32_t n = 0;
     for (uint32_t i = 0; i < db->nsegs; i++) {
@@ -488,5 +601,6 @@ uint32_t abase_segments(abase_db *db, abase_segstat *out, uint32_t cap)
         n++;
     }
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
     return n;
 }

@@ -44,6 +44,18 @@
  * abase_db_free, and a sealed segment's bytes never change: the fold and
  * retire steps copy `base` and `used` under the lock and then read sealed
  * bytes without it (see fold.c).
+ *
+ * Teardown. Every exported call that touches the log (directly, or through
+ * an abase_scan or abase_fold, which keep the abase_db and addresses or
+ * mappings into it) is bracketed by gate_enter/gate_leave: an atomic count
+ * of calls in flight, with no lock. abase_db_close sets `closing`, then
+ * waits until the count drains to 0 and only then unmaps the segments and
+ * frees the index; a call that enters after `closing` is set returns
+ * ABASE_ECLOSED without touching anything. The struct itself (its locks,
+ * the error record, the gate) stays allocated until abase_db_free, so a
+ * late caller holding the pointer, such as a scan iterator or the C fast
+ * path, still finds the gate. Waits inside a call (group commit, the clock
+ * waiting for the wall clock) end by themselves or watch `closing`.
  */
 #ifndef ABASE_LOG_INTERNAL_H
 #define ABASE_LOG_INTERNAL_H
@@ -52,6 +64,7 @@
 #include "abase.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 
 #include "bytes.h"
@@ -71,13 +84,30 @@ typedef struct segment {
     uint64_t max_hlc; /* greatest timestamp in the segment */
     uint32_t max_node;
     uint32_t records;
+    /* Record boundaries found by walking the segment from its header, for
+     * checking feed positions (feed.c). GUARDED_BY(feed_mu) with `lock`
+     * held for reading (or `lock` held for writing, to free them):
+     * marks[i] = the first record boundary at or after offset
+     * ABASE_SEG_HEADER_SIZE + i * MARK_SPAN, for every window that starts
+     * below `walked`, the boundary the walk has reached. */
+    uint64_t *marks;
+    uint32_t nmarks, marks_cap;
+    uint64_t walked;
 } segment;
 
+#define MARK_SPAN (UINT64_C(64) * 1024)
+
 struct abase_db {
+    /* The teardown gate (see "Teardown" above): API calls in flight, and
+     * whether abase_db_close has begun (1) or finished (2). */
+    _Atomic uint64_t calls;
+    _Atomic int closing;
     pthread_rwlock_t lock;  /* see "Locking" above */
     pthread_mutex_t sync_mu;/* see "Locking" above */
+    pthread_mutex_t feed_mu;/* the segments' boundary marks (feed.c); taken with `lock` held */
     char *dir;              /* fixed */
     char *logdir;           /* fixed: dir/log */
+    int logdir_fd;          /* log/, opened by abase_db_recover; closed by abase_db_close */
     uint32_t node_id;       /* fixed */
     uint64_t seg_size;      /* fixed */
     int durability;         /* fixed */
@@ -133,9 +163,13 @@ static inline uint64_t align8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
 
 static inline uint64_t make_addr(uint32_t no, uint64_t off) { return ((uint64_t)no << 32) | off; }
 
-static inline void seg_path(const abase_db *db, uint32_t no, char *out, size_t cap)
+/* A segment's file name inside log/ (no directory): segment files are
+ * opened, created and unlinked relative to logdir_fd, so the length of the
+ * engine's directory path never matters past opening log/ itself. */
+#define SEG_NAME_CAP 32
+static inline void seg_name(uint32_t no, char out[SEG_NAME_CAP])
 {
-    snprintf(out, cap, "%s/%08u.seg", db->logdir, no);
+    snprintf(out, SEG_NAME_CAP, "%08u.seg", no);
 }
 
 static inline segment *seg_by_no(abase_db *db, uint32_t no)
@@ -237,6 +271,30 @@ static inline int key_cmp(const uint8_t *a, size_t al, const uint8_t *b, size_t 
     return al < bl ? -1 : al > bl;
 }
 
+/* Enter the teardown gate: 1 if the call may go on (then call
+ * gate_leave), 0 if the engine is closing or closed (return ABASE_ECLOSED).
+ * Sequentially consistent increment and load against close's store and
+ * load, so either close sees this call or this call sees close. */
+static inline int gate_enter(abase_db *db)
+{
+    atomic_fetch_add_explicit(&db->calls, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&db->closing, memory_order_seq_cst) == 0)
+        return 1;
+    atomic_fetch_sub_explicit(&db->calls, 1, memory_order_release);
+    return 0;
+}
+
+static inline void gate_leave(abase_db *db)
+{
+    atomic_fetch_sub_explicit(&db->calls, 1, memory_order_release);
+}
+
+/* Whether abase_db_close has begun (for calls that wait inside the gate). */
+static inline int gate_closing(abase_db *db)
+{
+    return atomic_load_explicit(&db->closing, memory_order_acquire) != 0;
+}
+
 /* ------------------------------------------------- internal functions */
 
 /* log.c */
@@ -245,11 +303,19 @@ static inline int key_cmp(const uint8_t *a, size_t al, const uint8_t *b, size_t 
 void log_set_error(abase_db *db, int status, int sys_errno, const char *file,
                    uint64_t offset, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
+/* The path of segment `no` for messages: logdir/name, its front cut with
+ * "..." when it does not fit `cap` (the file name always shows). */
+void log_seg_display_path(const abase_db *db, uint32_t no, char *out, size_t cap);
 /* log_set_error for a failed OS call: ABASE_EIO naming the call. */
 void log_set_io_error(abase_db *db, int sys_errno, const char *file, const char *syscall,
                       const char *message);
 int log_fsync_dir(const char *path);
 void log_recount_live(abase_db *db);
+/* log_set_error naming segment `no` (its path, shortened at the front if it
+ * does not fit the error record). */
+void log_set_seg_error(abase_db *db, int status, int sys_errno, uint32_t no,
+                       uint64_t offset, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
 int log_write_seg_header(uint8_t *p, uint32_t no, uint32_t node, uint64_t hlc);
 int log_grow_seg_array(abase_db *db);
 int log_room_for(abase_db *db, uint64_t need, segment **out);

@@ -121,7 +121,7 @@ int log_mark_open(abase_db *db, mark_state *m)
     char *path = mark_path(db);
     if (!path)
         return ABASE_ENOMEM;
-    int fd = open(path, O_RDWR | O_CLOEXEC);
+    int fd = openat(db->logdir_fd, "MARK", O_RDWR | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
         if (e != ENOENT)
@@ -179,7 +179,7 @@ int log_mark_create(abase_db *db, uint64_t end)
     if (!path)
         return ABASE_ENOMEM;
     int rc = ABASE_OK;
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = openat(db->logdir_fd, "MARK", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         log_set_io_error(db, errno, path, "open", "cannot create the durable end mark");
         free(path);
@@ -441,7 +441,10 @@ int abase_db_set_stall(abase_db *db, uint64_t limit_bytes, uint64_t max_wait_ms)
 
 void abase_stall(abase_db *db)
 {
+    if (!gate_enter(db))
+        return; /* closed: the write that follows is refused anyway */
     log_stall(db);
+    gate_leave(db);
 }
 
 uint32_t abase_stall_waiters(abase_db *db, uint32_t at_least, uint64_t timeout_ms)

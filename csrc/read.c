@@ -189,26 +189,40 @@ int64_t abase_get(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
                   uint64_t at_hlc, uint32_t at_node, int mode, uint8_t *buf,
                   size_t cap, abase_getinfo *info)
 {
-    return get_impl(db, ns, key, klen, at_hlc, at_node, mode, buf, cap, info, 0);
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
+    int64_t rc = get_impl(db, ns, key, klen, at_hlc, at_node, mode, buf, cap, info, 0);
+    gate_leave(db);
+    return rc;
 }
 
 int64_t abase_get_nowait(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
                          uint64_t at_hlc, uint32_t at_node, int mode, uint8_t *buf,
                          size_t cap, abase_getinfo *info)
 {
-    return get_impl(db, ns, key, klen, at_hlc, at_node, mode, buf, cap, info, 1);
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
+    int64_t rc = get_impl(db, ns, key, klen, at_hlc, at_node, mode, buf, cap, info, 1);
+    gate_leave(db);
+    return rc;
 }
 
-uint64_t abase_head(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen)
+int abase_head(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen, uint64_t *addr)
 {
-    if (klen > ABASE_MAX_KEY || (klen && !key))
-        return 0;
+    *addr = 0;
+    if (klen > ABASE_MAX_KEY)
+        return ABASE_EKEYSIZE;
+    if (klen && !key)
+        return ABASE_EINVAL;
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     uint64_t h = abase_hash(ns, key, klen);
     pthread_rwlock_rdlock(&db->lock);
     uint64_t *slot = ix_find(&db->ix, h, ns, key, klen);
-    uint64_t head = slot ? visible_head(db, *slot) : 0;
+    *addr = slot ? visible_head(db, *slot) : 0;
     pthread_rwlock_unlock(&db->lock);
-    return head;
+    gate_leave(db);
+    return ABASE_OK;
 }
 
 int abase_newest(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
@@ -216,6 +230,8 @@ int abase_newest(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
 {
     if (klen > ABASE_MAX_KEY || (klen && !key))
         return 0;
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     uint64_t h = abase_hash(ns, key, klen);
     pthread_rwlock_rdlock(&db->lock);
     uint64_t *slot = ix_find(&db->ix, h, ns, key, klen);
@@ -232,5 +248,6 @@ int abase_newest(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
         }
     }
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
     return found;
 }

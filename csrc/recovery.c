@@ -72,21 +72,32 @@ static int list_segments(abase_db *db, uint32_t first_live, uint32_t **out, uint
 {
     *out = NULL;
     *n = 0;
-    DIR *d = opendir(db->logdir);
+    int created = mkdir(db->logdir, 0755) == 0;
+    if (!created && errno != EEXIST) {
+        log_set_io_error(db, errno, db->logdir, "mkdir", "cannot create the log directory");
+        return ABASE_EIO;
+    }
+    /* fsync point: the new log directory's name in the engine directory */
+    if (created && log_fsync_dir(db->dir) != 0) {
+        log_set_io_error(db, errno, db->dir, "fsync", "cannot sync the engine directory");
+        return ABASE_EIO;
+    }
+    /* Segment files are opened relative to this descriptor, so only the
+     * directory's own path must be one the OS accepts (ENAMETOOLONG here
+     * is the clear error for a path that is too long). */
+    if (db->logdir_fd < 0)
+        db->logdir_fd = open(db->logdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (db->logdir_fd < 0) {
+        log_set_io_error(db, errno, db->logdir, "open", "cannot open the log directory");
+        return ABASE_EIO;
+    }
+    int dfd = dup(db->logdir_fd);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
     if (!d) {
-        if (errno == ENOENT) {
-            if (mkdir(db->logdir, 0755) != 0 && errno != EEXIST) {
-                log_set_io_error(db, errno, db->logdir, "mkdir", "cannot create the log directory");
-                return ABASE_EIO;
-            }
-            /* fsync point: the log directory's name in the engine directory */
-            if (log_fsync_dir(db->dir) != 0) {
-                log_set_io_error(db, errno, db->dir, "fsync", "cannot sync the engine directory");
-                return ABASE_EIO;
-            }
-            return ABASE_OK;
-        }
-        log_set_io_error(db, errno, db->logdir, "opendir", "cannot read the log directory");
+        int e = errno;
+        if (dfd >= 0)
+            close(dfd);
+        log_set_io_error(db, e, db->logdir, "opendir", "cannot read the log directory");
         return ABASE_EIO;
     }
     uint32_t cap = 16, cnt = 0;
@@ -101,9 +112,7 @@ static int list_segments(abase_db *db, uint32_t first_live, uint32_t **out, uint
         if (!parse_seg_name(e->d_name, &v))
             continue;
         if (v < first_live) {
-            char path[1100];
-            seg_path(db, v, path, sizeof(path));
-            unlink(path); /* compacted before the crash (W4) */
+            unlinkat(db->logdir_fd, e->d_name, 0); /* compacted before the crash (W4) */
             continue;
         }
         if (cnt == cap) {
@@ -208,6 +217,8 @@ static const char *check_record(const uint8_t *base, uint64_t off, uint64_t end)
     uint32_t len = ld32(p + R_LEN);
     if (len < ABASE_REC_HEADER_SIZE || len > end - off)
         return "record length out of bounds";
+    if (align8(len) > end - off) /* a file cut inside the padding (fuzz finding) */
+        return "record padding runs past the end of the segment";
     if (abase_crc_unmask(ld32(p + R_CRC)) != abase_crc32c(0, p + 4, len - 4))
         return "record checksum mismatch";
     uint32_t klen = ld16(p + R_KLEN), vlen = ld32(p + R_VLEN);
@@ -367,9 +378,10 @@ static int recover_segment(abase_db *db, uint32_t no, int last, int may_be_new, 
                            abase_recovery *rep, recovery_queue *q, seg_walk *w)
 {
     memset(w, 0, sizeof(*w));
-    char path[1100];
-    seg_path(db, no, path, sizeof(path));
-    int fd = open(path, O_RDWR | O_CLOEXEC);
+    char name[SEG_NAME_CAP], path[sizeof(db->err.file)];
+    seg_name(no, name);
+    log_seg_display_path(db, no, path, sizeof(path));
+    int fd = openat(db->logdir_fd, name, O_RDWR | O_CLOEXEC);
     if (fd < 0) {
         log_set_io_error(db, errno, path, "open", "cannot open segment");
         return ABASE_EIO;
@@ -383,7 +395,7 @@ static int recover_segment(abase_db *db, uint32_t no, int last, int may_be_new, 
     uint64_t size = (uint64_t)st.st_size;
     if (size > (UINT64_C(1) << 32)) {
         close(fd);
-        log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment larger than 4 GiB");
+        log_set_seg_error(db, ABASE_ECORRUPT, 0, no, 0, "segment larger than 4 GiB");
         return ABASE_ECORRUPT;
     }
     uint64_t map_size = size;
@@ -401,7 +413,7 @@ static int recover_segment(abase_db *db, uint32_t no, int last, int may_be_new, 
     }
     if (size < ABASE_SEG_HEADER_SIZE) {
         close(fd);
-        log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment shorter than its header");
+        log_set_seg_error(db, ABASE_ECORRUPT, 0, no, 0, "segment shorter than its header");
         return ABASE_ECORRUPT;
     }
     uint8_t *base = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -450,6 +462,15 @@ static int recover_segment(abase_db *db, uint32_t no, int last, int may_be_new, 
         why = check_record(base, off, limit);
         if (why)
             break;
+        if (!abase_hlc_usable(ld64(p + R_HLC))) {
+            /* A whole record (its checksum holds), not a torn write, with a
+             * timestamp the clock could never advance from: corruption
+             * wherever it is. Judged against the clock's range only, never
+             * against the wall clock. */
+            log_set_seg_error(db, ABASE_ECORRUPT, 0, no, off,
+                              "record timestamp at the end of the clock's range");
+            return ABASE_ECORRUPT;
+        }
         uint8_t flags = p[R_FLAGS];
         uint64_t next = off + align8(len);
         if (next > limit)
@@ -526,8 +547,8 @@ static int drop_tail(abase_db *db, segment *s, uint64_t from, abase_recovery *re
     rep->dropped_offset = from;
     memset(s->base + from, 0, last - from);
     if (msync(s->base, s->mapped, MS_SYNC) != 0) { /* fsync point: the cut */
-        char path[1100];
-        seg_path(db, s->no, path, sizeof(path));
+        char path[sizeof(db->err.file)];
+        log_seg_display_path(db, s->no, path, sizeof(path));
         log_set_io_error(db, errno, path, "msync", "cannot sync the truncated tail");
         return ABASE_EIO;
     }
@@ -537,9 +558,9 @@ static int drop_tail(abase_db *db, segment *s, uint64_t from, abase_recovery *re
 /* Remove a segment file past the end of the log, counting its data. */
 static void drop_segment_file(abase_db *db, uint32_t no, abase_recovery *rep)
 {
-    char path[1100];
-    seg_path(db, no, path, sizeof(path));
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    char name[SEG_NAME_CAP];
+    seg_name(no, name);
+    int fd = openat(db->logdir_fd, name, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         struct stat st;
         if (fstat(fd, &st) == 0 && (uint64_t)st.st_size > ABASE_SEG_HEADER_SIZE &&
@@ -554,7 +575,7 @@ static void drop_segment_file(abase_db *db, uint32_t no, abase_recovery *rep)
         }
         close(fd);
     }
-    unlink(path);
+    unlinkat(db->logdir_fd, name, 0);
     rep->dropped_segments++;
 }
 
@@ -598,8 +619,8 @@ int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep)
                 keep = i; /* W5 (or CUT): the log ends before this segment */
                 break;
             }
-            char path[1100];
-            seg_path(db, want, path, sizeof(path));
+            char path[sizeof(db->err.file)];
+            log_seg_display_path(db, want, path, sizeof(path));
             log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment missing from the log");
             rc = ABASE_ECORRUPT;
             break;
@@ -628,8 +649,8 @@ int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep)
         int bad = w.why || w.open_batch || w.tail_dirty;
         if (cut && want == mseg) {
             if (w.end < moff) {
-                char path[1100];
-                seg_path(db, want, path, sizeof(path));
+                char path[sizeof(db->err.file)];
+                log_seg_display_path(db, want, path, sizeof(path));
                 log_set_error(db, ABASE_ECORRUPT, 0, path, w.why ? w.stop : w.end, "%s",
                               w.why ? w.why : "data ends before the durable end mark");
                 rc = ABASE_ECORRUPT;
@@ -651,8 +672,8 @@ int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep)
         else /* only the process died: it tore at most its last record */
             tolerated = last && !w.interrupted && !valid_record_after(s->base, w.stop, w.size);
         if (!tolerated) {
-            char path[1100];
-            seg_path(db, want, path, sizeof(path));
+            char path[sizeof(db->err.file)];
+            log_seg_display_path(db, want, path, sizeof(path));
             log_set_error(db, ABASE_ECORRUPT, 0, path, at, "%s",
                           w.why ? w.why
                                 : w.open_batch ? "unfinished batch before more data"
@@ -668,8 +689,8 @@ int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep)
     if (rc == ABASE_OK && m.end != 0 && mseg >= first_live && moff > ABASE_SEG_HEADER_SIZE &&
         (db->nsegs == 0 || db->segs[db->nsegs - 1].no < mseg) && keep == n) {
         /* the mark says segment mseg holds data, and there is no such file */
-        char path[1100];
-        seg_path(db, mseg, path, sizeof(path));
+        char path[sizeof(db->err.file)];
+        log_seg_display_path(db, mseg, path, sizeof(path));
         log_set_error(db, ABASE_ECORRUPT, 0, path, 0, "segment missing from the log");
         rc = ABASE_ECORRUPT;
     }
@@ -714,8 +735,8 @@ int abase_db_recover(abase_db *db, uint32_t first_live, abase_recovery *rep)
             for (uint32_t i = 0; rc == ABASE_OK && i < db->nsegs; i++) {
                 segment *s = &db->segs[i];
                 if (make_addr(s->no, s->used) > durable && fdatasync(s->fd) != 0) { /* fsync point */
-                    char path[1100];
-                    seg_path(db, s->no, path, sizeof(path));
+                    char path[sizeof(db->err.file)];
+                    log_seg_display_path(db, s->no, path, sizeof(path));
                     log_set_io_error(db, errno, path, "fdatasync", "cannot sync a recovered segment");
                     rc = ABASE_EIO;
                 }
@@ -781,6 +802,8 @@ static int check_entry(void *arg, uint64_t addr)
 
 int64_t abase_check(abase_db *db)
 {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_wrlock(&db->lock);
     check_ctx c = {db, 0};
     for (uint32_t i = 0; i < db->nsegs; i++) {
@@ -790,11 +813,8 @@ int64_t abase_check(abase_db *db)
         for (uint64_t off = ABASE_SEG_HEADER_SIZE; off < s->used;) {
             const char *why = check_record(s->base, off, s->used);
             if (why) {
-                if (c.problems++ == 0) {
-                    char path[1100];
-                    seg_path(db, s->no, path, sizeof(path));
-                    log_set_error(db, ABASE_ECORRUPT, 0, path, off, "%s", why);
-                }
+                if (c.problems++ == 0)
+                    log_set_seg_error(db, ABASE_ECORRUPT, 0, s->no, off, "%s", why);
                 break;
             }
             off += align8(ld32(s->base + off + R_LEN));
@@ -802,5 +822,81 @@ int64_t abase_check(abase_db *db)
     }
     ix_foreach(&db->ix, check_entry, &c);
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
     return c.problems;
+}
+
+/* ------------------------------------------------------------------ verify */
+
+int abase_segment_verify(const uint8_t *data, uint64_t size, uint32_t no, abase_verify *out)
+{
+    if (!out || (size && !data))
+        return ABASE_EINVAL;
+    memset(out, 0, sizeof(*out));
+    out->bad_offset = size;
+    out->status = ABASE_OK;
+    const char *why = NULL;
+    if (size < ABASE_SEG_HEADER_SIZE)
+        why = "segment shorter than its header";
+    else if (all_zero(data, ABASE_SEG_HEADER_SIZE))
+        why = "segment header is all zero";
+    else if (memcmp(data, SEG_MAGIC, 8) != 0 ||
+             abase_crc_unmask(ld32(data + 60)) != abase_crc32c(0, data, 60))
+        why = "bad segment header";
+    else if (ld32(data + 8) != ABASE_FORMAT_VERSION)
+        why = "unknown segment format version";
+    else if (ld64(data + 16) != no)
+        why = "segment number does not match its file name";
+    if (why) {
+        out->status = ABASE_ECORRUPT;
+        out->bad_offset = 0;
+        snprintf(out->why, sizeof(out->why), "%s", why);
+        return ABASE_OK;
+    }
+    uint64_t off = ABASE_SEG_HEADER_SIZE, batch_start = 0, batch_records = 0;
+    out->good_end = off;
+    while (off + 8 <= size) {
+        const uint8_t *p = data + off;
+        if (ld32(p + R_LEN) == 0 && ld32(p) == 0) {
+            if (!all_zero(p, size - off))
+                why = "bytes after the zero that ends the records";
+            break;
+        }
+        why = check_record(data, off, size);
+        if (!why && !abase_hlc_usable(ld64(p + R_HLC)))
+            why = "record timestamp at the end of the clock's range";
+        if (!why && !(p[R_FLAGS] & ABASE_F_BATCH) && batch_start)
+            why = "batch interrupted by a record outside it";
+        if (why)
+            break;
+        uint64_t next = off + align8(ld32(p + R_LEN));
+        if (next > size)
+            next = size;
+        if (p[R_FLAGS] & ABASE_F_BATCH) {
+            if (!batch_start)
+                batch_start = off;
+            batch_records++;
+            if (p[R_FLAGS] & ABASE_F_BATCH_END) {
+                out->records += batch_records;
+                out->good_end = next;
+                batch_start = 0;
+                batch_records = 0;
+            }
+        } else {
+            out->records++;
+            out->good_end = next;
+        }
+        off = next;
+    }
+    if (!why && off + 8 > size && off < size && !all_zero(data + off, size - off))
+        why = "bytes after the last record";
+    if (!why && batch_start)
+        why = "unfinished batch";
+    if (why) {
+        out->status = ABASE_ECORRUPT;
+        out->bad_offset = batch_start ? batch_start : off;
+        out->batch_records = batch_records;
+        snprintf(out->why, sizeof(out->why), "%s", why);
+    }
+    return ABASE_OK;
 }

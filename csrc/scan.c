@@ -183,9 +183,13 @@ int abase_scan_open(abase_db *db, uint32_t ns, const uint8_t *start,
     c.has_stop = has_stop;
     c.prefix = prefix;
     c.prefix_len = prefix_len;
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     abase_scan *sc = calloc(1, sizeof(*sc));
-    if (!sc)
+    if (!sc) {
+        gate_leave(db);
         return ABASE_ENOMEM;
+    }
     /* Under the lock only the keys are copied out; the sort runs on the
      * copy, so writers do not wait for it. */
     enum { AHEAD = 32 };
@@ -250,6 +254,7 @@ int abase_scan_open(abase_db *db, uint32_t ns, const uint8_t *start,
     free(order);
     free(arena);
     free(c.addrs);
+    gate_leave(db);
     if (rc != ABASE_OK) {
         abase_scan_free(sc);
         return rc;
@@ -272,6 +277,10 @@ int64_t abase_scan_next(abase_scan *sc, uint64_t at_hlc, uint32_t at_node,
     abase_db *db = sc->db;
     uint64_t used = 0;
     int64_t rc = 0;
+    /* The scan keeps only key copies and record addresses; the records are
+     * read inside the gate, so a scan outliving its engine reads nothing. */
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
     pthread_rwlock_rdlock(&db->lock);
     while (sc->pos < sc->count && *count < max_items) {
         uint64_t i = sc->reverse ? sc->count - 1 - sc->pos : sc->pos;
@@ -324,6 +333,7 @@ int64_t abase_scan_next(abase_scan *sc, uint64_t at_hlc, uint32_t at_node,
         sc->pos++;
     }
     pthread_rwlock_unlock(&db->lock);
+    gate_leave(db);
     return rc < 0 ? rc : (int64_t)used;
 }
 

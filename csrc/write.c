@@ -48,7 +48,7 @@ static int sync_once(abase_db *db, int all_segments, uint64_t *end, sync_failure
                 if (fdatasync(s->fd) != 0) { /* fsync point: db.sync() */
                     why->sys_errno = errno;
                     why->syscall = "fdatasync";
-                    seg_path(db, s->no, why->file, sizeof(why->file));
+                    log_seg_display_path(db, s->no, why->file, sizeof(why->file));
                     rc = ABASE_EIO;
                     break;
                 }
@@ -79,7 +79,7 @@ static int sync_once(abase_db *db, int all_segments, uint64_t *end, sync_failure
         }
         fd = db->sync_fd;
         if (rc == ABASE_OK)
-            seg_path(db, s->no, why->file, sizeof(why->file));
+            log_seg_display_path(db, s->no, why->file, sizeof(why->file));
         if (fd < 0 && rc == ABASE_OK) {
             why->sys_errno = errno;
             why->syscall = "dup";
@@ -162,21 +162,24 @@ static int sync_upto(abase_db *db, uint64_t target, int all_segments)
 
 int abase_sync(abase_db *db)
 {
-    return sync_upto(db, UINT64_MAX, 1);
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
+    int rc = sync_upto(db, UINT64_MAX, 1);
+    gate_leave(db);
+    return rc;
 }
 
 int abase_db_checkpoint(abase_db *db)
 {
-    if (log_failed(db))
-        return ABASE_EIO;
-    int rc = sync_upto(db, UINT64_MAX, 1);
-    if (rc != ABASE_OK)
-        return rc;
-    if (log_mark_sync(db) != ABASE_OK) {
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
+    int rc = log_failed(db) ? ABASE_EIO : sync_upto(db, UINT64_MAX, 1);
+    if (rc == ABASE_OK && log_mark_sync(db) != ABASE_OK) {
         log_fail(db, 0, 1, errno, db->logdir, "fsync", "cannot sync the durable end mark");
-        return ABASE_EIO;
+        rc = ABASE_EIO;
     }
-    return ABASE_OK;
+    gate_leave(db);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ writes */
@@ -262,16 +265,24 @@ static int64_t put_impl(abase_db *db, uint32_t ns, int op, const uint8_t *key,
 int64_t abase_put(abase_db *db, uint32_t ns, int op, const uint8_t *key,
                   size_t klen, const uint8_t *value, size_t vlen, int64_t wall_ms)
 {
-    return put_impl(db, ns, op, key, klen, value, vlen, wall_ms, 0);
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
+    int64_t rc = put_impl(db, ns, op, key, klen, value, vlen, wall_ms, 0);
+    gate_leave(db);
+    return rc;
 }
 
 int64_t abase_put_nowait(abase_db *db, uint32_t ns, int op, const uint8_t *key,
                          size_t klen, const uint8_t *value, size_t vlen, int64_t wall_ms)
 {
-    return put_impl(db, ns, op, key, klen, value, vlen, wall_ms, 1);
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
+    int64_t rc = put_impl(db, ns, op, key, klen, value, vlen, wall_ms, 1);
+    gate_leave(db);
+    return rc;
 }
 
-int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
+static int64_t write_batch_impl(abase_db *db, uint32_t n, const uint8_t *ops,
                           const uint32_t *nss, const uint8_t *blob,
                           const uint32_t *lens, const uint64_t *hlcs,
                           const uint32_t *nodes, const uint64_t *base_hlcs,
@@ -291,8 +302,8 @@ int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
             return rc;
         if (ops[i] < ABASE_OP_PUT || ops[i] > ABASE_OP_MERGE)
             return ABASE_EINVAL;
-        if (hlcs && hlcs[i] >> ABASE_LOGICAL_BITS > ABASE_MAX_PHYSICAL_MS)
-            return ABASE_ERANGE;
+        if (hlcs && !abase_hlc_usable(hlcs[i]))
+            return ABASE_ERANGE; /* would leave the clock no room to advance */
         need += align8(ABASE_REC_HEADER_SIZE + (uint64_t)lens[2 * i] + lens[2 * i + 1]);
         /* one segment holds the whole batch: every record offset must fit
          * the 32 bits of an address */
@@ -394,4 +405,20 @@ int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
             return rc;
     }
     return (int64_t)last_hlc;
+}
+
+int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
+                          const uint32_t *nss, const uint8_t *blob,
+                          const uint32_t *lens, const uint64_t *hlcs,
+                          const uint32_t *nodes, const uint64_t *base_hlcs,
+                          const uint32_t *base_nodes, const uint8_t *modes,
+                          uint8_t *out_status, const uint8_t *flags_in,
+                          int64_t wall_ms)
+{
+    if (!gate_enter(db))
+        return ABASE_ECLOSED;
+    int64_t rc = write_batch_impl(db, n, ops, nss, blob, lens, hlcs, nodes, base_hlcs, base_nodes,
+                                  modes, out_status, flags_in, wall_ms);
+    gate_leave(db);
+    return rc;
 }

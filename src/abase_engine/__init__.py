@@ -25,6 +25,7 @@ from .errors import (
 from .hlc import HLC
 from .merge import LWW, MergeOperator
 from .record import Change, Op, Timestamp
+from .repair import repair
 
 try:  # the CRDT library is its own module; import it lazily if it is absent
     from . import crdt
@@ -34,7 +35,7 @@ except ImportError:  # pragma: no cover
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "Engine", "Namespace", "Batch", "Snapshot", "ReplicationSlot", "Timestamp", "Op", "Change", "HLC",
+    "open", "repair", "Engine", "Namespace", "Batch", "Snapshot", "ReplicationSlot", "Timestamp", "Op", "Change", "HLC",
     "MergeOperator", "LWW", "crdt", "errors", "AbaseError", "CorruptionError", "LockedError",
     "EngineClosedError", "KeyTooLargeError", "ValueTooLargeError", "ClockSkewError",
     "SnapshotTooOldError", "FormatVersionError", "MergeOperatorMismatch", "MergeOperandError",

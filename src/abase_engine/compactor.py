@@ -40,6 +40,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
+import lmdb
+
 from .errors import IOFailedError
 from .log import NS_DEFS, Log
 from .record import Op
@@ -145,7 +147,15 @@ class Compactor:
 
         :raises IOFailedError: writes are refused after an I/O failure, or
             this pass's store commit failed (which makes them refused).
+        :raises EngineClosedError: the engine was closed during the pass
+            (what was committed stays; recovery finishes the rest).
         """
+        try:
+            return self._run_pass(seal)
+        except lmdb.Error as exc:
+            raise self._store.translate(exc) from exc
+
+    def _run_pass(self, seal: bool) -> int:
         with self._pass_lock:
             self._log.check_writable("compaction")
             try:

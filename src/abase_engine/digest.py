@@ -19,11 +19,15 @@ writes.
 
 File format: ``<dir>/digests.bin``, written at a clean close when the
 leaves are maintained: a marker ``last segment u32 | its used bytes u64 |
-compacted_through u64`` (big-endian), then per namespace ``id u32 | 4096 x
-leaf u64`` (big-endian). It is taken at the next open only if the marker
-still matches the log and the store (nothing happened in between) and
-recovery dropped nothing, and it is deleted either way, so a crash can never
-leave a stale one behind.
+compacted_through u64 | newest timestamp in the log u64 | the store's HLC
+high-water mark u64`` (big-endian; timestamps are unique to one engine's
+history, so a file from another history never matches), then per namespace
+``id u32 | 4096 x leaf u64`` (big-endian), then ``xxh64`` of everything
+before it (u64, big-endian). It is taken at the next open only if the
+checksum holds, its length is whole, the marker still matches the log and
+the store (nothing happened in between) and recovery dropped nothing, and it
+is deleted either way, so a crash can never leave a stale one behind and
+damaged bytes are never believed.
 
 Locks: every method that reads or changes leaves runs under the engine's
 merge lock (re-entrant), which the write path also holds while it writes.
@@ -49,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["DigestTree", "check_path"]
 
 _ENTRY_TS = struct.Struct(">BQI")
-_MARKER = struct.Struct(">IQQ")
+_MARKER = struct.Struct(">IQQQQ")
 _LEAVES = 4096
 
 #: (ns id, key) -> (namespace, the key's entry hash before a write)
@@ -260,7 +264,9 @@ class DigestTree:
     def _marker(self) -> bytes:
         segs = self._log.segments()
         last = (segs[-1]["no"], segs[-1]["used"]) if segs else (self._log.stats()["first_segment"], 0)
-        return _MARKER.pack(*last, self._store.meta_u64(b"compacted_through", 1 << 63))
+        newest = max((s["max_hlc"] for s in segs), default=0)
+        return _MARKER.pack(*last, self._store.meta_u64(b"compacted_through", 1 << 63), newest,
+                            self._store.meta_u64(b"hlc_high_water", 0))
 
     def load(self, recovery_dropped: bool) -> None:
         """Take the leaves saved at the last clean close, if the log and
@@ -271,21 +277,27 @@ class DigestTree:
         except FileNotFoundError:
             return
         os.unlink(self._file)
+        if len(data) < 8 or xxhash.xxh64_intdigest(data[:-8]) != struct.unpack_from(">Q", data, len(data) - 8)[0]:
+            return  # damaged: rebuilt on use
+        data = data[:-8]
         marker = self._marker()
-        if not data.startswith(marker) or recovery_dropped:
+        per = 4 + _LEAVES * 8
+        if not data.startswith(marker) or recovery_dropped or (len(data) - len(marker)) % per:
             return
         body = data[len(marker):]
-        per = 4 + _LEAVES * 8
-        for i in range(0, len(body) - per + 1, per):
+        for i in range(0, len(body), per):
             ns_id = struct.unpack_from(">I", body, i)[0]
             self._leaves[ns_id] = list(struct.unpack_from(">4096Q", body, i + 4))
 
     def save(self) -> None:
-        """Write the maintained leaves to ``digests.bin`` (at a clean close)."""
-        parts = [self._marker()]
-        for ns_id, leaves in self._leaves.items():
-            parts.append(struct.pack(">I", ns_id) + struct.pack(">4096Q", *leaves))
+        """Write the maintained leaves to ``digests.bin`` (at a clean close;
+        under the merge lock, so no write is half-counted in them)."""
+        with self._lock:
+            parts = [self._marker()]
+            for ns_id, leaves in self._leaves.items():
+                parts.append(struct.pack(">I", ns_id) + struct.pack(">4096Q", *leaves))
+        body = b"".join(parts)
         tmp = self._file + ".tmp"
         with open(tmp, "wb") as f:
-            f.write(b"".join(parts))
+            f.write(body + struct.pack(">Q", xxhash.xxh64_intdigest(body)))
         os.replace(tmp, self._file)

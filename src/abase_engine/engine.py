@@ -41,8 +41,10 @@ purges) and the *fold lock* (``apply``'s store read against the compactor's
 commit). Lock order: merge lock, fold lock, then the C core's own locks.
 
 Thread-safety: an Engine, its Namespaces and Snapshots are safe to share
-between threads; a Batch is not (build it in one thread). ``close()`` must
-not race with other calls on the same Engine.
+between threads; a Batch is not (build it in one thread). ``close()`` may
+race any other call from any thread: calls in flight finish or raise
+EngineClosedError, later ones raise EngineClosedError, and nothing is freed
+while a thread can still touch it (see ``lifecycle.py``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from .log import Log
 from .merge import MergeOperator
 from .namespace import DefaultNamespaceMethods, Namespace
 from .record import MAX_NODE_ID, Op, Timestamp, from_packed
+from .repair import repair
 from .resolve import KeyReader
 from .scan import Scanner
 from .slots import ReplicationSlot, SlotTable
@@ -160,7 +163,7 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         self.node_id = node_id
         self.durability = durability
         self._life = Lifecycle()
-        self._life.closed = True
+        self._life.closed = True  # until open completes
         _make_dir(self.path)
         self._lock_fd = self._take_lock()
         try:
@@ -168,7 +171,13 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         except BaseException:
             self._release_lock()
             raise
-        self._wire()
+        try:
+            self._wire()
+        except BaseException:  # e.g. a damaged slots.json: release everything
+            self._log.close()
+            self._store.close()
+            self._release_lock()
+            raise
         self._life.closed = False
         # The hot calls resolve straight to C, saving a Python frame each
         # (~0.1 us); the methods below say what they do, and stay in charge
@@ -284,23 +293,28 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
 
         A clean close syncs the log and writes its durable end mark, so that
         recovery can tell corruption from a torn tail; after an I/O failure
-        it syncs nothing. Safe to call twice.
+        it syncs nothing. Safe to call twice, and safe while other threads
+        use the engine: their calls in flight finish or raise
+        EngineClosedError; every call after raises it. A second, concurrent
+        close() returns when the first has finished.
 
         :raises IOFailedError: the closing sync failed (the engine is closed
             all the same).
         """
-        if self._life.closed:
+        if not self._life.begin_close():
             return
-        self._life.closed = True
-        self._fastpaths.detach_all()
-        self._compactor.stop()
         try:
-            if self._digests.maintained and self._log.failure() is None:
-                self._digests.save()
-            self._log.close()
+            self._fastpaths.detach_all()
+            self._compactor.stop()
+            try:
+                if self._digests.maintained and self._log.failure() is None:
+                    self._digests.save()
+                self._log.close()  # syncs and marks, then waits for the C calls in flight
+            finally:
+                self._store.close()  # py-lmdb waits for its calls in flight
         finally:
-            self._store.close()
             self._release_lock()
+            self._life.end_close()
 
     def __enter__(self) -> "Engine":
         return self
@@ -446,15 +460,27 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
 
     def check(self, fix: bool = False) -> List[str]:
         """Check log checksums and that the index agrees with the log and the
-        store; returns a list of findings (empty: healthy). ``fix`` is not
-        supported yet and raises NotImplementedError when True."""
+        store; returns a list of findings (empty: healthy).
+
+        ``fix=True`` on a healthy engine changes nothing and returns [].
+        When something is found, it closes the engine (the damaged files
+        must not be mapped while they are cut), salvages the directory with
+        :func:`abase_engine.repair` and returns the findings followed by the
+        repair's report (what was dropped, moved aside or rebuilt); reopen
+        the directory to go on. A directory too damaged to open at all is
+        repaired with ``abase_engine.repair(path)``.
+
+        :raises EngineClosedError: the engine is closed.
+        Thread-safety: safe; with ``fix=True`` and damage found, as ``close()``.
+        """
         self._check_open("check")
-        if fix:
-            raise NotImplementedError("check(fix=True) is not implemented")
         findings = self._log.check()
         for name, ns_id, _op in self._catalog.ids():
             for key, exc in self._store.check_namespace(ns_id):
                 findings.append(f"namespace {name!r} key {key!r}: {exc}")
+        if fix and findings:
+            self.close()
+            findings += repair(self.path, self.node_id)
         return findings
 
     def _check(self) -> None:

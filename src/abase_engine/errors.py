@@ -140,11 +140,13 @@ _STATUS_ERRORS: Dict[int, Tuple[Type[Exception], str]] = {
     lib.ABASE_EKEYSIZE: (KeyTooLargeError, f"key longer than {lib.ABASE_MAX_KEY} bytes"),
     lib.ABASE_EVALSIZE: (ValueTooLargeError, f"value longer than {lib.ABASE_MAX_VALUE} bytes"),
     lib.ABASE_ESKEW: (ClockSkewError, "remote timestamp too far ahead of the local clock"),
-    lib.ABASE_ERANGE: (ValueError, "wall clock reading out of range (must be 0 <= ms < 2**47)"),
+    lib.ABASE_ERANGE: (ValueError, "timestamp or wall clock reading out of the clock's range "
+                                   "(physical ms must be below 2**47 - 1, leaving the clock room to advance)"),
     lib.ABASE_EWOULDBLOCK: (AbaseError, "would block"),
     lib.ABASE_EBATCHSIZE: (ValueTooLargeError,
                            f"batch larger than {lib.ABASE_MAX_BATCH} encoded bytes (40 + key + value, "
                            "padded to 8, a record)"),
+    lib.ABASE_ECLOSED: (EngineClosedError, "the engine is closed"),
 }
 
 
@@ -158,7 +160,7 @@ def error_for_status(rc: int, what: str, *, message: str = "", file: Optional[st
     :class:`IOFailedError` the file, the failing call and its errno.
     """
     cls, meaning = _STATUS_ERRORS.get(rc, (AbaseError, f"status {rc}"))
-    if cls in (KeyTooLargeError, ValueTooLargeError, ClockSkewError):
+    if cls in (KeyTooLargeError, ValueTooLargeError, ClockSkewError, EngineClosedError):
         return cls(f"{what}: {meaning}")  # the C message adds nothing here
     text = f"{what}: {message or meaning}"
     if cls is CorruptionError:

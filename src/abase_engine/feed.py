@@ -11,6 +11,15 @@ Cursor format (12 bytes, what ``Change.cursor`` holds and ``since=`` takes):
 ``segment number u32 | offset u64``, big-endian, so that byte order is log
 order. The offset is the position in the segment just after the record.
 
+Cursors are untrusted input (peers send them over the network). Before a
+feed reads from one, or a slot acknowledges one, the log proves that it is a
+record boundary it really has (``Log.check_position``: the C core walks the
+segment's records from its header, a bounded walk thanks to per-segment
+marks), so a cursor pointing inside a record, even at bytes of a user's
+value that form a whole record with a valid checksum, is refused with
+``ValueError``; one in compacted history raises ``SlotInvalidatedError``.
+Read buffers grow only to fit one record, never past the format's largest.
+
 Locks: the listener list is copied before each notification, so callbacks
 may unregister themselves; the floors of open feeds live in a dict updated
 by whole-entry assignment (safe under the GIL). Records are read from the
@@ -125,10 +134,18 @@ class ChangeFeed:
         return (segs[0]["no"], 0) if segs else (self._log.stats()["first_segment"], 0)
 
     def changes(self, since: Optional[bytes], include_applied: bool, limit: Optional[int]) -> Iterator[Change]:
-        """See ``Engine.changes``. :raises TypeError, ValueError: bad cursor or limit."""
-        seg, off = self.start() if since is None else parse_cursor(since)
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
+        """See ``Engine.changes``.
+
+        :raises TypeError: the cursor is not bytes.
+        :raises ValueError: a bad limit, or a cursor that is not a record
+            boundary of this log (checked now, not at the first ``next``).
+        :raises SlotInvalidatedError: the cursor lies in compacted history.
+        """
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
             raise ValueError("limit must be a non-negative int or None")
+        seg, off = self.start() if since is None else parse_cursor(since)
+        if since is not None:
+            self._log.check_position(seg, off)
         return self._read(seg, off, include_applied, limit)
 
     def _read(self, seg: int, off: int, include_applied: bool, limit: Optional[int]) -> Iterator[Change]:

@@ -39,9 +39,10 @@ class HLC:
         timestamp may be before :meth:`update` refuses it.
     :param high_water: a floor (a :class:`Timestamp` or packed int); every
         timestamp issued is above it.
-    :param sleep: called with seconds while the logical counter of the current
-        millisecond is exhausted and the clock must advance (default
-        ``time.sleep``); the counter never wraps.
+    :param sleep: with an injected ``clock``, called with seconds while the
+        logical counter of the current millisecond is exhausted and the clock
+        must advance (default ``time.sleep``); the counter never wraps. With
+        the real clock the next millisecond is borrowed instead.
 
     >>> t = [1000]
     >>> c = HLC(7, clock=lambda: t[0])
@@ -85,8 +86,9 @@ class HLC:
     def now(self) -> Timestamp:
         """Issue a timestamp for a local event, greater than every one before.
 
-        Runtime complexity: O(1) (waits out the millisecond if 65,536 events
-        already used it).
+        Runtime complexity: O(1). When 65,536 events already used the
+        millisecond, an injected clock is waited out (``sleep``); with the
+        real clock the next millisecond is borrowed, never waited for.
         """
         with self._lock:
             while True:

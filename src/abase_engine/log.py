@@ -8,7 +8,12 @@ values and merge semantics.
 
 Thread-safety: safe. The C core guards its state with a read-write lock and
 cffi releases the GIL during each call; each thread gets its own output
-buffers. :meth:`Log.close` must not race with other calls.
+buffers. :meth:`Log.close` may race any other call: the C core waits for the
+calls in flight (its teardown gate) and every later call raises
+:class:`~abase_engine.errors.EngineClosedError`. The ``abase_db`` handle
+itself is freed only when the Log is garbage, so no thread (nor the C fast
+path, which holds the Log through its ``fail`` callable) can ever call into
+freed memory.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 from ._abase import ffi, lib
 from ._fast import scan_split
-from .errors import AbaseError, EngineClosedError, IOFailedError, ValueTooLargeError, error_for_status, io_failed
-from .log_segments import LogRecord, SegmentAccess
+from .errors import AbaseError, IOFailedError, ValueTooLargeError, error_for_status, io_failed
+from .log_segments import LogRecord, SegmentAccess, grown_buffer
 
 __all__ = ["Log", "LogRecord", "DURABILITY", "MAX_KEY", "MAX_VALUE", "MAX_BATCH", "NS_DEFS"]
 
@@ -84,6 +89,7 @@ class _Buffers(threading.local):
         self.cap = _INITIAL_BUF
         self.buf = ffi.new("uint8_t[]", self.cap)
         self.info = ffi.new("abase_getinfo *")
+        self.addr = ffi.new("uint64_t *")
 
     def grow(self, need: int) -> None:
         cap = self.cap
@@ -121,15 +127,16 @@ class Log(SegmentAccess):
         rc = lib.abase_db_new(path.encode(), node_id, segment_size, DURABILITY[durability], out)
         if rc != 0:
             raise _error_from_status(None, rc, "open log")
-        self._db = out[0]
+        # Freed (abase_db_free) when this Log is garbage, never before: close()
+        # only closes it, so a late caller still finds the C teardown gate.
+        self._db = ffi.gc(out[0], lib.abase_db_free)
         self.node_id = node_id
         self._tls = _Buffers()
         self.recovery = ffi.new("abase_recovery *")
         rc = lib.abase_db_recover(self._db, first_live, self.recovery)
         if rc != 0:
             err = _error_from_status(self._db, rc, "recover log")
-            lib.abase_db_free(self._db)
-            self._db = None
+            lib.abase_db_close(self._db)
             raise err
         lib.abase_db_set_stall(self._db, stall_log_bytes or 0, stall_max_ms)
 
@@ -155,19 +162,28 @@ class Log(SegmentAccess):
         then unmap and close everything. After an I/O failure nothing is
         synced or marked (the failure is already recorded).
 
+        Safe against concurrent calls from other threads: waits until the C
+        calls in flight have returned; later calls raise EngineClosedError.
+        Safe to call twice. (The C handle itself is freed only when this Log
+        is garbage, so a late caller still finds the teardown gate.)
+
         :raises IOFailedError: the closing sync failed (the log is closed
             all the same; what was acknowledged under ``"process"`` is in
             the page cache, and recovery treats the tail past the mark as
             possibly torn).
         """
-        if self._db is None:
+        if self.closed:
             return
         rc = 0 if self.failure() is not None else lib.abase_db_checkpoint(self._db)
-        err = _error_from_status(self._db, rc, "close") if rc != 0 else None
-        lib.abase_db_free(self._db)
-        self._db = None
+        err = _error_from_status(self._db, rc, "close") if rc not in (0, lib.ABASE_ECLOSED) else None
+        lib.abase_db_close(self._db)
         if err is not None:
             raise err
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has begun."""
+        return bool(lib.abase_db_closed(self._db))
 
     # -- the sticky I/O failure and write stalls -----------------------------
     def failure(self) -> Optional[dict]:
@@ -233,7 +249,11 @@ class Log(SegmentAccess):
 
     def clock(self) -> int:
         """The packed HLC last issued or observed."""
-        return lib.abase_db_clock(self._db)
+        out = ffi.new("uint64_t *")
+        rc = lib.abase_db_clock(self._db, out)
+        if rc != 0:
+            raise self._fail(rc, "clock")
+        return int(out[0])
 
     def clock_now(self) -> int:
         """Issue a local timestamp (packed) without writing anything."""
@@ -251,7 +271,9 @@ class Log(SegmentAccess):
 
     def clock_observe(self, seen: int) -> None:
         """Raise the clock to at least ``seen`` (a packed HLC of our own past)."""
-        lib.abase_db_clock_observe(self._db, seen)
+        rc = lib.abase_db_clock_observe(self._db, seen)
+        if rc != 0:
+            raise self._fail(rc, "clock observe")
 
     def clock_update(self, remote: int, max_skew_ms: int) -> int:
         """Receive event for a remote packed HLC. :raises ClockSkewError:"""
@@ -370,13 +392,20 @@ class Log(SegmentAccess):
     def head(self, ns: int, key: bytes) -> int:
         """Address of the key's newest live record (0: none); changes on every
         append to the key and when its versions are compacted."""
-        return lib.abase_head(self._db, ns, key, len(key))
+        out = self._tls.addr
+        rc = lib.abase_head(self._db, ns, key, len(key), out)
+        if rc != 0:
+            raise self._fail(rc, "head")
+        return int(out[0])
 
     def newest(self, ns: int, key: bytes) -> Optional[Tuple[int, int]]:
         """(hlc, node) of the newest version of the key in the log, or None."""
         h = ffi.new("uint64_t *")
         nd = ffi.new("uint32_t *")
-        if lib.abase_newest(self._db, ns, key, len(key), h, nd):
+        rc = lib.abase_newest(self._db, ns, key, len(key), h, nd)
+        if rc < 0:
+            raise self._fail(rc, "newest")
+        if rc:
             return int(h[0]), int(nd[0])
         return None
 
@@ -412,11 +441,9 @@ class Log(SegmentAccess):
         count = ffi.new("uint32_t *")
         mode = MODE_MERGE if merge_mode else MODE_LWW
         while True:
-            if self._db is None:
-                raise EngineClosedError("scan used after the engine was closed")
             n = lib.abase_scan_next(sc, at_hlc, at_node, mode, batch, buf, cap, count)
             if n == ETOOSMALL:
-                cap *= 4
+                cap = grown_buffer(cap, "scan")
                 buf = ffi.new("uint8_t[]", cap)
                 continue
             if n < 0:
@@ -429,7 +456,9 @@ class Log(SegmentAccess):
     def stats(self) -> dict:
         """Counters of the C core (see ``abase_stats`` in abase.h)."""
         st = ffi.new("abase_stats *")
-        lib.abase_db_stats(self._db, st)
+        rc = lib.abase_db_stats(self._db, st)
+        if rc != 0:
+            raise self._fail(rc, "stats")
         return {name: int(getattr(st, name)) for name in (
             "live_keys", "index_bytes", "index_capacity", "log_bytes", "log_bytes_written",
             "records_appended", "segments", "first_segment", "active_segment", "rehashing",
@@ -438,6 +467,8 @@ class Log(SegmentAccess):
     def check(self) -> List[str]:
         """Check every live record's crc and the index; returns findings."""
         n = lib.abase_check(self._db)
+        if n < 0:
+            raise self._fail(n, "check")
         if n == 0:
             return []
         info = ffi.new("abase_error *")

@@ -18,18 +18,34 @@ from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 from ._abase import ffi, lib
 from ._fast import fold_split
-from .errors import EngineClosedError, SlotInvalidatedError
+from .errors import CorruptionError, SlotInvalidatedError
 
-__all__ = ["SegmentAccess", "LogRecord"]
+__all__ = ["SegmentAccess", "LogRecord", "grown_buffer", "MAX_RECORD"]
 
 NOTFOUND = lib.ABASE_NOTFOUND
 ETOOSMALL = lib.ABASE_ETOOSMALL
+EINVAL = lib.ABASE_EINVAL
 NS_DEFS = lib.ABASE_NS_DEFS
+#: The largest raw record the format allows (header, key, value, padding):
+#: a read buffer never needs to grow past it.
+MAX_RECORD = (40 + lib.ABASE_MAX_KEY + lib.ABASE_MAX_VALUE + 7) & ~7
 
 _REC_HEADER = struct.Struct("<IIQQIIBBHI")  # crc len prev hlc node ns op flags klen vlen
 
 #: One record as the compactor and the feed see it.
 LogRecord = Tuple[int, bytes, int, int, int, int, bytes]  # ns, key, op, flags, hlc, node, value
+
+
+def grown_buffer(cap: int, what: str) -> int:
+    """The next read-buffer size after ``cap`` was too small for one record
+    (x4, at most MAX_RECORD, plus room for a fold or scan entry's own header).
+
+    :raises CorruptionError: ``cap`` already held the largest record.
+    """
+    limit = MAX_RECORD + 64
+    if cap >= limit:
+        raise CorruptionError(f"{what}: a record larger than the format allows ({cap} bytes did not fit it)")
+    return min(cap * 4, limit)
 
 
 class SegmentAccess:
@@ -51,10 +67,15 @@ class SegmentAccess:
 
     def segments(self) -> List[dict]:
         """Live segments, oldest first: no, sealed, used, max_hlc, max_node, records."""
-        cap = lib.abase_segments(self._db, ffi.NULL, 0) + 8
+        n = lib.abase_segments(self._db, ffi.NULL, 0)
+        if n < 0:
+            raise self._fail(n, "segments")
+        cap = n + 8
         while True:  # a segment may be created between the two calls
             arr = ffi.new("abase_segstat[]", cap)
             n = lib.abase_segments(self._db, arr, cap)
+            if n < 0:
+                raise self._fail(n, "segments")
             if n <= cap:
                 break
             cap = n + 8
@@ -73,7 +94,7 @@ class SegmentAccess:
         while True:
             n = lib.abase_segment_read(self._db, seg_no, off, buf, cap)
             if n == ETOOSMALL:
-                cap *= 4
+                cap = grown_buffer(cap, f"segment {seg_no}")
                 buf = ffi.new("uint8_t[]", cap)
                 continue
             if n < 0:
@@ -118,7 +139,7 @@ class SegmentAccess:
         while True:
             n = lib.abase_fold_next(fold, buf, cap, items)
             if n == ETOOSMALL:
-                cap *= 4
+                cap = grown_buffer(cap, what)
                 buf = ffi.new("uint8_t[]", cap)
                 continue
             if n < 0:
@@ -127,23 +148,50 @@ class SegmentAccess:
                 return
             yield fold_split(ffi.buffer(buf, n), items[0], id_set)
 
+    def check_position(self, seg_no: int, offset: int) -> None:
+        """Prove that ``(seg_no, offset)`` is a position the log really has:
+        a record boundary of a live segment (offset 0: its first record) or
+        the end of the log. The C core walks the segment's records from its
+        header (bounded by per-segment marks), so a position inside a
+        record, even one whose bytes look like a valid record, is refused.
+
+        :raises ValueError: not a record boundary of this log.
+        :raises SlotInvalidatedError: the position was compacted away.
+        :raises EngineClosedError: the engine is closed.
+        """
+        if not 0 <= seg_no <= 0xFFFFFFFF or not 0 <= offset < 1 << 64:
+            raise ValueError(f"log position ({seg_no}, {offset}) is out of range")
+        rc = lib.abase_log_check(self._db, seg_no, offset)
+        if rc == NOTFOUND:
+            raise SlotInvalidatedError(
+                f"log position ({seg_no}, {offset}) was compacted away; fall back to anti-entropy")
+        if rc == EINVAL:
+            raise ValueError(f"log position ({seg_no}, {offset}) is not a record boundary of this log")
+        if rc != 0:
+            raise self._fail(rc, "check log position")
+
     def read_from(self, seg_no: int, offset: int, chunk: int = 1 << 20) -> Iterator[Tuple[int, int, LogRecord]]:
         """Yield ``(seg_no, next_offset, record)`` for every record from the
         position on, in log order, up to the end of the log as it is now.
 
+        The position is proven first (:meth:`check_position`); the read
+        buffer grows only to fit one record, never past the largest record
+        the format allows.
+
+        :raises ValueError: the position is not a record boundary of this log.
         :raises SlotInvalidatedError: the position was compacted away.
+        :raises EngineClosedError: the engine is closed (also mid-iteration).
         """
+        self.check_position(seg_no, offset)
         seg = ffi.new("uint32_t *", seg_no)
         off = ffi.new("uint64_t *", offset)
         cap = chunk
         buf = ffi.new("uint8_t[]", cap)
         unpack = _REC_HEADER.unpack_from
         while True:
-            if self._db is None:
-                raise EngineClosedError("change feed used after the engine was closed")
             n = lib.abase_log_read(self._db, seg, off, buf, cap)
             if n == ETOOSMALL:
-                cap *= 4
+                cap = grown_buffer(cap, "read log")
                 buf = ffi.new("uint8_t[]", cap)
                 continue
             if n == NOTFOUND:
@@ -165,8 +213,14 @@ class SegmentAccess:
             off[0] = base_off + n
 
     def lag(self, seg_no: int, offset: int) -> int:
-        """Bytes of records from the position to the end of the log."""
-        return lib.abase_log_lag(self._db, seg_no, offset)
+        """Bytes of records from the position to the end of the log.
+
+        :raises EngineClosedError: the engine is closed.
+        """
+        n = lib.abase_log_lag(self._db, seg_no, offset)
+        if n < 0:
+            raise self._fail(n, "lag")
+        return n
 
     def compacted_through(self, seg_no: int) -> None:
         """Reads stop seeing versions in segments <= seg_no (they are in the store now)."""
@@ -178,8 +232,12 @@ class SegmentAccess:
         """Drop index entries whose newest version was in seg_no, a chunk at a
         time so foreground calls wait at most one chunk; then delete the file."""
         off = ffi.new("uint64_t *", 0)
-        while lib.abase_retire_step(self._db, seg_no, off, budget):
-            pass
+        while True:
+            more = lib.abase_retire_step(self._db, seg_no, off, budget)
+            if more < 0:
+                raise self._fail(more, f"retire segment {seg_no}")
+            if not more:
+                break
         rc = lib.abase_segment_drop(self._db, seg_no)
         if rc != 0:
             raise self._fail(rc, f"drop segment {seg_no}")

@@ -27,6 +27,8 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Tuple
 
+import lmdb
+
 from . import store as _store
 from .errors import CorruptionError, SnapshotTooOldError
 from .log import DELETED, Log
@@ -98,6 +100,8 @@ class Scanner:
                                 yield entry[0], item
             else:
                 yield from self._merged(ns, start, stop, reverse, pin, at is None)
+        except lmdb.Error as exc:  # the store closed under the scan
+            raise self._store.translate(exc) from exc
         finally:
             self._pins.remove(pin)
 
@@ -158,7 +162,10 @@ class Scanner:
                 if item is not None:
                     yield key, item
         finally:
-            txn.abort()
+            try:
+                txn.abort()
+            except lmdb.Error:
+                pass  # the store was closed meanwhile: nothing left to abort
 
 
 def _cursor_range(cur: Any, start: Optional[bytes], stop: Optional[bytes], reverse: bool) -> Iterator[Tuple]:

@@ -26,7 +26,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from .errors import AbaseError, SlotInvalidatedError, io_failed
+from .errors import AbaseError, CorruptionError, SlotInvalidatedError, io_failed
 from .feed import CURSOR, parse_cursor
 from .lifecycle import Lifecycle
 from .log import Log
@@ -36,7 +36,35 @@ from .store import fsync_dir
 if TYPE_CHECKING:  # pragma: no cover
     from .feed import ChangeFeed
 
-__all__ = ["SlotTable", "ReplicationSlot"]
+__all__ = ["SlotTable", "ReplicationSlot", "parse_slots_file"]
+
+
+def parse_slots_file(data: bytes, path: str) -> Dict[str, Dict[str, Any]]:
+    """The slots in the bytes of ``slots.json``.
+
+    :raises CorruptionError: not the format in the module docstring.
+    """
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptionError(f"slots file is not valid JSON: {exc}", path) from None
+    if not isinstance(raw, dict):
+        raise CorruptionError("slots file does not hold a JSON object", path)
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, st in raw.items():
+        if not name:
+            raise CorruptionError("a slot with an empty name", path)
+        if not isinstance(st, dict) or not isinstance(st.get("cursor"), str) \
+                or not isinstance(st.get("invalidated"), bool):
+            raise CorruptionError(f"slot {name!r}: needs a hex 'cursor' and a bool 'invalidated'", path)
+        try:
+            cursor = bytes.fromhex(st["cursor"])
+        except ValueError:
+            raise CorruptionError(f"slot {name!r}: cursor is not hex", path) from None
+        if len(cursor) != CURSOR.size:
+            raise CorruptionError(f"slot {name!r}: cursor is {len(cursor)} bytes, not {CURSOR.size}", path)
+        out[name] = {"cursor": cursor, "invalidated": st["invalidated"]}
+    return out
 
 
 class SlotTable:
@@ -59,10 +87,8 @@ class SlotTable:
         self._lock = threading.Lock()
         self._slots: Dict[str, Dict[str, Any]] = {}
         if os.path.exists(self._path):
-            with open(self._path) as f:
-                raw = json.load(f)
-            for name, st in raw.items():
-                self._slots[name] = {"cursor": bytes.fromhex(st["cursor"]), "invalidated": bool(st["invalidated"])}
+            with open(self._path, "rb") as f:
+                self._slots = parse_slots_file(f.read(), self._path)
 
     def _save(self, slots: Dict[str, Dict[str, Any]]) -> None:
         """Write ``slots`` to the file, replacing it atomically; then make
@@ -137,8 +163,13 @@ class SlotTable:
     def ack(self, name: str, cursor: bytes) -> None:
         """Advance slot ``name`` to ``cursor`` if it is ahead of its position (persisted).
 
+        The cursor is untrusted: it must be a record boundary the log has.
+
+        :raises ValueError: not a record boundary of this log.
+        :raises SlotInvalidatedError: the cursor lies in compacted history.
         :raises IOFailedError: the file could not be saved (the slot stays where it was).
         """
+        self._log.check_position(*parse_cursor(cursor))
         with self._lock:
             st = self.state(name)
             if CURSOR.unpack(cursor) > CURSOR.unpack(st["cursor"]):
@@ -188,12 +219,20 @@ class ReplicationSlot:
 
     @property
     def position(self) -> bytes:
-        """The cursor after the last acknowledged record."""
+        """The cursor after the last acknowledged record.
+
+        :raises EngineClosedError: the engine is closed.
+        """
+        self._life.check("slot position")
         return self._table.state(self.name)["cursor"]
 
     @property
     def invalidated(self) -> bool:
-        """True once the slot lagged too far and its history was discarded."""
+        """True once the slot lagged too far and its history was discarded.
+
+        :raises EngineClosedError: the engine is closed.
+        """
+        self._life.check("slot invalidated")
         return self._table.state(self.name)["invalidated"]
 
     @property
@@ -216,10 +255,13 @@ class ReplicationSlot:
     def ack(self, cursor: bytes) -> None:
         """Advance the slot to ``cursor`` (persisted); an older cursor is ignored.
 
-        :raises TypeError, ValueError: not a feed cursor.
+        :raises TypeError: not bytes.
+        :raises ValueError: not a feed cursor, or not a record boundary of this log.
+        :raises SlotInvalidatedError: the cursor lies in compacted history.
+        :raises EngineClosedError: the engine is closed.
         """
-        parse_cursor(cursor)
-        self._table.ack(self.name, bytes(cursor))
+        self._life.check("slot ack")
+        self._table.ack(self.name, bytes(cursor) if isinstance(cursor, (bytes, bytearray)) else cursor)
 
     def __repr__(self) -> str:
         try:

@@ -22,22 +22,28 @@ other reason raises :class:`~abase_engine.errors.IOFailedError` (the
 compactor then makes the engine refuse writes).
 
 Thread-safety: safe. Readers use per-thread read transactions that are
-renewed when the compactor has committed since they began.
+renewed when the compactor has committed since they began. :meth:`Store.close`
+may race other calls: py-lmdb (3.0 and later) waits for its operations in
+flight and for another thread's write transaction before it closes the
+environment, and invalidates every transaction and cursor left; the LMDB
+errors that calls then meet become EngineClosedError (:meth:`Store.translate`).
 """
 
 from __future__ import annotations
 
 import errno as _errno
+import functools
+import inspect
 import os
 import struct
 import threading
 import weakref
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar
 
 import lmdb
 import xxhash
 
-from .errors import CorruptionError, FormatVersionError, IOFailedError, io_failed
+from .errors import CorruptionError, EngineClosedError, FormatVersionError, io_failed
 
 __all__ = ["Store", "Stored", "VALUE", "TOMBSTONE", "STATE", "FORMAT_VERSION", "fsync_dir"]
 
@@ -80,6 +86,30 @@ def decode(raw: bytes, where: str = "store") -> Stored:
     if kind not in (VALUE, TOMBSTONE, STATE):
         raise CorruptionError(f"stored value of unknown kind {kind}", where)
     return kind, hlc, node, ah, an, bytes(body)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _closed_is_engine_closed(fn: _F) -> _F:
+    """Make an LMDB error met because the store was closed meanwhile an
+    EngineClosedError (for methods and generator methods of Store)."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(self: "Store", *args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(self, *args, **kwargs)
+            except lmdb.Error as exc:
+                raise self.translate(exc) from exc
+        return gen  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def call(self: "Store", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except lmdb.Error as exc:
+            raise self.translate(exc) from exc
+    return call  # type: ignore[return-value]
 
 
 class _Reader:
@@ -136,6 +166,8 @@ class Store:
         #: facts about the store's contents up to date with it).
         self.after_write: Optional[Callable[[], None]] = None
         self.bytes_written = 0
+        #: True once close() has begun.
+        self.closed = False
         raw = self.meta_get(b"format")
         if raw is None:
             self.write(lambda txn: txn.put(b"format", str(FORMAT_VERSION).encode(), db=self.meta))
@@ -144,12 +176,22 @@ class Store:
             raise FormatVersionError(f"store format version {raw.decode(errors='replace')!r}, this build reads {FORMAT_VERSION} ({self.path})")
 
     def close(self) -> None:
-        """Close the environment. Per-thread read transactions become unusable."""
+        """Close the environment. Per-thread read transactions become unusable;
+        calls racing this one finish or raise EngineClosedError."""
+        self.closed = True
         self._release_readers(all_of_them=True)
         self._readers = _Readers(self._registry)
         self.env.close()
 
+    def translate(self, exc: BaseException) -> BaseException:
+        """``exc`` (an LMDB error), or EngineClosedError if the store was
+        closed: the error then comes from the close, not from the data."""
+        if self.closed:
+            return EngineClosedError(f"store used after close ({type(exc).__name__}: {exc})")
+        return exc
+
     # -- databases -------------------------------------------------------
+    @_closed_is_engine_closed
     def db(self, ns_id: int):
         """The LMDB database of namespace ``ns_id`` (created on first use)."""
         d = self._dbs.get(ns_id)
@@ -192,6 +234,7 @@ class Store:
                 finally:
                     r.lock.release()
 
+    @_closed_is_engine_closed
     def get_raw(self, ns_id: int, key: bytes) -> Optional[bytes]:
         """The encoded stored version of ``key``, or None."""
         dbi = self.meta if not key else self.db(ns_id)  # first: a new handle renews transactions
@@ -210,19 +253,25 @@ class Store:
         r = self._readers.r
         with r.lock:
             txn = r.txn
-            if r.generation != self.generation or txn is None:
-                txn = self._fresh(r)
-            return txn.get(key, None, dbi)  # positional: ~75 ns less than db=
+            try:
+                if r.generation != self.generation or txn is None:
+                    txn = self._fresh(r)
+                return txn.get(key, None, dbi)  # positional: ~75 ns less than db=
+            except lmdb.Error as exc:
+                raise self.translate(exc) from exc
 
+    @_closed_is_engine_closed
     def get(self, ns_id: int, key: bytes) -> Optional[Stored]:
         """The decoded stored version of ``key``, or None."""
         raw = self.get_raw(ns_id, key)
         return None if raw is None else decode(raw, self.path)
 
+    @_closed_is_engine_closed
     def meta_get(self, key: bytes) -> Optional[bytes]:
         with self.env.begin(db=self.meta) as txn:
             return txn.get(key)
 
+    @_closed_is_engine_closed
     def meta_items(self, prefix: bytes) -> Iterator[Tuple[bytes, bytes]]:
         with self.env.begin(db=self.meta) as txn:
             cur = txn.cursor()
@@ -232,12 +281,14 @@ class Store:
                         break
                     yield k, v
 
+    @_closed_is_engine_closed
     def count(self, ns_id: int) -> int:
         """Entries (tombstones included) in a namespace's database."""
         dbi = self.db(ns_id)  # before the txn: a later handle is not valid in it
         with self.env.begin() as txn:
             return txn.stat(dbi)["entries"]
 
+    @_closed_is_engine_closed
     def keys(self, ns_id: int) -> Iterator[bytes]:
         """Every key the namespace holds in the store, tombstones included,
         the empty key first; from one read transaction."""
@@ -247,6 +298,7 @@ class Store:
                 yield b""
             yield from txn.cursor(db=dbi).iternext(keys=True, values=False)
 
+    @_closed_is_engine_closed
     def holds_nothing(self, ns_ids) -> dict:
         """``{ns_id: True}`` for each namespace of which the store holds no
         entry (not even the empty key), else False; one read transaction."""
@@ -255,6 +307,7 @@ class Store:
             return {ns_id: txn.stat(dbi)["entries"] == 0 and txn.get(empty_key_slot(ns_id), db=self.meta) is None
                     for ns_id, dbi in dbis}
 
+    @_closed_is_engine_closed
     def check_namespace(self, ns_id: int) -> Iterator[Tuple[bytes, CorruptionError]]:
         """``(key, error)`` for every stored version of the namespace that does not decode."""
         dbi = self.db(ns_id)
@@ -265,12 +318,14 @@ class Store:
                 except CorruptionError as exc:
                     yield k, exc
 
+    @_closed_is_engine_closed
     def size_bytes(self) -> int:
         info = self.env.info()
         stat = self.env.stat()
         return (info["last_pgno"] + 1) * stat["psize"]
 
     # -- writes (the compactor) -----------------------------------------
+    @_closed_is_engine_closed
     def write(self, fn: Callable):
         """Run ``fn(txn)`` in one write transaction and commit it durably.
 
