@@ -21,6 +21,8 @@
  *   recovery.c  recovery at open (the crash windows) and abase_check
  *   fold.c      compaction: fold, compacted_through, retire, segment drop
  *   feed.c      change feed: abase_log_read, abase_segment_read, abase_log_lag
+ *   merge_log.c the log side of the merge fast paths: compare-and-append,
+ *               heads, walks, timestamps
  * and, below them, index.c (index.h), hlc.c, crc32c.c, bytes.h.
  *
  * Locking. Two locks, never held together (a writer releases `lock` before

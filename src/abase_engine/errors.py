@@ -111,6 +111,7 @@ _STATUS_ERRORS: Dict[int, Tuple[Type[Exception], str]] = {
     lib.ABASE_ESKEW: (ClockSkewError, "remote timestamp too far ahead of the local clock"),
     lib.ABASE_ERANGE: (ValueError, "wall clock reading out of range (must be 0 <= ms < 2**47)"),
     lib.ABASE_EWOULDBLOCK: (AbaseError, "would block"),
+    lib.ABASE_ECONFLICT: (AbaseError, "the key changed meanwhile"),
 }
 
 

@@ -288,6 +288,13 @@ class Log(SegmentAccess):
             off += (vlen + 7) & ~7
         return bool(tls.info.complete), out
 
+    def merge_walk(self, ns: int, key: bytes, limit: int) -> int:
+        """How many log records a merge-mode read of the key walks (at most ``limit``)."""
+        rc = lib.abase_merge_walk(self._db, ns, key, len(key), limit)
+        if rc < 0:
+            raise self._fail(rc, "merge walk")
+        return rc
+
     def head(self, ns: int, key: bytes) -> int:
         """Address of the key's newest live record (0: none); changes on every
         append to the key and when its versions are compacted."""

@@ -85,12 +85,19 @@ class Namespace:
     def delete(self, key: bytes) -> Timestamp:
         """Delete ``key`` (writes a tombstone); returns its timestamp.
 
-        It is not an error if the key does not exist.
+        It is not an error if the key does not exist. In a CRDT namespace the
+        delete removes what this replica has seen of the key (its context,
+        its counters' totals, or everything older, per the type: see
+        :mod:`abase_engine.crdt`); what it had not seen survives, and the key
+        reads as absent until something new is written.
 
         :raises TypeError, KeyTooLargeError, EngineClosedError:
         """
         self._life.check("delete")
-        return self._committer.write(self, _DELETE, check_key(key), b"")
+        key = check_key(key)
+        if not self.lww and self.merge_operator.deletes_join:
+            return self._committer.delete_one(self, key)
+        return self._committer.write(self, _DELETE, key, b"")
 
     def merge(self, key: bytes, operation: Any) -> Timestamp:
         """Apply a merge operation (e.g. ``PNCounter.increment(5)``) to ``key``.

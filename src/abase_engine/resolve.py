@@ -60,10 +60,15 @@ def fold_lww(base: Optional[Stored], versions: Sequence[Version]) -> Optional[St
 def fold_merge(operator: MergeOperator, base: Optional[Stored], versions: Sequence[Version]) -> Optional[Stored]:
     """The merge-namespace result of a stored version and log versions.
 
-    The anchor is the newest delete; every put or merge operand newer than it
-    is joined (a put joins like an operand: a CRDT state is its own delta).
-    Returns a STATE (with its anchor), a TOMBSTONE, or None.
+    With an operator whose deletes join (every CRDT), the result is the join
+    of the stored state and every version's value, deletes included (their
+    values are removal deltas), stamped with the newest timestamp: a STATE,
+    or None when there is nothing. Otherwise (a user operator) the anchor is
+    the newest delete and every put or merge operand newer than it is
+    joined; the result is a STATE (with its anchor), a TOMBSTONE, or None.
     """
+    if operator.deletes_join:
+        return _fold_joins(operator, base, versions)
     anchor = (0, 0)
     for op, hlc, node, _v in versions:
         if op == _DELETE and (hlc, node) > anchor:
@@ -89,6 +94,23 @@ def fold_merge(operator: MergeOperator, base: Optional[Stored], versions: Sequen
         return (TOMBSTONE, anchor[0], anchor[1], 0, 0, b"")
     state = operands[0] if len(operands) == 1 else operator.full_merge(None, operands)
     return (STATE, newest[0], newest[1], anchor[0], anchor[1], state)
+
+
+def _fold_joins(operator: MergeOperator, base: Optional[Stored], versions: Sequence[Version]) -> Optional[Stored]:
+    """:func:`fold_merge` for operators whose deletes join: join everything."""
+    values: List[bytes] = []
+    newest = (0, 0)
+    if base is not None and base[0] == STATE:
+        values.append(base[5])
+        newest = (base[1], base[2])
+    for _op, hlc, node, value in versions:
+        values.append(value)
+        if (hlc, node) > newest:
+            newest = (hlc, node)
+    if not values:
+        return None
+    state = values[0] if len(values) == 1 else operator.full_merge(None, values)
+    return (STATE, newest[0], newest[1], 0, 0, state)
 
 
 def _at(at: Optional[Timestamp]) -> Tuple[int, int]:
