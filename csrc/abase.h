@@ -396,11 +396,14 @@ int64_t abase_check(abase_db *db);
  *   address the versions were read from (under one lock hold).
  * abase_merge_walk: how many records a MERGE-mode read of the key walks,
  *   at most limit.
+ * abase_merge_appends: how many records were appended since the database
+ *   was opened (no head changes while it stays the same, but for compaction).
  * abase_issue: n local timestamps (packed hlcs), as a write would get.
  * abase_append_if: append n (1 or 2) local records of (ns, key), DOMINANT,
  *   as one batch, only if the key's head is still expect_head (else
  *   ABASE_ECONFLICT, nothing written); vals[i]/vlens[i]/ops[i]/hlcs[i]
- *   describe record i, flags[i] may hold ABASE_F_CHECKPOINT; *out_addr is
+ *   describe record i (hlcs[i] == 0: a timestamp is issued under the lock
+ *   and written back), flags[i] may hold ABASE_F_CHECKPOINT; *out_addr is
  *   the key's new head. Always ABASE_EWOULDBLOCK under durability "sync"
  *   (the general path waits for the group commit). */
 int abase_merge_head(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen, int nowait,
@@ -408,10 +411,11 @@ int abase_merge_head(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
 int64_t abase_merge_read(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen, int nowait,
                          uint8_t *buf, size_t cap, abase_getinfo *info, uint64_t *head);
 int64_t abase_merge_walk(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen, uint32_t limit);
+int abase_merge_appends(abase_db *db, int nowait, uint64_t *out);
 int abase_issue(abase_db *db, uint32_t n, int nowait, uint64_t *out);
 int abase_append_if(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
                     uint64_t expect_head, uint32_t n, const uint8_t *ops, const uint8_t *flags,
-                    const uint8_t *const *vals, const uint32_t *vlens, const uint64_t *hlcs,
+                    const uint8_t *const *vals, const uint32_t *vlens, uint64_t *hlcs,
                     int nowait, uint64_t *out_addr);
 
 #endif /* ABASE_H */

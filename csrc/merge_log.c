@@ -14,7 +14,12 @@
  *     meanwhile by anyone (a put, an apply) makes it fail and be retried
  *     instead of being missed;
  *   - count the records a read of a key walks (abase_merge_walk), so that
- *     long chains of received records get checkpoints.
+ *     long chains of received records get checkpoints;
+ *   - read how many records were appended so far (abase_merge_appends):
+ *     while that count has not moved, no key's head has either, so a
+ *     cached state checked at that count needs no look at the index
+ *     (compaction changes heads too, but only after the store's commit,
+ *     which the cache sees first).
  * Each has a nowait mode: ABASE_EWOULDBLOCK, having done nothing, when it
  * would wait for the lock, a new segment, or a sync (durability "sync":
  * the fast paths are not used then, so abase_append_if always refuses).
@@ -116,6 +121,18 @@ int64_t abase_merge_read(abase_db *db, uint32_t ns, const uint8_t *key, size_t k
     return fits ? (int64_t)used : ABASE_ETOOSMALL;
 }
 
+int abase_merge_appends(abase_db *db, int nowait, uint64_t *out)
+{
+    if (!out)
+        return ABASE_EINVAL;
+    int rc = lock_read(db, nowait);
+    if (rc != ABASE_OK)
+        return rc;
+    *out = db->records_appended;
+    pthread_rwlock_unlock(&db->lock);
+    return ABASE_OK;
+}
+
 int64_t abase_merge_walk(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen, uint32_t limit)
 {
     if (klen > ABASE_MAX_KEY || (klen && !key))
@@ -159,7 +176,7 @@ int abase_issue(abase_db *db, uint32_t n, int nowait, uint64_t *out)
 
 int abase_append_if(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
                     uint64_t expect_head, uint32_t n, const uint8_t *ops, const uint8_t *flags,
-                    const uint8_t *const *vals, const uint32_t *vlens, const uint64_t *hlcs,
+                    const uint8_t *const *vals, const uint32_t *vlens, uint64_t *hlcs,
                     int nowait, uint64_t *out_addr)
 {
     if (klen > ABASE_MAX_KEY || (klen && !key) || n == 0 || n > 2 || !ops || !flags || !vals ||
@@ -176,6 +193,10 @@ int abase_append_if(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
     }
     if (db->durability == ABASE_DUR_SYNC)
         return ABASE_EWOULDBLOCK; /* the fast paths leave durability "sync" to the general path */
+    int issue = 0;
+    for (uint32_t i = 0; i < n; i++)
+        issue |= hlcs[i] == 0;
+    int64_t wall = issue && nowait ? abase_wall_ms() : -1; /* as in abase_issue */
     int rc = lock_write(db, nowait);
     if (rc != ABASE_OK)
         return rc;
@@ -194,6 +215,23 @@ int abase_append_if(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
     rc = log_room_for(db, need, &s);
     if (rc == ABASE_OK)
         rc = ix_reserve(&db->ix, 1); /* so that indexing cannot fail after the append */
+    if (rc == ABASE_OK && issue) { /* timestamps issued here, for records that do not depend on them */
+        abase_hlc saved = db->clock;
+        uint32_t issued = 0;
+        for (uint32_t i = 0; i < n && rc == ABASE_OK; i++)
+            if (hlcs[i] == 0) {
+                rc = abase_hlc_now(&db->clock, wall, &hlcs[i]);
+                issued |= 1u << i;
+            }
+        if (rc != ABASE_OK) { /* nothing written: the clock and the caller's array as they were */
+            db->clock = saved;
+            for (uint32_t i = 0; i < n; i++)
+                if (issued & (1u << i))
+                    hlcs[i] = 0;
+            if (rc == ABASE_EAGAIN && nowait)
+                rc = ABASE_EWOULDBLOCK;
+        }
+    }
     if (rc != ABASE_OK) {
         pthread_rwlock_unlock(&db->lock);
         return rc;

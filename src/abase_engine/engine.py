@@ -48,6 +48,7 @@ import os
 import threading
 from typing import Any, Dict, List, Optional, Union
 
+from ._fast import MergeLock
 from .batch import Batch, Committer
 from .catalog import Catalog
 from .compactor import Compactor
@@ -80,6 +81,7 @@ DEFAULT_OPTIONS: Dict[str, Any] = {
     "max_successive_merges": 64,       # operands a read may walk before a merge writes a checkpoint
     "max_slot_lag_bytes": 1 << 30,     # bytes of log a replication slot may lag before it is invalidated
     "digests": False,                  # maintain anti-entropy digests on every write (replicas)
+    "crdt_cache_keys": 1 << 18,        # keys per CRDT namespace whose folded state the C fast path keeps
     "clock": None,                     # callable -> wall ms (tests); None: real clock
 }
 
@@ -112,6 +114,10 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
       date on every write (O(1) extra read per written key) and across
       clean restarts, instead of rebuilding it when digest() is called
       after writes. Replicas should turn it on.
+    * ``crdt_cache_keys`` (default 262144): per CRDT namespace, how many
+      keys' folded states the C fast path keeps in memory (merges and reads
+      of a cached key need no fold; others are folded from the log and the
+      store on first use).
     * ``clock``: a callable returning wall-clock ms, for tests.
 
     Every method of :class:`Namespace` is available on the engine and acts
@@ -136,6 +142,9 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         seg = opts["segment_size"]
         if not isinstance(seg, int) or not 4096 <= seg <= (1 << 31):
             raise InvalidOptionError("segment_size must be an int in 4096..2**31 bytes")
+        ck = opts["crdt_cache_keys"]
+        if not isinstance(ck, int) or isinstance(ck, bool) or not 1 <= ck <= (1 << 31):
+            raise InvalidOptionError("crdt_cache_keys must be an int in 1..2**31")
         self._options = opts
         self.path = os.path.realpath(os.fspath(path))
         self.node_id = node_id
@@ -218,10 +227,12 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
     def _wire(self) -> None:
         """Create the components and hand each its collaborators."""
         opts, log, store = self._options, self._log, self._store
-        self._merge_lock = threading.RLock()  # re-entrant: operators are user code
+        self._merge_lock = MergeLock()  # re-entrant (operators are user code); the C merge paths take it too
         self._fold_lock = threading.Lock()
         self._pins = PinSet()
-        self._fastpaths = FastPaths(log, store, self.node_id)
+        self._fastpaths = FastPaths(log, store, self.node_id, merge_lock=self._merge_lock,
+                                    max_successive_merges=opts["max_successive_merges"],
+                                    cache_keys=opts["crdt_cache_keys"])
         self._listeners = CommitListeners(lambda on: self._fastpaths.block("listeners", on))
         self._digests = DigestTree(log, store, self._catalog, self._merge_lock, self.path, opts["digests"])
         self._committer = Committer(
@@ -255,6 +266,8 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
                        committer=self._committer, scanner=self._scanner, owner=self)
         if operator is None:
             self._fastpaths.bind(ns, fresh)
+        else:
+            self._fastpaths.bind_crdt(ns, fresh)
         return ns
 
     def close(self) -> None:

@@ -118,6 +118,17 @@ class Log(SegmentAccess):
         names = ("abase_put", "abase_put_nowait", "abase_get", "abase_get_nowait", "abase_write_batch")
         return addr(self._db), tuple(addr(ffi.addressof(lib, n)) for n in names)  # type: ignore[return-value]
 
+    def merge_handle(self) -> Tuple[int, Tuple[int, int, int, int, int]]:
+        """The database handle and the addresses of ``abase_merge_head``,
+        ``abase_merge_read``, ``abase_issue``, ``abase_append_if`` and
+        ``abase_merge_appends``, for
+        ``_fast.CrdtPath`` (the merge-namespace fast path)."""
+        def addr(obj) -> int:
+            return int(ffi.cast("uintptr_t", obj))
+
+        names = ("abase_merge_head", "abase_merge_read", "abase_issue", "abase_append_if", "abase_merge_appends")
+        return addr(self._db), tuple(addr(ffi.addressof(lib, n)) for n in names)  # type: ignore[return-value]
+
     def error(self, rc: int, what: str) -> AbaseError:
         """The exception for a negative status returned by a fast path."""
         return _error_from_status(self._db, rc, what)

@@ -174,6 +174,13 @@ class KeyReader:
         return default if value is None else value
 
     # -- merge namespaces ----------------------------------------------------
+    def stored_raw(self, key: bytes) -> Optional[bytes]:
+        """The key's stored version, encoded as the store keeps it, or None
+        (the C merge fast path folds it after the log's versions)."""
+        if key:
+            return self._store.lookup(self._dbi, key)
+        return self._store.get_raw(self._ns, key)
+
     def state(self, key: bytes, at: Optional[Timestamp]) -> Optional[bytes]:
         """The folded encoded state of a merge-namespace key as of ``at``, or None."""
         return self.state_counted(key, at)[0]
