@@ -33,7 +33,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from . import _fast
-from .crdt import EWFlag, GCounter, GSet, LWWRegister, MVRegister, Operation, ORSet, PNCounter, SortedSet
+from .crdt import Operation, c_tag
 from .log import Log
 from .record import Timestamp
 from .store import Store
@@ -41,10 +41,7 @@ from .store import Store
 if TYPE_CHECKING:  # pragma: no cover
     from .namespace import Namespace
 
-__all__ = ["FastPaths", "C_CRDTS"]
-
-#: The CRDT classes the C fast path implements, by their type tag.
-C_CRDTS = {cls: cls.TAG for cls in (LWWRegister, MVRegister, GCounter, PNCounter, GSet, ORSet, SortedSet, EWFlag)}
+__all__ = ["FastPaths"]
 
 
 class FastPaths:
@@ -102,7 +99,7 @@ class FastPaths:
         ``get_many`` of the merge namespace ``ns`` through a new CRDT fast
         path, if C implements its operator's type; returns whether it does."""
         operator = ns.merge_operator
-        tag = C_CRDTS.get(type(operator))
+        tag = c_tag(operator)
         if tag is None or self._merge_lock is None:
             return False
         handle, functions = self._log.merge_handle()

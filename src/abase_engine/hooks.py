@@ -167,9 +167,11 @@ class ReplicationHooks:
         """The newest record of every key under the leaf at ``path`` (3 nibbles).
 
         LWW keys come as their winning PUT or DELETE with its own timestamp;
-        CRDT keys as their newest delete (if any) and one MERGE record holding
-        the whole state, stamped with the state's newest timestamp, so a
-        receiver joins it (states are their own deltas).
+        CRDT keys as one MERGE record holding the whole state (what deletes
+        removed included), stamped with the state's newest timestamp, so a
+        receiver joins it (states are their own deltas). Keys of a merge
+        namespace whose operator's deletes reset the key come as their
+        newest delete (if any) and such a MERGE record.
         """
         self._life.check("records")
         return self._digests.records(self._namespace_arg(namespace), path)

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ._fast import crdt_fold
+from .crdt import c_tag
 from .errors import SnapshotTooOldError
 from .log import DELETED, NEEDBASE, Log
 from .merge import MergeOperator
 from .record import Op, Timestamp
 from .store import STATE, TOMBSTONE, VALUE, Store, Stored
 
-__all__ = ["fold_lww", "fold_merge", "KeyReader", "Version", "MISSING"]
+__all__ = ["fold_lww", "fold_merge", "join_all", "KeyReader", "Version", "MISSING"]
 
 _PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
 
@@ -109,8 +111,22 @@ def _fold_joins(operator: MergeOperator, base: Optional[Stored], versions: Seque
             newest = (hlc, node)
     if not values:
         return None
-    state = values[0] if len(values) == 1 else operator.full_merge(None, values)
-    return (STATE, newest[0], newest[1], 0, 0, state)
+    return (STATE, newest[0], newest[1], 0, 0, join_all(operator, values))
+
+
+def join_all(operator: MergeOperator, values: List[bytes]) -> bytes:
+    """The join of encoded states, in C for the built-in CRDTs the C core
+    implements (the same bytes as ``operator.full_merge(None, values)``,
+    which also says what is wrong with an undecodable value)."""
+    if len(values) == 1:
+        return values[0]
+    tag = c_tag(operator)
+    if tag is not None:
+        try:
+            return crdt_fold(tag, values)
+        except ValueError:
+            pass  # the Python operator raises the right MergeOperandError
+    return operator.full_merge(None, values)
 
 
 def _at(at: Optional[Timestamp]) -> Tuple[int, int]:

@@ -98,6 +98,8 @@ operator is safe to share between threads.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from ._base import CrdtType, Operation
 from ._codec import FORMAT_VERSION
 from .counters import GCounter, PNCounter
@@ -105,8 +107,21 @@ from .maps import ORMap
 from .registers import LWWRegister, MVRegister
 from .sets import EWFlag, GSet, ORSet, SortedSet
 
+#: The classes the C core implements too (csrc/crdt_*.c), by their type tag:
+#: exactly these classes, not subclasses (a subclass may change behaviour).
+C_TYPES = {cls: cls.TAG for cls in (LWWRegister, MVRegister, GCounter, PNCounter, GSet, ORSet, SortedSet, EWFlag)}
+
+
+def c_tag(operator: object) -> Optional[int]:
+    """The C type tag of ``operator`` if the C core implements its exact
+    class (the engine's fast paths and C folds use it), else None."""
+    return C_TYPES.get(type(operator))
+
+
 __all__ = [
     "FORMAT_VERSION",
+    "C_TYPES",
+    "c_tag",
     "Operation",
     "CrdtType",
     "LWWRegister",
