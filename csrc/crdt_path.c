@@ -58,6 +58,7 @@ typedef struct {
     uint64_t since;  /* bytes of records a read walks (since the checkpoint) */
     uint64_t size;   /* about the size of the encoded state */
     uint64_t apps;   /* the append count at which head was last checked (0: none) */
+    PyObject *value; /* the Python value of the state, built by a read (NULL: not yet) */
     uint8_t key[];   /* klen bytes, then the cstate (entry_state) */
 } centry;
 
@@ -96,6 +97,7 @@ static uint64_t key_hash(const uint8_t *p, size_t n)
 
 static void entry_free(centry *e)
 {
+    Py_XDECREF(e->value); /* ints, bytes, frozensets, lists of tuples: no Python code runs */
     cstate_free(entry_state(e));
     free(e);
 }
@@ -334,24 +336,26 @@ static int current(CrdtPath *self, PyObject *key, centry **out)
         *out = cand;
         return DONE;
     }
-    int rc = self->head(db, ns, k, kl, 1, &head);
-    if (rc == ABASE_EWOULDBLOCK) {
-        head_fn f = self->head;
-        Py_BEGIN_ALLOW_THREADS
-        rc = f(db, ns, k, kl, 0, &head);
-        Py_END_ALLOW_THREADS
-    }
-    if (rc != ABASE_OK) {
-        raise_status(self, rc, "get");
-        return FAILED;
-    }
-    centry *e = cand && cand->klen == kl && (kl == 0 || memcmp(cand->key, k, kl) == 0)
-                    ? cand : cache_find(&self->cache, k, kl);
-    if (e && e->head == head && e->gen == self->gen) {
-        self->hits++;
-        e->apps = apps; /* read before the head: any later append moves the count */
-        *out = e;
-        return DONE;
+    if (cand) { /* cached (a 64-bit hash rarely lies): is it still the key's head? */
+        int rc = self->head(db, ns, k, kl, 1, &head);
+        if (rc == ABASE_EWOULDBLOCK) {
+            head_fn f = self->head;
+            Py_BEGIN_ALLOW_THREADS
+            rc = f(db, ns, k, kl, 0, &head);
+            Py_END_ALLOW_THREADS
+        }
+        if (rc != ABASE_OK) {
+            raise_status(self, rc, "get");
+            return FAILED;
+        }
+        centry *e = cand->klen == kl && (kl == 0 || memcmp(cand->key, k, kl) == 0)
+                        ? cand : cache_find(&self->cache, k, kl);
+        if (e && e->head == head && e->gen == self->gen) {
+            self->hits++;
+            e->apps = apps; /* read before the head: any later append moves the count */
+            *out = e;
+            return DONE;
+        }
     }
     self->misses++;
     /* fold the log's versions (newest first, to a checkpoint), then the store */
@@ -505,6 +509,7 @@ static int write_one(CrdtPath *self, PyObject *key, const cop *op, PyObject **ts
         if (cr == CR_OK && (checkpoint || op->kind == OP_DELETE)) {
             /* the state after the operation, in place: its bytes are the
              * checkpoint, and tell whether a delete leaves exactly its value */
+            Py_CLEAR(e->value);
             cr = crdt_apply_local(entry_state(e), op, t);
             in_place = 1;
             if (cr == CR_OK)
@@ -561,6 +566,7 @@ static int write_one(CrdtPath *self, PyObject *key, const cop *op, PyObject **ts
         centry *now = cache_find(&self->cache, k, kl);
         if (now && now == e && now->head == (in_place ? HEAD_IN_FLIGHT : expect) && now->gen == gen) {
             t.hlc = hlcs[0];
+            Py_CLEAR(e->value);
             if (!in_place && crdt_apply_local(entry_state(e), op, t) != CR_OK) {
                 cache_drop(&self->cache, k, kl);
             } else {
@@ -652,7 +658,13 @@ static int get_value(CrdtPath *self, PyObject *key, PyObject *dflt, PyObject **o
     int r = current(self, key, &e);
     if (r != DONE)
         return r;
-    PyObject *v = crdt_state_value(entry_state(e));
+    if (!e->value && !(e->value = crdt_state_value(entry_state(e))))
+        return FAILED;
+    PyObject *v = e->value;
+    if (PyList_CheckExact(v)) /* a SortedSet's list: the caller gets its own */
+        v = PyList_GetSlice(v, 0, PyList_GET_SIZE(v));
+    else
+        Py_INCREF(v);
     if (!v)
         return FAILED;
     if (v == Py_None) {

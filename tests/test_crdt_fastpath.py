@@ -291,3 +291,22 @@ def test_general_methods_exist_for_every_namespace(open_db):
     m.merge_many([(b"k", ORMap.update(b"f", PNCounter.increment(2)))])
     assert m.get_many([b"k"]) == [{b"f": 2}]
     assert Namespace.get_many(m, [b"k", b"z"]) == [{b"f": 2}, None]
+
+
+def test_values_handed_out_are_the_callers_own(open_db):
+    """Reads of a cached key return the cached value object when it is
+    immutable (int, bytes, frozenset); a SortedSet's list is a new one each
+    time, so a caller that changes it changes nothing else."""
+    db = open_db()
+    z = db.namespace("z", merge=SortedSet())
+    z.merge(b"k", SortedSet.add(b"a", 1))
+    first = z.get(b"k")
+    first.append((b"junk", 0.0))
+    assert z.get(b"k") == [(b"a", 1.0)]
+    z.merge(b"k", SortedSet.add(b"b", 0.5))
+    assert z.get(b"k") == [(b"b", 0.5), (b"a", 1.0)]
+    s = db.namespace("s", merge=ORSet())
+    s.merge(b"k", ORSet.add(b"x"))
+    assert s.get(b"k") is s.get(b"k")  # the cached frozenset
+    s.merge(b"k", ORSet.add(b"y"))
+    assert s.get(b"k") == {b"x", b"y"}
