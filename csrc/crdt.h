@@ -65,7 +65,15 @@ typedef struct {
 } crd;
 
 uint8_t crd_u8(crd *r);
-uint64_t crd_uv(crd *r);
+uint64_t crd_uv_slow(crd *r);
+
+/* A varint (see crdt_codec.c); the one-byte case inline. */
+static inline uint64_t crd_uv(crd *r)
+{
+    if (!r->err && r->pos < r->n && r->p[r->pos] < 0x80)
+        return r->p[r->pos++];
+    return crd_uv_slow(r);
+}
 const uint8_t *crd_take(crd *r, size_t n);
 /* u(len) bytes; the span stays inside the reader's buffer */
 const uint8_t *crd_bytes(crd *r, uint32_t *len);
@@ -207,7 +215,8 @@ void cstate_free(cstate *s);
 int cstate_copy(cstate *dst, const cstate *src);
 /* Decode a whole encoded state (header included) of type tag. */
 int cstate_decode(const uint8_t *p, size_t n, int tag, cstate *out);
-/* Join the encoded state `p` into `s` (s ⊔= decode(p)). */
+/* Join the encoded state `p` into `s` (s ⊔= decode(p)). On an error s may
+ * be left joined with part of p: discard it. */
 int cstate_join_bytes(cstate *s, const uint8_t *p, size_t n);
 int cstate_join(cstate *a, const cstate *b);
 /* Encode canonically, header included. */

@@ -98,7 +98,7 @@ uint8_t crd_u8(crd *r)
     return r->p[r->pos++];
 }
 
-uint64_t crd_uv(crd *r)
+uint64_t crd_uv_slow(crd *r)
 {
     uint64_t x = 0;
     for (unsigned shift = 0;; shift += 7) {

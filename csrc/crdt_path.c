@@ -393,18 +393,32 @@ static int current(CrdtPath *self, PyObject *key, centry **out)
     int res = ne ? DONE : FAILED;
     if (ne) {
         cstate_init(entry_state(ne), self->tag);
+        /* Join oldest first (the read gives newest first): the checkpoint,
+         * then the deltas after it, whose new members or nodes then mostly
+         * go at the end of the sorted arrays (joins are order-free). */
+        size_t *offs = malloc(sizeof(size_t) * (info.nrecords ? info.nrecords : 1));
         size_t off = 0;
-        for (uint32_t i = 0; i < info.nrecords && res == DONE; i++) {
-            if ((size_t)n - off < 24) {
+        uint32_t cnt = 0;
+        if (!offs) {
+            res = FAILED;
+            PyErr_NoMemory();
+        }
+        for (uint32_t i = 0; offs && i < info.nrecords; i++) {
+            uint32_t vlen;
+            if ((size_t)n - off < 24 || (memcpy(&vlen, buf + off + 4, 4), (size_t)n - off - 24 < vlen)) {
                 res = FALLBACK;
                 break;
             }
-            uint32_t vlen;
-            memcpy(&vlen, buf + off + 4, 4);
-            if ((size_t)n - off - 24 < vlen || cstate_join_bytes(entry_state(ne), buf + off + 24, vlen) != CR_OK)
-                res = FALLBACK;
+            offs[cnt++] = off;
             off += 24 + (((size_t)vlen + 7u) & ~(size_t)7u);
         }
+        while (res == DONE && cnt--) {
+            uint32_t vlen;
+            memcpy(&vlen, buf + offs[cnt] + 4, 4);
+            if (cstate_join_bytes(entry_state(ne), buf + offs[cnt] + 24, vlen) != CR_OK)
+                res = FALLBACK;
+        }
+        free(offs);
         ne->walked = info.nrecords;
         ne->since = info.needed;
         ne->size = info.needed;

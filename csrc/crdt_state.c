@@ -1098,8 +1098,75 @@ int cstate_join(cstate *a, const cstate *b)
     return rc;
 }
 
+/* s ⊔= one counter entry c (node-sorted insert or pointwise max). */
+static int counter_max_into(cstate *s, const ccount *c)
+{
+    uint32_t lo = 0, hi = s->ncnt;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (s->cnt[mid].node < c->node)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < s->ncnt && s->cnt[lo].node == c->node) {
+        ccount *x = &s->cnt[lo];
+        x->p = x->p > c->p ? x->p : c->p;
+        x->n = x->n > c->n ? x->n : c->n;
+        x->pr = x->pr > c->pr ? x->pr : c->pr;
+        x->nr = x->nr > c->nr ? x->nr : c->nr;
+        return CR_OK;
+    }
+    if (cstate_reserve_counters(s, s->ncnt + 1) != CR_OK)
+        return CR_ENOMEM;
+    memmove(&s->cnt[lo + 1], &s->cnt[lo], sizeof(ccount) * (s->ncnt - lo));
+    s->cnt[lo] = *c;
+    s->ncnt++;
+    return CR_OK;
+}
+
+/* cstate_join_bytes of a counter: the entries joined as they are read,
+ * with decode_counters' checks (no temporary state). */
+static int join_counter_bytes(cstate *s, crd *r)
+{
+    uint64_t cnt = crd_uv(r);
+    if (r->err || cnt > r->n - r->pos)
+        return CR_EBAD;
+    uint64_t node = 0;
+    for (uint64_t i = 0; i < cnt; i++) {
+        uint64_t d = crd_uv(r);
+        if (d > CR_MAX_NODE || (i && node + d + 1 > CR_MAX_NODE))
+            return CR_EBAD;
+        node = i ? node + d + 1 : d;
+        ccount c = {(uint32_t)node, 0, 0, 0, 0};
+        c.p = crd_uv(r);
+        if (s->tag == CT_PN) {
+            c.n = crd_uv(r);
+            c.pr = crd_uv(r);
+            c.nr = crd_uv(r);
+            if ((c.p == 0 && c.n == 0) || c.pr > c.p || c.nr > c.n)
+                r->err = 1;
+        } else {
+            c.pr = crd_uv(r);
+            if (c.p == 0 || c.pr > c.p)
+                r->err = 1;
+        }
+        if (r->err)
+            return CR_EBAD;
+        if (counter_max_into(s, &c) != CR_OK)
+            return CR_ENOMEM;
+    }
+    return r->pos == r->n ? CR_OK : CR_EBAD;
+}
+
 int cstate_join_bytes(cstate *s, const uint8_t *p, size_t n)
 {
+    if (s->tag == CT_GC || s->tag == CT_PN) {
+        if (n < 2 || p[0] != CR_VERSION || p[1] != s->tag)
+            return CR_EBAD;
+        crd r = {p, n, 2, 0};
+        return join_counter_bytes(s, &r);
+    }
     cstate b;
     int rc = cstate_decode(p, n, s->tag, &b);
     if (rc != CR_OK)

@@ -17,6 +17,7 @@ for each delete rule: observed reset (counters), observed remove
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import struct
@@ -168,7 +169,12 @@ def _expected(records: List[Change]) -> Dict[tuple, Optional[bytes]]:
     return out
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+#: Examples of the chaos test (more: ABASE_CHAOS_EXAMPLES=500 pytest tests/test_crdt_convergence.py).
+CHAOS_EXAMPLES = int(os.environ.get("ABASE_CHAOS_EXAMPLES", "40"))
+
+
+@settings(max_examples=CHAOS_EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data(), seed=st.integers(0, 2 ** 32 - 1))
 def test_replicas_converge_with_crdt_deletes_and_independent_compaction(data, seed):
     draw = data.draw
