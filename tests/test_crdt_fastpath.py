@@ -310,3 +310,28 @@ def test_values_handed_out_are_the_callers_own(open_db):
     assert s.get(b"k") is s.get(b"k")  # the cached frozenset
     s.merge(b"k", ORSet.add(b"y"))
     assert s.get(b"k") == {b"x", b"y"}
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_records_received_through_apply_get_checkpoints(open_db, batch):
+    """A key receiving operands from peers, one apply() at a time or a few
+    at once, gets checkpoints like a key merged locally: reads of it walk no
+    more than max_successive_merges records (plus one apply's worth)."""
+    cap = 8
+    db = open_db(max_successive_merges=cap)
+    c = db.namespace("c", merge=PNCounter())
+    M = PNCounter()
+    now = db.now().physical_ms
+    recs = []
+    for i in range(120):
+        ts = Timestamp(now - 1000 + i, 0, 100 + i % 30)
+        recs.append(Change("c", b"k", Op.MERGE, M.make_operand(PNCounter.increment(1 + i // 30), None, ts), ts))
+    for i in range(0, len(recs), batch):
+        db.apply(recs[i:i + batch])
+        assert db._log.merge_walk(c.id, b"k", 1000) <= cap + batch
+    want = M.to_value(M.full_merge(None, [r.value for r in recs]))
+    _path(c).forget()
+    assert c.get(b"k") == want
+    # checkpoints are local bookkeeping: the feed holds the received records, not them
+    assert list(db.changes()) == []
+    assert len(list(db.changes(include_applied=True))) == len(recs)
