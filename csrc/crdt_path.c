@@ -343,12 +343,14 @@ static int current(CrdtPath *self, PyObject *key, centry **out)
             Py_BEGIN_ALLOW_THREADS
             rc = f(db, ns, k, kl, 0, &head);
             Py_END_ALLOW_THREADS
+            /* other threads ran: the entry may have been replaced or freed */
+            cand = cache_peek(&self->cache, key_hash(k, kl));
         }
         if (rc != ABASE_OK) {
             raise_status(self, rc, "get");
             return FAILED;
         }
-        centry *e = cand->klen == kl && (kl == 0 || memcmp(cand->key, k, kl) == 0)
+        centry *e = cand && cand->klen == kl && (kl == 0 || memcmp(cand->key, k, kl) == 0)
                         ? cand : cache_find(&self->cache, k, kl);
         if (e && e->head == head && e->gen == self->gen) {
             self->hits++;
@@ -459,10 +461,13 @@ static int current(CrdtPath *self, PyObject *key, centry **out)
 }
 
 /* Issue n timestamps. */
-static int issue(CrdtPath *self, uint32_t n, uint64_t *out)
+/* Issue n timestamps; *blocked: the GIL was released meanwhile (so any
+ * cache entry the caller holds may be gone). */
+static int issue(CrdtPath *self, uint32_t n, uint64_t *out, int *blocked)
 {
     abase_db *db = self->db;
     int rc = self->issue(db, n, 1, out);
+    *blocked = rc == ABASE_EWOULDBLOCK;
     if (rc == ABASE_EWOULDBLOCK) {
         issue_fn f = self->issue;
         Py_BEGIN_ALLOW_THREADS
@@ -505,13 +510,16 @@ static int write_one(CrdtPath *self, PyObject *key, const cop *op, PyObject **ts
         uint64_t expect = e->head, gen = e->gen;
         uint64_t hlcs[2] = {0, 0};
         if (needs_ts) {
-            int rc = issue(self, 1, hlcs);
+            int blocked;
+            int rc = issue(self, 1, hlcs, &blocked);
             if (rc != ABASE_OK) {
                 if (rc == ABASE_EAGAIN || rc == ABASE_ERANGE)
                     return FALLBACK;
                 raise_status(self, rc, "merge");
                 return FAILED;
             }
+            if (blocked) /* other threads ran: e may be gone; read the key again */
+                continue;
         }
         cts t = {hlcs[0], self->node};
         cbuf operand = {small, 0, sizeof(small), 0, 1}, whole = {0};
@@ -672,8 +680,21 @@ static int get_value(CrdtPath *self, PyObject *key, PyObject *dflt, PyObject **o
     int r = current(self, key, &e);
     if (r != DONE)
         return r;
-    if (!e->value && !(e->value = crdt_state_value(entry_state(e))))
-        return FAILED;
+    if (!e->value) {
+        /* No Python code may run while the value is built from e's state
+         * (a finalizer could merge into it, or evict it): allocations could
+         * start the cyclic collector, so it waits until the value is built. */
+#if PY_VERSION_HEX >= 0x030A0000
+        int gc_was_on = PyGC_Disable();
+#endif
+        e->value = crdt_state_value(entry_state(e));
+#if PY_VERSION_HEX >= 0x030A0000
+        if (gc_was_on)
+            PyGC_Enable();
+#endif
+        if (!e->value)
+            return FAILED;
+    }
     PyObject *v = e->value;
     if (PyList_CheckExact(v)) /* a SortedSet's list: the caller gets its own */
         v = PyList_GetSlice(v, 0, PyList_GET_SIZE(v));
