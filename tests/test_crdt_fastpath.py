@@ -335,3 +335,50 @@ def test_records_received_through_apply_get_checkpoints(open_db, batch):
     # checkpoints are local bookkeeping: the feed holds the received records, not them
     assert list(db.changes()) == []
     assert len(list(db.changes(include_applied=True))) == len(recs)
+
+
+def test_readers_writers_and_a_tiny_cache_under_threads(open_db):
+    """Merging and reading threads share a cache of 2 keys (evictions on
+    nearly every call), with applies and compactions in between: counts
+    only grow, and none is lost."""
+    db = open_db(crdt_cache_keys=2, segment_size=1 << 16)
+    c = db.namespace("c", merge=PNCounter())
+    keys = [b"k%d" % i for i in range(5)]
+    errors_seen: list = []
+    stop = threading.Event()
+
+    def writer(i):
+        for j in range(400):
+            c.merge(keys[(i + j) % 5], PNCounter.increment(1))
+
+    def reader():
+        last = [0] * 5
+        while not stop.is_set():
+            for i, k in enumerate(keys):
+                v = c.get(k) or 0
+                if v < last[i]:
+                    errors_seen.append((k, v, last[i]))
+                last[i] = v
+
+    def applier():
+        M = PNCounter()
+        now = db.now().physical_ms
+        for j in range(100):
+            ts = Timestamp(now - 1000 + j, 0, 50)
+            db.apply([Change("c", keys[j % 5], Op.MERGE, M.make_operand(PNCounter.increment(j + 1), None, ts), ts)])
+            if j % 25 == 0:
+                db.compact(wait=True)
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    workers = [threading.Thread(target=writer, args=(i,)) for i in range(3)] + [threading.Thread(target=applier)]
+    for t in readers + workers:
+        t.start()
+    for t in workers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert errors_seen == []
+    # node 50's operands carry its cumulative totals: the greatest counts, once per key
+    remote = {k: max(j + 1 for j in range(100) if j % 5 == i) for i, k in enumerate(keys)}
+    assert c.get_many(keys) == [3 * 400 // 5 + remote[k] for k in keys]
