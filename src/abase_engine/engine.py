@@ -106,7 +106,10 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
     * ``map_size`` (bytes, default 1 TiB of address space): LMDB map size.
     * ``max_successive_merges`` (default 64): when a merge finds the key's
       reads walking this many log operands, it also writes the key's whole
-      state as a checkpoint record, so reads stay short.
+      state as a checkpoint record, so reads stay short (the C fast path of
+      CRDT namespaces also waits until the records since the last checkpoint
+      add up to the state's size, so that big states stay O(1) per merge);
+      ``apply`` does the same for the keys it wrote to.
     * ``max_slot_lag_bytes`` (bytes, default 1 GiB): a replication slot
       further behind the end of the log is invalidated, so it cannot hold
       the log forever.
