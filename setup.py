@@ -15,9 +15,10 @@ setup(
     ext_modules=[
         Extension(
             "abase_engine._fast",
-            sources=["csrc/fastcall.c"],
+            sources=["csrc/fastcall.c", "csrc/crdt_codec.c", "csrc/crdt_state.c", "csrc/crdt_ops.c",
+                     "csrc/crdt_py.c", "csrc/crdt_path.c"],
             include_dirs=["csrc"],
-            depends=["csrc/abase.h"],
+            depends=["csrc/abase.h", "csrc/crdt.h", "csrc/crdt_py.h"],
             extra_compile_args=_CFLAGS,
         )
     ],

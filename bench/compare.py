@@ -10,6 +10,7 @@ One command, one run::
     python bench/compare.py --engine-figures --no-compare   # engine-only figures
     python bench/compare.py --json out.json       # everything, plus machine info
     python bench/compare.py --n 200000 --repeat 3 # medians of 3 interleaved runs + spread
+    python bench/compare.py --crdt --no-compare   # the CRDT rows only (engine, rocksdict, py-lmdb)
 
 Why it is built this way
 ------------------------
@@ -68,6 +69,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -81,6 +83,7 @@ import tempfile
 import threading
 import time
 import traceback
+from typing import Dict, List
 from itertools import islice
 
 from benchutil import open_abase  # bench/ is on sys.path: compare.py runs as a script
@@ -1238,9 +1241,17 @@ def fig_compaction_p99(cfg: dict) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def crdt_child(cfg: dict) -> dict:
+    """The CRDT rows of one store (bench/crdt_bench.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import crdt_bench
+
+    return {"store": cfg["store"], "rows": crdt_bench.child_rows(cfg)}
+
+
 CHILD_MODES = {"store": run_child, "fig_memory": fig_memory, "fig_open_write": fig_open_write,
                "fig_open_read": fig_open_read, "fig_write_amp": fig_write_amp,
-               "fig_compaction_p99": fig_compaction_p99}
+               "fig_compaction_p99": fig_compaction_p99, "crdt": crdt_child}
 
 
 # --------------------------------------------------------------------------
@@ -1543,6 +1554,48 @@ def run_engine_figures(args, base_cfg: dict) -> dict:
     return figs
 
 
+def run_crdt(args, base_cfg: dict) -> dict:
+    """The CRDT rows (bench/crdt_bench.py): the engine, a rocksdict
+    read-modify-write counter and a py-lmdb read-modify-write transaction,
+    each in its own child, rounds interleaved (``--repeat``); per row the
+    median over the rounds."""
+    stores = ["abase"] + [s for s, mod in (("rocksdict", "rocksdict"), ("lmdb", "lmdb"))
+                          if importlib.util.find_spec(mod) is not None]
+    cfg = dict(base_cfg, keys=args.crdt_keys, ops=args.crdt_ops)
+    per: Dict[str, List[dict]] = {}
+    for _ in range(args.repeat):
+        for st in stores:
+            print(f"[crdt] {st}", file=sys.stderr, flush=True)
+            out = spawn("crdt", dict(cfg, store=st), args.timeout)
+            if "error" in out:
+                print(f"[crdt {st}] ERROR: {out['error']}\n{out.get('traceback', '')}", file=sys.stderr)
+            per.setdefault(st, []).append(out)
+    rows: Dict[str, float] = {}
+    spread: Dict[str, float] = {}
+    for outs in per.values():
+        names = {k for o in outs for k in o.get("rows", {})}
+        for k in names:
+            vals = [o["rows"][k] for o in outs if k in o.get("rows", {})]
+            rows[k] = statistics.median(vals)
+            spread[k] = (max(vals) - min(vals)) / rows[k] if len(vals) > 1 else 0.0
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import crdt_bench
+
+    return {"keys": args.crdt_keys, "ops": args.crdt_ops, "rows": rows, "spread": spread, "runs": per,
+            "targets": crdt_bench.target_values(rows)}
+
+
+def print_crdt(res: dict, stream=sys.stdout) -> None:
+    p = lambda *a: print(*a, file=stream)  # noqa: E731
+    p(f"\n== CRDT rows ({res['keys']:,} keys, {res['ops']:,} operations; ops/s, median of the rounds) ==")
+    for k in sorted(res["rows"]):
+        p(f"{k:<20} {human(res['rows'][k]):>10}/s   spread {res['spread'].get(k, 0) * 100:4.0f}%")
+    for t in res["targets"]:
+        v = t["value"]
+        met = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        p(f"{t['target']:<48} {'n/a' if v is None else format(v, '.3g'):>8}  goal >= {t['goal']:<5} {met}")
+
+
 def _f(x, spec: str = ".1f") -> str:
     """Format a number, or 'n/a' for None."""
     return "n/a" if x is None else format(x, spec)
@@ -1632,6 +1685,10 @@ def parse_args(argv=None):
     ap.add_argument("--wa-rounds", type=int, default=10)
     ap.add_argument("--p99-n", type=int, default=1_000_000)
     ap.add_argument("--p99-ops", type=int, default=200_000)
+    ap.add_argument("--crdt", action="store_true",
+                    help="also run the CRDT rows (bench/crdt_bench.py): engine, rocksdict and py-lmdb counters")
+    ap.add_argument("--crdt-keys", type=int, default=None, help="CRDT rows: keys (default 100,000; quick 10,000)")
+    ap.add_argument("--crdt-ops", type=int, default=None, help="CRDT rows: operations (default 300,000; quick 30,000)")
     args = ap.parse_args(argv)
     if args.n is None:
         args.n = 20_000 if args.quick else (1_000_000 if args.value_size <= 1024
@@ -1641,6 +1698,10 @@ def parse_args(argv=None):
     args.mem_n = [int(x) for x in (args.mem_n or ("20000" if args.quick else "1000000")).split(",")]
     if args.open_gib is None:
         args.open_gib = 0.02 if args.quick else 1.0
+    if args.crdt_keys is None:
+        args.crdt_keys = 10_000 if args.quick else 100_000
+    if args.crdt_ops is None:
+        args.crdt_ops = 30_000 if args.quick else 300_000
     if args.quick:
         args.open_repeat = min(args.open_repeat, 1)
         args.wa_rounds = min(args.wa_rounds, 5)
@@ -1705,6 +1766,9 @@ def main(argv=None) -> int:
         print_figures(figs)
     report["targets"] = targets(report["runs"], figs)
     print_targets(report["targets"])
+    if args.crdt:
+        report["crdt"] = run_crdt(args, base_cfg)
+        print_crdt(report["crdt"])
     report["total_wall_s"] = time.time() - started
     print(f"\ntotal wall time {report['total_wall_s']:.0f} s")
     if args.json_out:

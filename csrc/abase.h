@@ -6,7 +6,7 @@
  * log's private structures are in log_internal.h. A format change updates
  * this comment in the same commit and bumps ABASE_FORMAT_VERSION.
  *
- * ON-DISK FORMAT (version 2). All integers are little-endian.
+ * ON-DISK FORMAT (version 3). All integers are little-endian.
  *
  *   log/NNNNNNNN.seg      one segment; NNNNNNNN is the segment number in
  *                         decimal, zero-padded to 8 digits (numbers from
@@ -43,9 +43,16 @@
  *                             bit2 BATCH_END: last record of that batch
  *                             bit3 CHECKPOINT: (merge namespaces) the value
  *                                  is the key's whole state as of this
- *                                  record, so reads need nothing older
+ *                                  record, so reads need nothing older (a
+ *                                  put, a merge or a delete whose removal
+ *                                  delta is the whole state after it)
  *       key_len      u16      <= ABASE_MAX_KEY
- *       value_len    u32      <= ABASE_MAX_VALUE (0 for a delete)
+ *       value_len    u32      <= ABASE_MAX_VALUE; 0 for a delete, except in a
+ *                             namespace whose merge operator's deletes join
+ *                             (the CRDTs): there a delete's value is its
+ *                             removal delta (the writer's observed context,
+ *                             observed totals or watermark, encoded as a
+ *                             state of the type; see abase_engine/crdt)
  *       key          key_len bytes
  *       value        value_len bytes
  *       padding      zero bytes up to the next multiple of 8 (not in crc)
@@ -105,6 +112,11 @@
  * nothing. A length field is never trusted before the crc of its record has
  * been checked against bounds that lie inside the file.
  *
+ * Version history: 2 added log/MARK (the durable end mark); 3 gave deletes
+ * in merge namespaces whose deletes join a value (the removal delta above).
+ * Opening a directory of another version is ABASE_EVERSION
+ * (FormatVersionError); there is no upgrade path.
+ *
  * THREADS. An abase_db may be used from many threads at once: appends and
  * index changes hold its write lock, reads hold its read lock, and syncs
  * (group commit) serialize on a separate mutex without holding either.
@@ -124,7 +136,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define ABASE_FORMAT_VERSION 2u
+#define ABASE_FORMAT_VERSION 3u
 #define ABASE_SEG_HEADER_SIZE 64u
 #define ABASE_REC_HEADER_SIZE 40u
 #define ABASE_MAX_KEY 511u
@@ -187,6 +199,7 @@ static inline int abase_hlc_usable(uint64_t hlc)
 #define ABASE_EWOULDBLOCK (-15) /* a _nowait call would have had to wait: call the blocking one */
 #define ABASE_EBATCHSIZE (-16) /* a batch larger than ABASE_MAX_BATCH */
 #define ABASE_ECLOSED (-17)   /* abase_db_close has begun: nothing was done */
+#define ABASE_ECONFLICT (-18) /* abase_append_if: the key's head moved; nothing written */
 
 /* MARK flags */
 #define ABASE_MARK_FAILED 0x01u
@@ -382,8 +395,9 @@ int abase_sync(abase_db *db);
  *   log's best candidate is in info and buf (value length in info->needed).
  * MERGE mode: copies the versions needed to resolve the key into buf as
  *   entries of [u8 op][u8 flags][u16 0][u32 vlen][u64 hlc][u32 node]
- *   [u32 0][value, padded to 8], newest first, ending after a DOMINANT
- *   delete or a CHECKPOINT (info->complete = 1) or at the end of the log's versions
+ *   [u32 0][value, padded to 8], newest first, ending after a CHECKPOINT
+ *   or a DOMINANT delete without a value (a reset; info->complete = 1) or
+ *   at the end of the log's versions
  *   (complete = 0: fold over the store's base); returns the bytes used and
  *   sets info->nrecords.
  * ABASE_ETOOSMALL sets info->needed. */
@@ -520,5 +534,34 @@ typedef struct abase_verify {
  * for fuzzing. Never reads outside data[0, size). Returns ABASE_EINVAL for
  * bad arguments, else ABASE_OK with the findings in *out. */
 int abase_segment_verify(const uint8_t *data, uint64_t size, uint32_t no, abase_verify *out);
+
+/* The log side of the merge-namespace fast paths (merge_log.c). nowait:
+ * ABASE_EWOULDBLOCK, nothing done, instead of waiting for the lock.
+ * abase_merge_head: the key's newest live record address (0: none).
+ * abase_merge_read: abase_get in MERGE mode as of now, plus the head
+ *   address the versions were read from (under one lock hold).
+ * abase_merge_walk: how many records a MERGE-mode read of the key walks,
+ *   at most limit.
+ * abase_merge_appends: how many records were appended since the database
+ *   was opened (no head changes while it stays the same, but for compaction).
+ * abase_issue: n local timestamps (packed hlcs), as a write would get.
+ * abase_append_if: append n (1 or 2) local records of (ns, key), DOMINANT,
+ *   as one batch, only if the key's head is still expect_head (else
+ *   ABASE_ECONFLICT, nothing written); vals[i]/vlens[i]/ops[i]/hlcs[i]
+ *   describe record i (hlcs[i] == 0: a timestamp is issued under the lock
+ *   and written back), flags[i] may hold ABASE_F_CHECKPOINT; *out_addr is
+ *   the key's new head. Always ABASE_EWOULDBLOCK under durability "sync"
+ *   (the general path waits for the group commit). */
+int abase_merge_head(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen, int nowait,
+                     uint64_t *head);
+int64_t abase_merge_read(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen, int nowait,
+                         uint8_t *buf, size_t cap, abase_getinfo *info, uint64_t *head);
+int64_t abase_merge_walk(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen, uint32_t limit);
+int abase_merge_appends(abase_db *db, int nowait, uint64_t *out);
+int abase_issue(abase_db *db, uint32_t n, int nowait, uint64_t *out);
+int abase_append_if(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
+                    uint64_t expect_head, uint32_t n, const uint8_t *ops, const uint8_t *flags,
+                    const uint8_t *const *vals, const uint32_t *vlens, uint64_t *hlcs,
+                    int nowait, uint64_t *out_addr);
 
 #endif /* ABASE_H */

@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "abase.h"
+#include "crdt_py.h"
 
 typedef int64_t (*put_fn)(abase_db *, uint32_t, int, const uint8_t *, size_t,
                           const uint8_t *, size_t, int64_t);
@@ -686,7 +687,7 @@ static int fast_exec(PyObject *m)
         Py_DECREF(tp);
         return -1;
     }
-    return 0;
+    return crdt_module_exec(m); /* MergeLock, CrdtPath (crdt_py.c, crdt_path.c) */
 }
 
 static PyMethodDef fast_functions[] = {

@@ -23,6 +23,8 @@
  *               I/O failure, write stalls
  *   fold.c      compaction: fold, compacted_through, retire, segment drop
  *   feed.c      change feed: abase_log_read, abase_segment_read, abase_log_lag
+ *   merge_log.c the log side of the merge fast paths: compare-and-append,
+ *               heads, walks, timestamps
  * and, below them, index.c (index.h), hlc.c, crc32c.c, bytes.h.
  *
  * Locking. Order: lock, then sync_mu, then mark_mu / stall_mu (leaves:

@@ -139,9 +139,12 @@ static int64_t merge_get_locked(abase_db *db, uint64_t head, uint64_t at_hlc, ui
             used += sz;
             nrec++;
             /* In a merge namespace a put joins like an operand; only a
-             * dominant delete or a checkpoint (the whole state) hides
-             * everything older. */
-            if (((r[R_FLAGS] & ABASE_F_DOMINANT) && r[R_OP] == ABASE_OP_DELETE) ||
+             * checkpoint (the whole state) or a dominant delete without a
+             * value (a reset: operators whose deletes do not join) hides
+             * everything older. A delete with a value is a removal delta
+             * that joins like any operand. */
+            if (((r[R_FLAGS] & ABASE_F_DOMINANT) && r[R_OP] == ABASE_OP_DELETE &&
+                 ld32(r + R_VLEN) == 0) ||
                 (r[R_FLAGS] & ABASE_F_CHECKPOINT)) {
                 complete = 1;
                 break;

@@ -463,6 +463,9 @@ def test_torn_tail_of_the_newest_segment_is_not_corruption(db_path):
         assert db.get(b"key9") == b"again"
 
 
+_STORE_FORMAT = str(ae.store.FORMAT_VERSION).encode()
+
+
 def _set_store_format(db_path, value: bytes) -> bytes:
     env = lmdb.open(os.path.join(db_path, "store"), max_dbs=8)
     try:
@@ -477,14 +480,14 @@ def _set_store_format(db_path, value: bytes) -> bytes:
 def test_format_version_in_lmdb_meta(db_path):
     with ae.open(db_path, compact_interval=None) as db:
         db.put(b"k", b"v")
-    assert _set_store_format(db_path, b"99") == b"1"
+    assert _set_store_format(db_path, b"99") == _STORE_FORMAT
     with pytest.raises(errors.FormatVersionError) as ei:
         ae.open(db_path, compact_interval=None)
     assert "99" in str(ei.value)
     del ei
     gc.collect()  # see test_format_version_error_closes_the_store
     # the lock was released: restoring the version opens the directory again
-    _set_store_format(db_path, b"1")
+    _set_store_format(db_path, _STORE_FORMAT)
     with ae.open(db_path, compact_interval=None) as db:
         assert db.get(b"k") == b"v"
 
@@ -501,7 +504,7 @@ def test_format_version_error_closes_the_store(db_path):
         import lmdb, os
         env = lmdb.open(os.path.join({db_path!r}, "store"), max_dbs=8)
         with env.begin(write=True, db=env.open_db(b"meta")) as txn:
-            txn.put(b"format", b"1")
+            txn.put(b"format", {_STORE_FORMAT!r})
     """)
     assert r.returncode == 0, r.stderr
     with ae.open(db_path, compact_interval=None) as db:

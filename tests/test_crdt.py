@@ -80,13 +80,21 @@ class Replica:
         self.state = self.op.full_merge(self.state, [operand])
         return operand
 
+    def delete(self) -> bytes:
+        """A key delete, as ``ns.delete`` writes it: what this replica observed."""
+        self._forget()
+        removal = self.op.removal(self.state, self.clock.tick(self.node))
+        self._forget()
+        self.state = self.op.full_merge(self.state, [removal])
+        return removal
+
     def receive(self, data: bytes) -> None:
         self._forget()
         self.state = self.op.full_merge(self.state, [data])
 
     @property
     def value(self) -> Any:
-        return self.op.to_value(self.state) if self.state is not None else self.op.to_value(self.op.full_merge(None, []))
+        return self.op.to_value(self.state)
 
 
 # --------------------------------------------------------------------------
@@ -106,14 +114,29 @@ class Spec:
     id: str
     op: MergeOperator
     ops: Any  # strategy of Operations
-    init: Callable[[], Any]
+    init: Callable[[], Any]  # also the model after a key delete
     step: Callable[[Any, Operation], Any]  # model transition (pure)
-    view: Callable[[Any], Any]  # model -> expected to_value
+    view: Callable[[Any], Any]  # model -> expected to_value (None: nothing visible)
+    field_view: Optional[Callable[[Any], Any]] = None  # the value as an ORMap field (default: view)
 
 
 def _pn(model, op):
     k = op.args[0]
     return model + (k if op.kind == "increment" else -k)
+
+
+def _counted(step):
+    """A counter model ``(value, live)``: live once a non-zero amount was
+    counted since the last delete (a delete removes what was counted)."""
+    return lambda m, op: (step(m[0], op), m[1] or op.args[0] != 0)
+
+
+def _counter_view(m):
+    return m[0] if m[1] else None
+
+
+def _nonempty(m):
+    return m if m else None
 
 
 def _set_step(model, op):
@@ -181,25 +204,28 @@ _ident = lambda m: m  # noqa: E731
 
 SPECS = [
     Spec("LWWRegister", LWWRegister(), LWW_OPS, lambda: None, _lww_step, _ident),
-    Spec("MVRegister", MVRegister(), MV_OPS, frozenset, _mv_step, _ident),
-    Spec("GCounter", GCounter(), GC_OPS, int, _gc_step, _ident),
-    Spec("PNCounter", PNCounter(), PN_OPS, int, _pn, _ident),
-    Spec("GSet", GSet(), GSET_OPS, frozenset, _set_step, _ident),
-    Spec("ORSet", ORSet(), ORSET_OPS, frozenset, _set_step, _ident),
-    Spec("EWFlag", EWFlag(), FLAG_OPS, bool, _flag_step, _ident),
-    Spec("SortedSet", SortedSet(), ZSET_OPS, dict, _zset_step, _zset_view),
-    Spec("ORMap[PNCounter]", ORMap(PNCounter()), ORMAP_OPS(PN_OPS), dict, _map_step(_pn, int, _never), _ident),
+    Spec("MVRegister", MVRegister(), MV_OPS, frozenset, _mv_step, _nonempty),
+    Spec("GCounter", GCounter(), GC_OPS, lambda: (0, False), _counted(_gc_step), _counter_view),
+    Spec("PNCounter", PNCounter(), PN_OPS, lambda: (0, False), _counted(_pn), _counter_view),
+    Spec("GSet", GSet(), GSET_OPS, frozenset, _set_step, _nonempty),
+    Spec("ORSet", ORSet(), ORSET_OPS, frozenset, _set_step, _nonempty),
+    Spec("EWFlag", EWFlag(), FLAG_OPS, bool, _flag_step, lambda m: True if m else None),
+    Spec("SortedSet", SortedSet(), ZSET_OPS, dict, _zset_step, lambda d: _zset_view(d) if d else None),
+    Spec("ORMap[PNCounter]", ORMap(PNCounter()), ORMAP_OPS(PN_OPS), dict, _map_step(_pn, int, _never), _nonempty),
     Spec("ORMap[LWWRegister]", ORMap(LWWRegister()), ORMAP_OPS(LWW_OPS), dict,
-         _map_step(_lww_step, lambda: None, _never), _ident),
-    Spec("ORMap[GSet]", ORMap(GSet()), ORMAP_OPS(GSET_OPS), dict, _map_step(_set_step, frozenset, _never), _ident),
-    Spec("ORMap[ORSet]", ORMap(ORSet()), ORMAP_OPS(ORSET_OPS), dict, _map_step(_set_step, frozenset, _empty), _ident),
+         _map_step(_lww_step, lambda: None, _never), _nonempty),
+    Spec("ORMap[GSet]", ORMap(GSet()), ORMAP_OPS(GSET_OPS), dict, _map_step(_set_step, frozenset, _never),
+         _nonempty),
+    Spec("ORMap[ORSet]", ORMap(ORSet()), ORMAP_OPS(ORSET_OPS), dict, _map_step(_set_step, frozenset, _empty),
+         _nonempty),
     Spec("ORMap[MVRegister]", ORMap(MVRegister()), ORMAP_OPS(MV_OPS), dict,
-         _map_step(_mv_step, frozenset, _empty), _ident),
-    Spec("ORMap[EWFlag]", ORMap(EWFlag()), ORMAP_OPS(FLAG_OPS), dict, _map_step(_flag_step, bool, _empty), _ident),
+         _map_step(_mv_step, frozenset, _empty), _nonempty),
+    Spec("ORMap[EWFlag]", ORMap(EWFlag()), ORMAP_OPS(FLAG_OPS), dict, _map_step(_flag_step, bool, _empty),
+         _nonempty),
     Spec("ORMap[SortedSet]", ORMap(SortedSet()), ORMAP_OPS(ZSET_OPS), dict,
-         _map_step(_zset_step, dict, _empty), lambda d: {f: _zset_view(z) for f, z in d.items()}),
+         _map_step(_zset_step, dict, _empty), lambda d: {f: _zset_view(z) for f, z in d.items()} or None),
     Spec("ORMap[ORMap[GCounter]]", ORMap(ORMap(GCounter())), ORMAP_OPS(ORMAP_OPS(GC_OPS)), dict,
-         _map_step(_map_step(_gc_step, int, _never), dict, _empty), _ident),
+         _map_step(_map_step(_gc_step, int, _never), dict, _empty), _nonempty),
 ]
 SPEC_IDS = [s.id for s in SPECS]
 
@@ -214,6 +240,7 @@ def scenarios(draw, spec: Spec, max_steps: int = 25):
         st.tuples(st.just("op"), rep, spec.ops, st.booleans()),
         st.tuples(st.just("state"), rep, rep, st.booleans()),
         st.tuples(st.just("delta"), rep, st.integers(0, 10**6), st.booleans()),
+        st.tuples(st.just("delete"), rep, st.none(), st.booleans()),
     )
     first = draw(st.tuples(st.just("op"), rep, spec.ops, st.just(False)))
     return n, [first] + draw(st.lists(step, max_size=max_steps - 1))
@@ -229,6 +256,9 @@ def run(spec: Spec, scenario, memo: bool = True):
     for kind, a, b, flag in steps:
         if kind == "op":
             issued.append(reps[a].do(b, same=flag))
+            states.append(reps[a].state)
+        elif kind == "delete":
+            issued.append(reps[a].delete())
             states.append(reps[a].state)
         elif kind == "state":
             if reps[a].state is not None:
@@ -336,20 +366,27 @@ def test_replicas_converge(spec, data):
 
 @pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
 @SETTINGS
-@given(writers=st.lists(st.integers(0, 2), max_size=30), data=st.data())
+@given(writers=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 7)), max_size=30), data=st.data())
 def test_sequential_model(spec, writers, data):
+    """Each write sees every earlier one: the values are those of a plain
+    Python model, and a key delete takes the model back to its start."""
     clock = Clock()
     reps = [Replica(spec.op, NODES[i], clock) for i in range(3)]
     model = spec.init()
     last = None
-    for who in writers:
-        operation = data.draw(spec.ops)
+    for who, what in writers:
         r = reps[who]
         if last is not None and r.state != last:
             r.receive(last)  # causally after every earlier op
-        r.do(operation)
+        if what == 0:
+            r.delete()
+            model = spec.init()
+            operation = "delete"
+        else:
+            operation = data.draw(spec.ops)
+            r.do(operation)
+            model = spec.step(model, operation)
         last = r.state
-        model = spec.step(model, operation)
         assert r.value == spec.view(model), operation
 
 
@@ -475,9 +512,14 @@ def test_wrong_operation_type(spec):
             op.make_operand(ORMap.update(b"f", _other_op(op.field_type)), state, ts)
 
 
-UNDECODABLE = [b"", b"\x01", b"\x02\x06\x00", b"\x01\x06\x00\x01", b"\x01\x06\x00\x00\x00",
-               b"\x01\x06\x80", b"\x01\x03\x01\x00\x00", b"\x01\x03\x01\x80\x00\x01",
-               b"\x01\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", b"\x01\x09\x01\x00\x00\x00\x01\x00\x05"]
+UNDECODABLE = [b"", b"\x02", b"\x01\x06\x00\x00", b"\x02\x06\x00\x01", b"\x02\x06\x00\x00\x00",
+               b"\x02\x06\x80", b"\x02\x03\x01\x00\x00\x00", b"\x02\x03\x01\x80\x00\x01\x00",
+               b"\x02\x03\x01\x00\x02\x03",  # removed total above the total
+               b"\x02\x04\x01\x00\x00\x00\x00\x00",  # a zero PNCounter entry
+               b"\x02\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", b"\x02\x09\x01\x00\x00\x00\x01\x00\x05",
+               b"\x02\x01\x01\x05\x00\x01\x05\x00\x00",  # LWWRegister write not newer than its watermark
+               b"\x02\x05\x01\x05\x01\x01\x01x\x04\x01",  # GSet member older than the watermark
+               b"\x02\x05\x02\x00\x00"]  # bad watermark flag
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
@@ -485,7 +527,8 @@ def test_undecodable_bytes(spec):
     op = spec.op
     good = op.full_merge(None, [])
     others = [s.op.full_merge(None, []) for s in SPECS if s.op.name != op.name]
-    for bad in UNDECODABLE + others + [good + b"\x00", b"\x02" + good[1:], bytearray(b"\x01\x00")]:
+    for bad in UNDECODABLE + others + [good + b"\x00", b"\x01" + good[1:], b"\x03" + good[1:],
+                                       bytearray(b"\x02\x00")]:
         for call in (op.check_operand, op.to_value, lambda x: op.full_merge(None, [x]),
                      lambda x: op.full_merge(x, [good]), lambda x: op.partial_merge(good, x),
                      lambda x: op.make_operand(x, None, Timestamp(1, 0, 1))):
@@ -553,7 +596,7 @@ def test_orset_removes_leave_no_tombstones():
     for i in range(500):
         a.do(ORSet.add(b"%d" % i))
         a.do(ORSet.remove(b"%d" % i))
-    assert a.value == frozenset()
+    assert a.value is None  # nothing visible: the key reads as absent
     # only the header + one interval for the node remain
     assert len(a.state) < 20, a.state
     assert len(a.state) - len(empty) < 17
@@ -633,7 +676,7 @@ def test_ewflag_enable_wins():
     b.receive(a.state)
     b.do(EWFlag.disable())
     a.receive(b.state)
-    assert a.value is False
+    assert a.value is None  # disabled: absent
 
 
 def test_sortedset_lww_score_and_range():
@@ -678,17 +721,147 @@ def test_ormap_update_wins_over_concurrent_remove():
     assert a.value == {b"n": 2}  # a re-created field starts from zero
 
 
-def test_reset_by_anchor_and_stale_timestamp():
+def test_delete_keeps_the_context_and_stale_timestamps_are_refused():
+    """A delete keeps the causal context, so a node's next dot claims only
+    what came after it (never its own earlier dots again)."""
     s = ORSet()
-    (a,) = _reps(s, 1)
+    a, b, _ = _reps(s)
     a.do(ORSet.add(b"x"))
-    old = a.state
-    a.state = None  # a DELETE anchor: the engine resolves the key to bottom
+    b.receive(a.state)
+    a.delete()
+    assert a.value is None
     a.do(ORSet.add(b"y"))
     assert a.value == {b"y"}
-    assert s.to_value(s.full_merge(old, [a.state])) == {b"y"}  # the claim from 0 covers old dots
+    b.do(ORSet.add(b"z"))  # concurrent with the delete: b's own add survives it
+    a.receive(b.state)
+    assert a.value == {b"y", b"z"}
     with pytest.raises(MergeOperandError):  # a timestamp not newer than the node's last dot
-        s.make_operand(ORSet.add(b"z"), a.state, Timestamp(1, 0, a.node))
+        s.make_operand(ORSet.add(b"w"), a.state, Timestamp(1, 0, a.node))
+
+
+# --------------------------------------------------------------------------
+# deletes: the user-visible rule of each type
+
+
+def _late_delete_same_either_way(op: MergeOperator, before: List[bytes], delete: bytes, after: List[bytes]):
+    """The state is the same whether the delete is joined first, last, or
+    after everything around it was folded into one state."""
+    everything = before + [delete] + after
+    one = op.full_merge(None, everything)
+    folded = op.full_merge(None, before + after)
+    assert op.full_merge(folded, [delete]) == one
+    assert op.full_merge(op.full_merge(None, [delete]), [folded]) == one
+    return one
+
+
+def test_counter_delete_is_an_observed_reset():
+    for op, inc in ((PNCounter(), PNCounter.increment), (GCounter(), GCounter.increment)):
+        a, b, _ = _reps(op)
+        d1 = a.do(inc(5))
+        b.receive(a.state)  # b has seen the 5
+        d2 = b.delete()
+        d3 = a.do(inc(2))  # concurrent with the delete: survives it
+        assert b.value is None
+        one = _late_delete_same_either_way(op, [d1, d3], d2, [])
+        assert op.to_value(one) == 2
+        # the node keeps counting from its totals, never from 0
+        b.receive(one)
+        d4 = b.do(inc(1))
+        assert b.value == 3
+        assert op.to_value(op.full_merge(None, [d1, d2, d3, d4])) == 3
+        # a delete that saw nothing removes nothing
+        c = Replica(op, 77, a.clock)
+        nothing = c.delete()
+        assert op.to_value(op.full_merge(one, [nothing])) == 2
+
+
+def test_pncounter_delete_removes_decrements_too():
+    op = PNCounter()
+    (a,) = _reps(op, 1)
+    a.do(PNCounter.increment(3))
+    a.do(PNCounter.decrement(10))
+    assert a.value == -7
+    a.delete()
+    assert a.value is None
+    a.do(PNCounter.decrement(1))
+    assert a.value == -1
+
+
+@pytest.mark.parametrize("cls", [ORSet, MVRegister, EWFlag])
+def test_dot_based_delete_is_an_observed_remove(cls):
+    op = cls()
+    write = {ORSet: lambda: ORSet.add(b"x"), MVRegister: lambda: MVRegister.set(b"x"),
+             EWFlag: lambda: EWFlag.enable()}[cls]
+    a, b, _ = _reps(op)
+    seen = a.do(write())
+    b.receive(a.state)
+    d = b.delete()  # observed `seen`
+    unseen = a.do(write())  # concurrent with the delete: survives
+    one = _late_delete_same_either_way(op, [seen, unseen], d, [])
+    assert op.to_value(one) is not None
+    assert op.to_value(op.full_merge(None, [seen, d])) is None
+    # a delete issued after seeing everything removes everything
+    b.receive(one)
+    d2 = b.delete()
+    assert op.to_value(op.full_merge(one, [d2])) is None
+
+
+def test_ormap_delete_removes_observed_fields_and_keeps_concurrent_updates():
+    m = ORMap(ORSet())
+    a, b, _ = _reps(m)
+    x = a.do(ORMap.update(b"f", ORSet.add(b"x")))
+    b.receive(a.state)
+    d = b.delete()
+    y = a.do(ORMap.update(b"f", ORSet.add(b"y")))  # concurrent: survives
+    z = a.do(ORMap.update(b"g", ORSet.add(b"z")))
+    one = _late_delete_same_either_way(m, [x, y], d, [z])
+    assert m.to_value(one) == {b"f": frozenset({b"y"}), b"g": frozenset({b"z"})}
+
+
+@pytest.mark.parametrize("cls", [LWWRegister, GSet, SortedSet])
+def test_timestamp_ordered_delete_is_a_watermark(cls):
+    op = cls()
+    write = {LWWRegister: lambda v: LWWRegister.set(v), GSet: lambda v: GSet.add(v),
+             SortedSet: lambda v: SortedSet.add(v, 1.0)}[cls]
+    a, b, _ = _reps(op)
+    old = a.do(write(b"old"))
+    # b never saw `old`: its delete removes it anyway (it is older)
+    d = b.delete()
+    new = a.do(write(b"new"))  # newer than the delete: survives
+    one = _late_delete_same_either_way(op, [old, new], d, [])
+    value = op.to_value(one)
+    flat = {LWWRegister: lambda v: {v}, GSet: set, SortedSet: lambda v: {m for m, _s in v}}[cls](value)
+    assert flat == {b"new"}
+    # a re-add after the delete works
+    b.receive(one)
+    again = b.do(write(b"old"))
+    assert b"old" in {LWWRegister: lambda v: {v}, GSet: set, SortedSet: lambda v: {m for m, _s in v}}[cls](
+        op.to_value(op.full_merge(one, [again])))
+
+
+def test_delete_operand_checks_what_a_received_delete_carries():
+    t = Timestamp(5, 0, 3)
+    for op in (ORSet(), MVRegister(), EWFlag(), ORMap(PNCounter()), PNCounter(), GCounter()):
+        for missing in (None, b""):
+            with pytest.raises(MergeOperandError):  # a context or totals are needed: never guessed
+                op.delete_operand(missing, t)
+        rem = op.removal(None, t)
+        assert op.delete_operand(rem, t) == rem
+    for op in (LWWRegister(), GSet(), SortedSet()):
+        assert op.delete_operand(None, t) == op.delete_operand(b"", t) == op.removal(None, t)
+        with pytest.raises(MergeOperandError):  # the watermark must be the record's own timestamp
+            op.delete_operand(op.removal(None, Timestamp(4, 0, 3)), t)
+    # a delete must not add anything
+    s = ORSet()
+    add = s.make_operand(ORSet.add(b"x"), None, t)
+    with pytest.raises(MergeOperandError):
+        s.delete_operand(add, t)
+    c = PNCounter()
+    inc = c.make_operand(PNCounter.increment(1), None, t)
+    with pytest.raises(MergeOperandError):
+        c.delete_operand(inc, t)
+    with pytest.raises(MergeOperandError):
+        s.delete_operand(b"garbage", t)
 
 
 def test_names_needs_state_and_constructors():
@@ -755,5 +928,10 @@ def test_counter_overflow_is_rejected():
 
 
 def test_doctests():
-    result = doctest.testmod(crdt, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 10 and result.failed == 0
+    from abase_engine.crdt import counters, maps, registers, sets
+    attempted = 0
+    for mod in (crdt, counters, registers, sets, maps):
+        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, mod.__name__
+        attempted += result.attempted
+    assert attempted > 30

@@ -82,10 +82,14 @@ class Spec:
     id: str
     make: Callable[[], Any]
     gen: Callable[[Draw, Any], Operation]
-    init: Callable[[], Any]
+    init: Callable[[], Any]  # also the model after a key delete
     step: Callable[[Any, Operation], Any]
-    value: Callable[[Any], Any]
+    value: Callable[[Any], Any]  # the value a read returns (None: nothing visible, the key is absent)
     causal: bool  # for ORMap fields: a causal field vanishes when its value is empty
+    field_value: Optional[Callable[[Any], Any]] = None  # the value as an ORMap field (default: value)
+
+    def as_field(self, m: Any) -> Any:
+        return (self.field_value or self.value)(m)
 
 
 def _pick(draw: Draw, pool: Sequence[bytes], observed) -> bytes:
@@ -101,16 +105,28 @@ def _lww() -> Spec:
                 lambda: None, lambda m, op: op.args[0], lambda m: m, False)
 
 
+def _nonempty(m: Any) -> Any:
+    return m if m else None
+
+
 def _mv() -> Spec:
     return Spec("MVRegister", MVRegister,
                 lambda draw, obs: MVRegister.set(draw(st.sampled_from(VALUES))),
-                lambda: frozenset(), lambda m, op: frozenset([op.args[0]]), lambda m: m, True)
+                lambda: frozenset(), lambda m, op: frozenset([op.args[0]]), _nonempty, True, lambda m: m)
+
+
+# A counter's model is (count since its last delete, whether a non-zero amount
+# was counted): a counter whose counts were all removed (or that never
+# counted anything) reads as absent.
+def _counted(step: Callable[[int, Operation], int]) -> Callable[[Any, Operation], Any]:
+    return lambda m, op: (step(m[0], op), m[1] or op.args[0] != 0)
 
 
 def _gcounter() -> Spec:
     amounts = st.one_of(st.integers(0, 1000), st.sampled_from([1 << 40, (1 << 56) + 3]))
     return Spec("GCounter", GCounter, lambda draw, obs: GCounter.increment(draw(amounts)),
-                lambda: 0, lambda m, op: m + op.args[0], lambda m: m, False)
+                lambda: (0, False), _counted(lambda m, op: m + op.args[0]),
+                lambda m: m[0] if m[1] else None, False, lambda m: m[0])
 
 
 def _pn_gen(draw: Draw, obs) -> Operation:
@@ -119,13 +135,14 @@ def _pn_gen(draw: Draw, obs) -> Operation:
 
 
 def _pncounter() -> Spec:
-    return Spec("PNCounter", PNCounter, _pn_gen, lambda: 0,
-                lambda m, op: m + (op.args[0] if op.kind == "increment" else -op.args[0]), lambda m: m, False)
+    return Spec("PNCounter", PNCounter, _pn_gen, lambda: (0, False),
+                _counted(lambda m, op: m + (op.args[0] if op.kind == "increment" else -op.args[0])),
+                lambda m: m[0] if m[1] else None, False, lambda m: m[0])
 
 
 def _gset() -> Spec:
     return Spec("GSet", GSet, lambda draw, obs: GSet.add(draw(st.sampled_from(MEMBERS))),
-                lambda: frozenset(), lambda m, op: m | {op.args[0]}, lambda m: m, False)
+                lambda: frozenset(), lambda m, op: m | {op.args[0]}, _nonempty, False, lambda m: m)
 
 
 def _orset_gen(draw: Draw, obs) -> Operation:
@@ -136,7 +153,8 @@ def _orset_gen(draw: Draw, obs) -> Operation:
 
 def _orset() -> Spec:
     return Spec("ORSet", ORSet, _orset_gen, lambda: frozenset(),
-                lambda m, op: m | {op.args[0]} if op.kind == "add" else m - {op.args[0]}, lambda m: m, True)
+                lambda m, op: m | {op.args[0]} if op.kind == "add" else m - {op.args[0]}, _nonempty, True,
+                lambda m: m)
 
 
 SCORES = st.one_of(st.integers(-5, 5), st.floats(allow_nan=False, width=64), st.just(-0.0))
@@ -159,13 +177,14 @@ def _zset_step(m: dict, op: Operation) -> dict:
 
 def _sortedset() -> Spec:
     return Spec("SortedSet", SortedSet, _zset_gen, dict, _zset_step,
-                lambda m: sorted(m.items(), key=lambda ms: (ms[1], ms[0])), True)
+                lambda m: sorted(m.items(), key=lambda ms: (ms[1], ms[0])) or None, True,
+                lambda m: sorted(m.items(), key=lambda ms: (ms[1], ms[0])))
 
 
 def _ewflag() -> Spec:
     return Spec("EWFlag", EWFlag,
                 lambda draw, obs: EWFlag.enable() if draw(st.booleans()) else EWFlag.disable(),
-                lambda: False, lambda m, op: op.kind == "enable", lambda m: m, True)
+                lambda: False, lambda m, op: op.kind == "enable", lambda m: True if m else None, True, lambda m: m)
 
 
 def _ormap(F: Spec) -> Spec:
@@ -184,13 +203,14 @@ def _ormap(F: Spec) -> Spec:
             m[op.args[0]] = F.step(m.get(op.args[0], F.init()), op.args[1])
         return m
 
-    def value(m: dict) -> dict:
-        out = {f: F.value(fm) for f, fm in m.items()}
+    def field_value(m: dict) -> dict:
+        out = {f: F.as_field(fm) for f, fm in m.items()}
         if F.causal:  # a causal field exists while its store is not bottom
             out = {f: v for f, v in out.items() if v}
         return out
 
-    return Spec(f"ORMap[{F.id}]", lambda: ORMap(F.make()), gen, dict, step, value, True)
+    return Spec(f"ORMap[{F.id}]", lambda: ORMap(F.make()), gen, dict, step,
+                lambda m: field_value(m) or None, True, field_value)
 
 
 SPECS = [_lww(), _mv(), _gcounter(), _pncounter(), _gset(), _orset(), _sortedset(), _ewflag(),
@@ -273,7 +293,7 @@ def simulate(spec: Spec, draw: Draw) -> tuple:
     for _ in range(draw(st.integers(1, 40))):
         r = draw(st.sampled_from(reps))
         key = draw(st.sampled_from(KEYS[:2]) if draw(st.integers(0, 5)) else st.just(KEYS[2]))
-        kind = draw(st.sampled_from(["op"] * 6 + ["sync"] * 2 + ["put"]))
+        kind = draw(st.sampled_from(["op"] * 6 + ["sync"] * 2 + ["put", "delete"]))
         S = r.state.get(key)
         if kind == "sync":  # r receives another replica's state of the key (join, HLC receive)
             other = draw(st.sampled_from(reps))
@@ -285,6 +305,12 @@ def simulate(spec: Spec, draw: Draw) -> tuple:
         if kind == "put":  # a whole state as a PUT: joins like an operand in a merge namespace
             if S is not None:
                 changes.append(Change(NS, key, Op.PUT, S, r.tick(draw)))
+            continue
+        if kind == "delete":  # removes what r has seen of the key, as ns.delete would
+            ts = r.tick(draw)
+            removal = M.removal(S, ts)
+            r.state[key] = removal if S is None else M.full_merge(S, [removal])
+            changes.append(Change(NS, key, Op.DELETE, removal, ts))
             continue
         op = spec.gen(draw, M.to_value(S))
         ts = r.tick(draw)
@@ -428,9 +454,12 @@ def test_local_merges_follow_the_sequential_model(spec, data):
                     loc.raw[key] = box.ns.get_raw(key)  # timestamps inside a batch are not returned
             elif kind == "delete":
                 key = draw(st.sampled_from(KEYS))
-                box.ns.delete(key)
+                ts = box.ns.delete(key)
                 loc.model.pop(key, None)
-                loc.raw[key] = None
+                S = loc.raw.get(key)
+                removal = M.removal(S, ts)
+                loc.raw[key] = removal if S is None else M.full_merge(S, [removal])
+                assert box.ns.get_raw(key) == loc.raw[key]
             elif kind == "compact":
                 box.db.compact(wait=True)
             else:
@@ -438,10 +467,9 @@ def test_local_merges_follow_the_sequential_model(spec, data):
             assert _read_values(box) == loc.expect_values()
         raws = {k: box.ns.get_raw(k) for k in KEYS}
         for k in KEYS:
-            assert (raws[k] is None) == (k not in loc.model)
-            if raws[k] is not None:
-                assert M.to_value(raws[k]) == loc.observed(k)
-        assert list(box.ns.scan()) == sorted((k, loc.observed(k)) for k in loc.model)
+            assert M.to_value(raws[k]) == loc.observed(k)
+        assert list(box.ns.scan()) == sorted((k, loc.observed(k)) for k in loc.model
+                                             if loc.observed(k) is not None)
         box.db.compact(wait=True)
         box.reopen()
         assert {k: box.ns.get_raw(k) for k in KEYS} == raws

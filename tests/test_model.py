@@ -74,7 +74,10 @@ class EngineMachine(RuleBasedStateMachine):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="abase-model-")
         self.model: Dict[bytes, bytes] = {}
-        self.counters: Dict[bytes, int] = {}
+        # counter key -> its count since its last delete; a key is visible once
+        # a non-zero amount was counted (a delete removes what was counted)
+        self.cvalue: Dict[bytes, int] = {}
+        self.clive: set = set()
         self.last_ts: Optional[ae.Timestamp] = None
         self.writes_since_reopen = 0
         self.writes_since_compact = 0
@@ -97,6 +100,16 @@ class EngineMachine(RuleBasedStateMachine):
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- helpers -------------------------------------------------------------
+    @property
+    def counters(self) -> Dict[bytes, int]:
+        """The visible counters of the model."""
+        return {k: v for k, v in self.cvalue.items() if k in self.clive}
+
+    def _count(self, k: bytes, n: int) -> None:
+        self.cvalue[k] = self.cvalue.get(k, 0) + n
+        if n:
+            self.clive.add(k)
+
     def _stamp(self, ts: Optional[ae.Timestamp]) -> None:
         """Every timestamp the engine issues is greater than all before it."""
         assert isinstance(ts, ae.Timestamp)
@@ -207,7 +220,7 @@ class EngineMachine(RuleBasedStateMachine):
             elif kind == "delete":
                 self.model.pop(k, None)
             else:
-                self.counters[k] = self.counters.get(k, 0) + arg
+                self._count(k, arg)
         self.writes_since_reopen += 1
         self.writes_since_compact += 1
 
@@ -236,20 +249,21 @@ class EngineMachine(RuleBasedStateMachine):
         else:  # increment by a negative amount subtracts
             ts = self.cns.merge(k, PNCounter.increment(n))
         self._stamp(ts)
-        self.counters[k] = self.counters.get(k, 0) + n
+        self._count(k, n)
 
     @rule(k=ckeys)
     def counter_delete(self, k: bytes) -> None:
         self._stamp(self.cns.delete(k))
-        self.counters.pop(k, None)
+        self.cvalue.pop(k, None)
+        self.clive.discard(k)
 
     @rule(k=ckeys)
     def counter_get(self, k: bytes) -> None:
         assert self.cns.get(k) == self.counters.get(k)
         raw = self.cns.get_raw(k)
-        assert (raw is None) == (k not in self.counters)
-        if raw is not None:
-            assert PNCounter().to_value(raw) == self.counters[k]
+        assert PNCounter().to_value(raw) == self.counters.get(k)
+        if k in self.cvalue:  # counted or deleted at least once: the key has a state
+            assert raw is not None
 
     @rule(reverse=st.booleans())
     def counter_scan(self, reverse: bool) -> None:

@@ -3,7 +3,7 @@
 The visible value of a key is a pure function of the set of its records,
 whatever their arrival order, duplication, or which layer (log or LMDB)
 holds them. LWW picks the greatest ``(hlc, node id)``; a CRDT namespace joins
-every operand newer than the newest delete.
+every record, deletes included (a delete's value is what it removed).
 
 Every engine here runs on a :class:`FakeClock`, and records are stamped
 relative to it, so the skew check and the tombstone grace are deterministic.
@@ -256,6 +256,19 @@ class Node:
         self.state[key] = PN.full_merge(cur, [operand])
         return Change(ns, key, Op.MERGE, operand, t)
 
+    def see(self, change: Change) -> None:
+        """Receive another node's record of the key (gossip)."""
+        cur = self.state.get(change.key)
+        self.state[change.key] = PN.full_merge(cur, [change.value])
+
+    def delete(self, key: bytes, t: Timestamp, ns: str = "pn") -> Change:
+        """A key delete as ``ns.delete`` writes it: removes what this node has seen."""
+        assert t.node_id == self.node_id
+        cur = self.state.get(key)
+        removal = PN.removal(cur, t)
+        self.state[key] = PN.full_merge(cur, [removal])
+        return Change(ns, key, Op.DELETE, removal, t)
+
 
 def test_counter_operands_in_any_order(engine, clock):
     n1, n2 = Node(1), Node(2)
@@ -278,24 +291,36 @@ def test_counter_operands_in_any_order(engine, clock):
     assert pn.get(b"c") == expect and pn.get_raw(b"c") == raw
 
 
-def test_counter_delete_anchor(engine, clock):
-    n1 = Node(1)
+def test_counter_delete_removes_what_it_observed(engine, clock):
+    n1, n3 = Node(1), Node(3)
     before = n1.inc(b"c", 5, ts(50, node=1))
-    after = n1.inc(b"c", 7, ts(20, node=1))  # cumulative: P = 12
+    n3.see(before)
+    gone = n3.delete(b"c", ts(30, node=3))  # observed node 1's 5
+    after = n1.inc(b"c", 7, ts(20, node=1))  # cumulative: P = 12; 7 of it after the delete
     db = engine()
     pn = db.namespace("pn")
-    db.apply([after, delete(b"c", ts(30), ns="pn")])
-    assert pn.get(b"c") == 12
-    db.apply([before])  # older than the delete: hidden
-    assert pn.get(b"c") == 12
+    db.apply([after, gone])
+    assert pn.get(b"c") == 7
+    db.apply([before])  # observed by the delete: removed, whenever it arrives
+    assert pn.get(b"c") == 7
     db.compact(wait=True)
-    db.apply([before])
-    assert pn.get(b"c") == 12
-    db.apply([delete(b"c", ts(10), ns="pn")])  # a newer delete hides everything
-    assert pn.get(b"c") is None and pn.get_raw(b"c") is None
+    db.apply([before, gone])
+    assert pn.get(b"c") == 7
+    n3.see(after)
+    db.apply([n3.delete(b"c", ts(10, node=3))])  # a delete that has seen everything removes everything
+    assert pn.get(b"c") is None and b"c" not in db.namespace("pn")
+    assert pn.get_raw(b"c") is not None  # the removed totals are kept
     db.compact(wait=True)
-    db.apply([after])
+    db.apply([after, before])
     assert pn.get(b"c") is None
+
+
+def test_counter_delete_without_its_observed_totals_is_refused(engine):
+    db = engine()
+    for value in (None, b""):
+        with pytest.raises(errors.MergeOperandError):
+            db.apply([Change("pn", b"c", Op.DELETE, value, ts(5))])
+    assert db.namespace("pn").get_raw(b"c") is None
 
 
 # --------------------------------------------------------------------------
@@ -411,7 +436,7 @@ def counter_histories(draw, deletes: bool):
     """PNCounter operands built by three nodes that each see only their own
     updates, (sometimes) whole-state puts and, if ``deletes``, deletes."""
     nodes = {n: Node(n) for n in (1, 2, 3)}
-    kinds = ["inc"] * 6 + ["put"] + (["delete"] if deletes else [])
+    kinds = ["inc"] * 6 + ["put"] + (["delete", "gossip"] if deletes else [])
     events = draw(st.lists(st.tuples(st.sampled_from(KEYS[:2]), st.integers(1, 3), st.integers(-20, 20),
                                      st.sampled_from(kinds)),
                            min_size=1, max_size=20))
@@ -423,8 +448,12 @@ def counter_histories(draw, deletes: bool):
         t = ts(ms[node], 0, node)
         if kind == "inc":
             out.append(nodes[node].inc(key, amount, t))
-        elif kind == "delete":
-            out.append(delete(key, t, ns="pn"))
+        elif kind == "delete":  # removes what the node has seen of the key
+            out.append(nodes[node].delete(key, t))
+        elif kind == "gossip":  # the node sees some of the others' records
+            for c in out:
+                if c.key == key and draw(st.booleans()):
+                    nodes[node].see(c)
         else:  # a whole state: a put joins like an operand in a merge namespace
             state = PN.full_merge(None, [PN.make_operand(PNCounter.increment(abs(amount) + 1), None, t)])
             out.append(Change("pn", key, Op.PUT, state, t))
@@ -432,15 +461,11 @@ def counter_histories(draw, deletes: bool):
 
 
 def _counter_model(changes: Sequence[Change]) -> Dict[bytes, Optional[bytes]]:
-    """The documented rule: the newest delete is the anchor; every put or
-    operand newer than it is joined."""
+    """The documented rule: the join of every record of the key, deletes
+    (removal deltas) included."""
     out: Dict[bytes, Optional[bytes]] = {}
     for key in {c.key for c in changes}:
-        mine = [c for c in changes if c.key == key]
-        anchor = max((c.timestamp for c in mine if c.op == Op.DELETE), default=None)
-        ops = sorted((c for c in mine if c.op != Op.DELETE and (anchor is None or c.timestamp > anchor)),
-                     key=lambda c: c.timestamp)
-        out[key] = PN.full_merge(None, [c.value for c in ops]) if ops else None
+        out[key] = PN.full_merge(None, [c.value for c in changes if c.key == key])
     return out
 
 
@@ -488,21 +513,19 @@ def test_pncounter_is_a_function_of_the_set_of_records(changes, seed):
 @settings(max_examples=80, deadline=None)
 @given(changes=counter_histories(deletes=True), seed=st.integers(0, 2 ** 32 - 1))
 def test_pncounter_with_deletes_is_a_function_of_the_set_of_records(changes, seed):
-    """With deletes, while every record is still in the log when the last one
-    arrives (reopen at any point, compaction only at the end): see
-    test_late_delete_after_compaction_of_straddling_operands for the rest."""
-    _check_counter_replicas(changes, seed, compact_midway=False)
+    """With deletes that observed part of the history: any order, duplicates,
+    compaction and reopen at any point give the same bytes."""
+    _check_counter_replicas(changes, seed, compact_midway=True)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: in a merge namespace the compactor folds operands on both sides "
-                                       "of a not-yet-received delete into one STATE; a delete that arrives "
-                                       "later (older than the state's newest operand) cannot remove the "
-                                       "older part, so the value depends on arrival order and compaction "
-                                       "timing (DESIGN.md invariant 5)")
 def test_late_delete_after_compaction_of_straddling_operands(open_db, clock, tmp_path):
-    older = Node(2).inc(b"c", 5, ts(30, node=2))  # {2: (5, 0)}
-    reset = delete(b"c", ts(20), ns="pn")
-    newer = Node(1).inc(b"c", 1, ts(10, node=1))  # {1: (1, 0)}
+    """The "Why" of issue 10: a delete whose timestamp lies between two
+    operands arrives after both were folded into one stored state."""
+    n1, n2, n3 = Node(1), Node(2), Node(3)
+    older = n2.inc(b"c", 5, ts(30, node=2))  # {2: (5, 0)}
+    n3.see(older)
+    reset = n3.delete(b"c", ts(20, node=3))  # observed node 2's 5
+    newer = n1.inc(b"c", 1, ts(10, node=1))  # {1: (1, 0)}
     expect = _counter_model([older, reset, newer])[b"c"]
     assert PN.to_value(expect) == 1
 
@@ -510,16 +533,18 @@ def test_late_delete_after_compaction_of_straddling_operands(open_db, clock, tmp
         db = open_db(str(tmp_path / name), node_id=9, clock=clock)
         return db, db.namespace("pn", merge=PNCounter())
 
-    # every record in the log, then compacted: right
+    # every record in the log, then compacted
     db, pn = replica("in-order")
     db.apply([older, reset, newer])
     db.compact(wait=True)
     assert pn.get_raw(b"c") == expect
+    ref = db.digest("pn")
     # the delete arrives after the operands around it were compacted
     db, pn = replica("late-delete")
     db.apply([older, newer])
     db.compact(wait=True)
     db.apply([reset])
     assert pn.get(b"c") == 1
-    db.compact(wait=True)
     assert pn.get_raw(b"c") == expect
+    db.compact(wait=True)
+    assert pn.get_raw(b"c") == expect and db.digest("pn") == ref

@@ -50,9 +50,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from .feed import CommitListeners
     from .namespace import Namespace
 
-__all__ = ["Batch", "Committer"]
+__all__ = ["Batch", "Committer", "DELETE_OPERATION", "change_value"]
 
 _PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
+
+#: Stands in the merge list of a batch for a delete whose value (what it
+#: removes) the committer builds from the key's state.
+DELETE_OPERATION = object()
+
+
+def change_value(op: int, value: bytes) -> Optional[bytes]:
+    """The ``Change.value`` of a record: None for a delete without a value."""
+    return None if op == _DELETE and not value else value
 
 
 class Batch:
@@ -94,11 +103,16 @@ class Batch:
         self._parts += (k, v)
 
     def delete(self, key: bytes, namespace: Any = None) -> None:
-        """Add a delete. :raises TypeError, KeyTooLargeError:"""
+        """Add a delete. In a namespace whose operator's deletes join (the
+        CRDTs) its value, what it removes, is built from the key's state
+        when the batch commits. :raises TypeError, KeyTooLargeError:"""
         ns = self._ns(namespace)
+        k = check_key(key)
+        if not ns.lww and ns.merge_operator.deletes_join:
+            self._merges.append((len(self._ops), ns, DELETE_OPERATION))
         self._ops.append(_DELETE)
         self._nss.append(ns.id)
-        self._parts += (check_key(key), b"")
+        self._parts += (k, b"")
 
     def merge(self, key: bytes, operation: Any, namespace: Any = None) -> None:
         """Add a merge operation; its operand is built when the batch commits.
@@ -188,13 +202,22 @@ class Committer:
             hlc = self._log.put(ns.id, op, key, value)
         ts = from_packed(hlc, self._node_id)
         if self._listeners.active:
-            self._listeners.notify([Change(ns.name, key, Op(op), None if op == _DELETE else value, ts)])
+            self._listeners.notify([Change(ns.name, key, Op(op), change_value(op, value), ts)])
         return ts
 
     def merge_one(self, ns: "Namespace", key: bytes, operation: Any) -> Timestamp:
         """``ns.merge(key, operation)``: a batch of one merge."""
         b = Batch(self, lambda _arg: ns)
         b.merge(key, operation)
+        ts = b.commit()
+        assert ts is not None
+        return ts
+
+    def delete_one(self, ns: "Namespace", key: bytes) -> Timestamp:
+        """``ns.delete(key)`` in a namespace whose deletes join: a batch of one
+        delete, whose value is built from the key's state."""
+        b = Batch(self, lambda _arg: ns)
+        b.delete(key)
         ts = b.commit()
         assert ts is not None
         return ts
@@ -229,9 +252,9 @@ class Committer:
 
     def _commit_with_merges(self, b_ops: bytes, b_nss: List[int], b_parts: List[bytes],
                             merges: Sequence[Tuple[int, "Namespace", Any]]) -> Timestamp:
-        """Build each operand (reading the observed state where the operator
-        needs it) and append, under the merge lock so that concurrent local
-        merges of a key see each other."""
+        """Build each operand and each CRDT delete's value (reading the
+        observed state where needed) and append, under the merge lock so
+        that concurrent local merges of a key see each other."""
         log = self._log
         handle = self._catalog.handle_by_id
         log.stall()  # backpressure before the lock (the C core stalls only local batches)
@@ -241,8 +264,9 @@ class Committer:
                 if self.digests is not None else None
             hlcs = [log.clock_now() for _ in range(n)]
             parts = list(b_parts)
-            # The state each merge observes includes the batch's own earlier
-            # writes to the key: a delete empties it, a put joins into it.
+            flags = bytearray(n)
+            # The state each write observes includes the batch's own earlier
+            # writes to the key (a delete removes from it, a put joins into it).
             pending: Dict[Tuple[int, bytes], Optional[bytes]] = {}
             chain: Dict[Tuple[int, bytes], int] = {}  # log versions a read of the key walks
             merge_at = {idx: (ns, operation) for idx, ns, operation in merges}
@@ -253,56 +277,65 @@ class Committer:
             for idx in range(n):
                 k = (b_nss[idx], parts[2 * idx])
                 seen_keys[k] = seen_keys.get(k, 0) + 1
+
+            def observe(k: Tuple[int, bytes], ns: "Namespace") -> Optional[bytes]:
+                if k not in pending:
+                    pending[k], chain[k] = ns.reader.current_state(k[1])
+                return pending[k]
+
             for idx in range(n):
-                ns_id = b_nss[idx]
-                key = parts[2 * idx]
+                k = (b_nss[idx], parts[2 * idx])
+                ts = from_packed(hlcs[idx], self._node_id)
                 if idx not in merge_at:
-                    ns_obj = handle(ns_id)
+                    ns_obj = handle(k[0])
                     if ns_obj is None or ns_obj.lww:
                         continue
-                    if b_ops[idx] == _DELETE:
-                        pending[(ns_id, key)] = None
-                    else:
-                        prev = pending[(ns_id, key)] if (ns_id, key) in pending else ns_obj.reader.state(key, None)
-                        value = parts[2 * idx + 1]
-                        pending[(ns_id, key)] = value if prev is None else \
-                            ns_obj.merge_operator.full_merge(prev, [value])
+                    if b_ops[idx] == _DELETE:  # an operator whose deletes reset the key
+                        pending[k] = None
+                        chain[k] = 1
+                        continue
+                    prev = observe(k, ns_obj)
+                    value = parts[2 * idx + 1]
+                    pending[k] = value if prev is None else ns_obj.merge_operator.full_merge(prev, [value])
+                    chain[k] += 1
                     continue
                 ns, operation = merge_at[idx]
                 op = ns.merge_operator
-                state = None
-                needs = not isinstance(operation, BYTES_LIKE) and op.needs_state(operation)
-                known = needs or (ns_id, key) in pending or seen_keys[(ns_id, key)] > 1
-                if known:
-                    if (ns_id, key) in pending:
-                        state = pending[(ns_id, key)]
+                if operation is DELETE_OPERATION:
+                    state = observe(k, ns)
+                    removal = op.removal(state, ts)
+                    after = removal if state is None else op.full_merge(state, [removal])
+                    parts[2 * idx + 1] = removal
+                    pending[k] = after
+                    if after == removal:  # the whole state: reads stop at it
+                        flags[idx] = F_CHECKPOINT
+                        chain[k] = 1
                     else:
-                        state, walked = ns.reader.current_state(key)
-                        chain[(ns_id, key)] = walked
-                chain[(ns_id, key)] = chain.get((ns_id, key), 0) + 1
-                if known and state is None and (ns_id, key) not in pending and not needs:
-                    state, walked = ns.reader.current_state(key)
-                    chain[(ns_id, key)] = walked + chain.get((ns_id, key), 0)
-                operand = op.make_operand(operation, state if needs else None, from_packed(hlcs[idx], self._node_id))
+                        chain[k] += 1
+                    continue
+                needs = not isinstance(operation, BYTES_LIKE) and op.needs_state(operation)
+                known = needs or k in pending or seen_keys[k] > 1
+                state = observe(k, ns) if known else None
+                operand = op.make_operand(operation, state if needs else None, ts)
                 if not isinstance(operand, bytes):
                     raise MergeOperandError("make_operand must return bytes")
                 if len(operand) > MAX_VALUE:
                     raise ValueTooLargeError("merge operand too large")
                 parts[2 * idx + 1] = operand
                 if known:
-                    pending[(ns_id, key)] = operand if state is None else op.full_merge(state, [operand])
+                    pending[k] = operand if state is None else op.full_merge(state, [operand])
+                    chain[k] += 1
             ops, nss = bytearray(b_ops), list(b_nss)
-            flags = bytearray(n)
             # A key whose reads walk too many operands gets a checkpoint: its
             # whole state as one record that reads stop at. It joins like any
             # put, so replicas that receive it stay equal.
-            for (ns_id, key), walked in list(chain.items()):
-                state = pending.get((ns_id, key))
+            for k, walked in list(chain.items()):
+                state = pending.get(k)
                 if walked >= self._cap and state is not None:
-                    chain[(ns_id, key)] = 1
+                    chain[k] = 1
                     ops.append(_PUT)
-                    nss.append(ns_id)
-                    parts += (key, state)
+                    nss.append(k[0])
+                    parts += (k[1], state)
                     hlcs.append(log.clock_now())
                     flags.append(F_CHECKPOINT)
             m = len(ops)
@@ -314,13 +347,13 @@ class Committer:
                 self.digests.settle(before)
             if self._listeners.active:
                 self._listeners.notify([
-                    Change(handle(nss[i]).name, parts[2 * i], Op(ops[i]),
-                           None if ops[i] == _DELETE else parts[2 * i + 1], from_packed(hlcs[i], self._node_id))
+                    Change(handle(nss[i]).name, parts[2 * i], Op(ops[i]), change_value(ops[i], parts[2 * i + 1]),
+                           from_packed(hlcs[i], self._node_id))
                     for i in range(n)])
             # The next local merge of these keys starts from the state just
             # written instead of folding the chain again.
-            for (ns_id, key), state in pending.items():
-                handle(ns_id).reader.remember(key, state, chain.get((ns_id, key), 0))
+            for k, state in pending.items():
+                handle(k[0]).reader.remember(k[1], state, chain.get(k, 0))
         return from_packed(max(hlcs[:n]), self._node_id)
 
     # -- records from other replicas -------------------------------------------
@@ -328,7 +361,9 @@ class Committer:
               max_skew_ms: int) -> int:
         """Append records received from another replica (checked by
         ``Engine.apply``) as one atomic batch; returns how many changed
-        anything. :raises ClockSkewError: ``newest`` is too far ahead."""
+        anything. A key of a merge namespace whose reads now walk
+        ``max_successive_merges`` records or more then gets a checkpoint, as
+        after a local merge. :raises ClockSkewError: ``newest`` is too far ahead."""
         self._life.check("apply")
         self._log.stall()  # backpressure, before the merge and fold locks the compactor needs
         self._log.clock_update(newest.hlc, max_skew_ms)
@@ -337,23 +372,49 @@ class Committer:
             parts += (key, value)
         # The merge lock keeps a local merge's read-modify-write from
         # interleaving with received records for the same key.
-        with self._merge_lock, self._fold_lock:
+        with self._merge_lock:
             before = self.digests.track([(r[0], r[2]) for r in recs]) if self.digests is not None else None
-            bases = []
-            for ns, _op, key, _v, _t in recs:
-                st = self._store.get(ns.id, key)
-                bases.append((0, 0) if st is None else (st[1], st[2]))
-            _last, status = self._log.write_batch(
-                bytes(r[1] for r in recs), [r[0].id for r in recs], parts,
-                [r[4].hlc for r in recs], [r[4].node_id for r in recs], bases,
-                bytes(0 if r[0].lww else 1 for r in recs))
+            with self._fold_lock:
+                bases = []
+                for ns, _op, key, _v, _t in recs:
+                    st = self._store.get(ns.id, key)
+                    bases.append((0, 0) if st is None else (st[1], st[2]))
+                _last, status = self._log.write_batch(
+                    bytes(r[1] for r in recs), [r[0].id for r in recs], parts,
+                    [r[4].hlc for r in recs], [r[4].node_id for r in recs], bases,
+                    bytes(0 if r[0].lww else 1 for r in recs))
+            status = status or []
+            self._checkpoint_long_chains({(r[0].id, r[2]): r[0] for r, st in zip(recs, status)
+                                          if st and not r[0].lww})
             if before is not None:
                 self.digests.settle(before)
-        status = status or []
         if self._listeners.active:
-            applied = [Change(r[0].name, r[2], Op(r[1]), None if r[1] == _DELETE else r[3], r[4])
+            applied = [Change(r[0].name, r[2], Op(r[1]), change_value(r[1], r[3]), r[4])
                        for r, st in zip(recs, status) if st]
             if applied:
                 self._listeners.notify(applied)
         return sum(status)
 
+    def _checkpoint_long_chains(self, keys: Dict[Tuple[int, bytes], "Namespace"]) -> None:
+        """Append a checkpoint (the whole state, flagged so that reads stop at
+        it) for each merge-namespace key whose reads walk ``max_successive_merges``
+        log records or more: records received from peers are folded like
+        local ones. Merge lock held."""
+        log = self._log
+        todo = []
+        for (ns_id, key), ns in keys.items():
+            if log.merge_walk(ns_id, key, self._cap + 1) >= self._cap:
+                state, _walked = ns.reader.current_state(key)
+                if state is not None:
+                    todo.append((ns, key, state))
+        if not todo:
+            return
+        n = len(todo)
+        hlcs = [log.clock_now() for _ in range(n)]
+        parts: List[bytes] = []
+        for _ns, key, state in todo:
+            parts += (key, state)
+        log.write_batch(bytes([_PUT]) * n, [t[0].id for t in todo], parts, hlcs, [self._node_id] * n,
+                        [(0, 0)] * n, bytes([1]) * n, bytes([F_CHECKPOINT]) * n)
+        for ns, key, state in todo:
+            ns.reader.remember(key, state, 1)

@@ -131,10 +131,12 @@ class DigestTree:
                 out.append(Change(ns.name, key, Op.DELETE if kind == TOMBSTONE else Op.PUT,
                                   None if kind == TOMBSTONE else value, from_packed(hlc, node)))
                 continue
-            # A CRDT key: its newest delete (so the receiver drops what that
-            # delete removed), then its state stamped with the state's own
-            # newest timestamp, never "now": a fresh stamp would outrank a
-            # delete the sender has not seen yet and undo it.
+            # A merge-namespace key: its state, stamped with the state's own
+            # newest timestamp, never "now" (a CRDT state carries what its
+            # deletes removed, so it is everything a receiver needs). An
+            # operator whose deletes reset the key (anchor set) sends its
+            # newest delete first, so the receiver drops what it removed: a
+            # fresh stamp would outrank a delete the sender has not seen.
             if anchor != (0, 0):
                 out.append(Change(ns.name, key, Op.DELETE, None, from_packed(*anchor)))
             out.append(Change(ns.name, key, Op.MERGE, value, from_packed(hlc, node)))

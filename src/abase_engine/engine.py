@@ -54,6 +54,7 @@ import os
 import threading
 from typing import Any, Dict, List, Optional, Union
 
+from ._fast import MergeLock
 from .batch import Batch, Committer
 from .catalog import Catalog
 from .compactor import Compactor
@@ -87,6 +88,7 @@ DEFAULT_OPTIONS: Dict[str, Any] = {
     "max_successive_merges": 64,       # operands a read may walk before a merge writes a checkpoint
     "max_slot_lag_bytes": 1 << 30,     # bytes of log a replication slot may lag before it is invalidated
     "digests": False,                  # maintain anti-entropy digests on every write (replicas)
+    "crdt_cache_keys": 1 << 18,        # keys per CRDT namespace whose folded state the C fast path keeps
     "clock": None,                     # callable -> wall ms (tests); None: real clock
     "stall_log_bytes": 4 << 30,        # bytes of uncompacted log past which writes stall; None: never
     "stall_max_ms": 100,               # ms one stalled write waits at most for the compactor
@@ -113,7 +115,10 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
     * ``map_size`` (bytes, default 1 TiB of address space): LMDB map size.
     * ``max_successive_merges`` (default 64): when a merge finds the key's
       reads walking this many log operands, it also writes the key's whole
-      state as a checkpoint record, so reads stay short.
+      state as a checkpoint record, so reads stay short (the C fast path of
+      CRDT namespaces also waits until the records since the last checkpoint
+      add up to the state's size, so that big states stay O(1) per merge);
+      ``apply`` does the same for the keys it wrote to.
     * ``max_slot_lag_bytes`` (bytes, default 1 GiB): a replication slot
       further behind the end of the log is invalidated, so it cannot hold
       the log forever.
@@ -121,6 +126,10 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
       date on every write (O(1) extra read per written key) and across
       clean restarts, instead of rebuilding it when digest() is called
       after writes. Replicas should turn it on.
+    * ``crdt_cache_keys`` (default 262144): per CRDT namespace, how many
+      keys' folded states the C fast path keeps in memory (merges and reads
+      of a cached key need no fold; others are folded from the log and the
+      store on first use).
     * ``clock``: a callable returning wall-clock ms, for tests.
     * ``stall_log_bytes`` (bytes, default 4 GiB) and ``stall_max_ms`` (ms,
       default 100): write stalls, the backpressure of a compactor that
@@ -158,6 +167,9 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         wait = opts["stall_max_ms"]
         if not isinstance(wait, int) or isinstance(wait, bool) or not 0 <= wait <= 86_400_000:
             raise InvalidOptionError("stall_max_ms must be an int in 0..86400000 (ms)")
+        ck = opts["crdt_cache_keys"]
+        if not isinstance(ck, int) or isinstance(ck, bool) or not 1 <= ck <= (1 << 31):
+            raise InvalidOptionError("crdt_cache_keys must be an int in 1..2**31")
         self._options = opts
         self.path = os.path.realpath(os.fspath(path))
         self.node_id = node_id
@@ -249,10 +261,12 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
     def _wire(self) -> None:
         """Create the components and hand each its collaborators."""
         opts, log, store = self._options, self._log, self._store
-        self._merge_lock = threading.RLock()  # re-entrant: operators are user code
+        self._merge_lock = MergeLock()  # re-entrant (operators are user code); the C merge paths take it too
         self._fold_lock = threading.Lock()
         self._pins = PinSet()
-        self._fastpaths = FastPaths(log, store, self.node_id)
+        self._fastpaths = FastPaths(log, store, self.node_id, merge_lock=self._merge_lock,
+                                    max_successive_merges=opts["max_successive_merges"],
+                                    cache_keys=opts["crdt_cache_keys"])
         self._listeners = CommitListeners(lambda on: self._fastpaths.block("listeners", on))
         self._digests = DigestTree(log, store, self._catalog, self._merge_lock, self.path, opts["digests"])
         self._committer = Committer(
@@ -286,6 +300,8 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
                        committer=self._committer, scanner=self._scanner, owner=self)
         if operator is None:
             self._fastpaths.bind(ns, fresh)
+        else:
+            self._fastpaths.bind_crdt(ns, fresh)
         return ns
 
     def close(self) -> None:

@@ -147,6 +147,7 @@ _STATUS_ERRORS: Dict[int, Tuple[Type[Exception], str]] = {
                            f"batch larger than {lib.ABASE_MAX_BATCH} encoded bytes (40 + key + value, "
                            "padded to 8, a record)"),
     lib.ABASE_ECLOSED: (EngineClosedError, "the engine is closed"),
+    lib.ABASE_ECONFLICT: (AbaseError, "the key changed meanwhile"),
 }
 
 

@@ -1,11 +1,16 @@
-"""Wiring of the C fast paths (``csrc/fastcall.c``) of the LWW namespaces.
+"""Wiring of the C fast paths of the namespaces.
 
-Each LWW namespace gets a ``_fast.FastPath``: ``put``, ``get`` (and, for the
-default namespace, ``put_many`` and ``get_many``) in one CPython-API call
-into the C core, with the namespace's general Python methods as the fallback
-for anything unusual (non-bytes arguments, a snapshot read, an error, a key
-the log does not hold). :class:`FastPaths` is the registry that creates
-them and keeps two facts current in all of them:
+Each LWW namespace gets a ``_fast.FastPath`` (``csrc/fastcall.c``): ``put``,
+``get`` (and, for the default namespace, ``put_many`` and ``get_many``) in
+one CPython-API call into the C core. Each namespace whose merge operator is
+one of the built-in CRDTs that C implements (every one but ORMap; exactly
+those classes, not subclasses) gets a ``_fast.CrdtPath``
+(``csrc/crdt_path.c``): ``merge``, ``get``, ``delete``, ``merge_many`` and
+``get_many``, folded and built in C with a cache of folded states. Both
+fall back to the namespace's general Python methods for anything unusual
+(non-bytes arguments, a snapshot read, an error, a raw operand).
+:class:`FastPaths` is the registry that creates them and keeps three facts
+current in all of them:
 
 * *enabled*: writes may bypass Python. Off while anything needs to see each
   write in Python: an injected wall clock, maintained digests, a commit
@@ -14,8 +19,12 @@ them and keeps two facts current in all of them:
   does not hold is absent without an LMDB lookup. Refreshed after every
   store commit (:meth:`FastPaths.store_written`), which comes before the log
   stops showing the versions that commit folded.
+* *store_gen* (CRDT paths): the store's generation; a cached state folded
+  at another one is folded again, since the commit may have moved its
+  versions from the log into the store.
 
-Locks: one lock guards the registry and the blocker set.
+Locks: one lock guards the registry and the blocker set. The CRDT paths
+take the engine's merge lock (a ``_fast.MergeLock``) around each merge.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from . import _fast
+from .crdt import Operation, c_tag
 from .log import Log
 from .record import Timestamp
 from .store import Store
@@ -41,12 +51,20 @@ class FastPaths:
         status-to-exception mapping.
     :param store: answers which namespaces it holds nothing of.
     :param node_id: stamped into the Timestamps the fast paths return.
+    :param merge_lock: the engine's merge lock (CRDT merges take it).
+    :param max_successive_merges: records a read may walk before a merge
+        also writes a checkpoint (the engine option).
+    :param cache_keys: keys whose folded state each CRDT path keeps.
     """
 
-    def __init__(self, log: Log, store: Store, node_id: int) -> None:
+    def __init__(self, log: Log, store: Store, node_id: int, *, merge_lock: Any = None,
+                 max_successive_merges: int = 64, cache_keys: int = 1 << 18) -> None:
         self._log = log
         self._store = store
         self._node_id = node_id
+        self._merge_lock = merge_lock
+        self._max_merges = max_successive_merges
+        self._cache_keys = cache_keys
         self._lock = threading.Lock()
         self._paths: List[Tuple["Namespace", Any]] = []
         self._by_ns: Dict[int, Any] = {}
@@ -76,7 +94,34 @@ class FastPaths:
         ns.put = fp.put  # type: ignore[method-assign]
         ns.get = fp.get  # type: ignore[method-assign]
 
-    # -- the two facts -----------------------------------------------------
+    def bind_crdt(self, ns: "Namespace", fresh: bool) -> bool:
+        """Route ``merge``, ``get``, ``delete``, ``merge_many`` and
+        ``get_many`` of the merge namespace ``ns`` through a new CRDT fast
+        path, if C implements its operator's type; returns whether it does."""
+        operator = ns.merge_operator
+        tag = c_tag(operator)
+        if tag is None or self._merge_lock is None:
+            return False
+        handle, functions = self._log.merge_handle()
+        cp = _fast.CrdtPath(
+            handle, functions, ns.id, tag, self._node_id, Timestamp, Operation, type(operator), self._merge_lock,
+            self._max_merges, self._cache_keys,
+            slow_merge=type(ns).merge.__get__(ns), slow_get=type(ns).get.__get__(ns),
+            slow_delete=type(ns).delete.__get__(ns), store_get=ns.reader.stored_raw, fail=self._log.error)
+        cp.store_empty = fresh
+        cp.store_gen = self._store.generation
+        with self._lock:
+            cp.enabled = not self._blockers
+            self._paths.append((ns, cp))
+            self._by_ns[ns.id] = cp
+        ns.merge = cp.merge  # type: ignore[method-assign]
+        ns.get = cp.get  # type: ignore[method-assign]
+        ns.delete = cp.delete  # type: ignore[method-assign]
+        ns.merge_many = cp.merge_many  # type: ignore[method-assign]
+        ns.get_many = cp.get_many  # type: ignore[method-assign]
+        return True
+
+    # -- the facts -----------------------------------------------------------
     @property
     def enabled(self) -> bool:
         """True while no blocker holds the fast paths off."""
@@ -102,8 +147,11 @@ class FastPaths:
         """After each store commit: refresh every fast path's store-empty flag."""
         paths = list(self._paths)
         empty = self._store.holds_nothing([ns.id for ns, _fp in paths])
+        gen = self._store.generation
         for ns, fp in paths:
             fp.store_empty = empty[ns.id]
+            if not ns.lww:
+                fp.store_gen = gen
 
     def detach_all(self) -> None:
         """At close: every fast path takes the general path from now on."""

@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ChangeFeed", "CommitListeners", "CURSOR", "parse_cursor"]
 
 _logger = logging.getLogger("abase_engine")
-_DELETE = int(Op.DELETE)
+_DELETE, _PUT = int(Op.DELETE), int(Op.PUT)
 
 #: The cursor format (see the module docstring).
 CURSOR = struct.Struct(">IQ")
@@ -155,13 +155,13 @@ class ChangeFeed:
             n = 0
             for seg_no, next_off, (ns, key, op, flags, hlc, node, value) in self._log.read_from(seg, off):
                 self._floors[token] = seg_no
-                if ns == NS_DEFS or flags & F_CHECKPOINT:
-                    continue  # local bookkeeping, not replicated
+                if ns == NS_DEFS or (flags & F_CHECKPOINT and op == _PUT):
+                    continue  # local bookkeeping (a checkpoint put), not replicated; a delete is a write
                 if node != self._node_id and not include_applied:
                     continue
                 if limit is not None and n >= limit:
                     return
-                yield Change(self._catalog.name_of(ns), key, Op(op), None if op == _DELETE else value,
+                yield Change(self._catalog.name_of(ns), key, Op(op), None if op == _DELETE and not value else value,
                              from_packed(hlc, node), CURSOR.pack(seg_no, next_off))
                 n += 1
         finally:

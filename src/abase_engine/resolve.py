@@ -22,13 +22,15 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ._fast import crdt_fold
+from .crdt import c_tag
 from .errors import SnapshotTooOldError
 from .log import DELETED, NEEDBASE, Log
 from .merge import MergeOperator
 from .record import Op, Timestamp
 from .store import STATE, TOMBSTONE, VALUE, Store, Stored
 
-__all__ = ["fold_lww", "fold_merge", "KeyReader", "Version", "MISSING"]
+__all__ = ["fold_lww", "fold_merge", "join_all", "KeyReader", "Version", "MISSING"]
 
 _PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
 
@@ -60,10 +62,15 @@ def fold_lww(base: Optional[Stored], versions: Sequence[Version]) -> Optional[St
 def fold_merge(operator: MergeOperator, base: Optional[Stored], versions: Sequence[Version]) -> Optional[Stored]:
     """The merge-namespace result of a stored version and log versions.
 
-    The anchor is the newest delete; every put or merge operand newer than it
-    is joined (a put joins like an operand: a CRDT state is its own delta).
-    Returns a STATE (with its anchor), a TOMBSTONE, or None.
+    With an operator whose deletes join (every CRDT), the result is the join
+    of the stored state and every version's value, deletes included (their
+    values are removal deltas), stamped with the newest timestamp: a STATE,
+    or None when there is nothing. Otherwise (a user operator) the anchor is
+    the newest delete and every put or merge operand newer than it is
+    joined; the result is a STATE (with its anchor), a TOMBSTONE, or None.
     """
+    if operator.deletes_join:
+        return _fold_joins(operator, base, versions)
     anchor = (0, 0)
     for op, hlc, node, _v in versions:
         if op == _DELETE and (hlc, node) > anchor:
@@ -89,6 +96,37 @@ def fold_merge(operator: MergeOperator, base: Optional[Stored], versions: Sequen
         return (TOMBSTONE, anchor[0], anchor[1], 0, 0, b"")
     state = operands[0] if len(operands) == 1 else operator.full_merge(None, operands)
     return (STATE, newest[0], newest[1], anchor[0], anchor[1], state)
+
+
+def _fold_joins(operator: MergeOperator, base: Optional[Stored], versions: Sequence[Version]) -> Optional[Stored]:
+    """:func:`fold_merge` for operators whose deletes join: join everything."""
+    values: List[bytes] = []
+    newest = (0, 0)
+    if base is not None and base[0] == STATE:
+        values.append(base[5])
+        newest = (base[1], base[2])
+    for _op, hlc, node, value in versions:
+        values.append(value)
+        if (hlc, node) > newest:
+            newest = (hlc, node)
+    if not values:
+        return None
+    return (STATE, newest[0], newest[1], 0, 0, join_all(operator, values))
+
+
+def join_all(operator: MergeOperator, values: List[bytes]) -> bytes:
+    """The join of encoded states, in C for the built-in CRDTs the C core
+    implements (the same bytes as ``operator.full_merge(None, values)``,
+    which also says what is wrong with an undecodable value)."""
+    if len(values) == 1:
+        return values[0]
+    tag = c_tag(operator)
+    if tag is not None:
+        try:
+            return crdt_fold(tag, values)
+        except ValueError:
+            pass  # the Python operator raises the right MergeOperandError
+    return operator.full_merge(None, values)
 
 
 def _at(at: Optional[Timestamp]) -> Tuple[int, int]:
@@ -152,6 +190,13 @@ class KeyReader:
         return default if value is None else value
 
     # -- merge namespaces ----------------------------------------------------
+    def stored_raw(self, key: bytes) -> Optional[bytes]:
+        """The key's stored version, encoded as the store keeps it, or None
+        (the C merge fast path folds it after the log's versions)."""
+        if key:
+            return self._store.lookup(self._dbi, key)
+        return self._store.get_raw(self._ns, key)
+
     def state(self, key: bytes, at: Optional[Timestamp]) -> Optional[bytes]:
         """The folded encoded state of a merge-namespace key as of ``at``, or None."""
         return self.state_counted(key, at)[0]

@@ -9,8 +9,13 @@ Layout of ``<dir>/store`` (one LMDB environment):
   ``kind u8 | hlc u64 | node u32 [| anchor_hlc u64 | anchor_node u32] | bytes``
   (little-endian). ``kind`` is VALUE (an LWW value), TOMBSTONE (a delete
   kept for ``tombstone_grace``) or STATE (a merge namespace's folded
-  state); bit 0x80 says an anchor (the newest delete folded into a STATE)
-  follows.
+  state, stamped with its newest record's timestamp); bit 0x80 says an
+  anchor (the newest delete folded into a STATE) follows: only for merge
+  operators whose deletes reset the key (not the CRDTs, whose states carry
+  what deletes removed and are never tombstones).
+* ``format``: the store's format version, ``FORMAT_VERSION`` in decimal;
+  another one is refused with ``FormatVersionError`` (version 2 changed the
+  CRDT state encodings; no upgrade path).
 * ``tombstones``: ``hlc u64 BE | node u32 BE | ns u32 BE | xxh64(key)`` ->
   key, so purging expired tombstones reads only tombstones, oldest first.
 * the empty key, which LMDB cannot store, is kept in ``meta`` under
@@ -47,7 +52,7 @@ from .errors import CorruptionError, EngineClosedError, FormatVersionError, io_f
 
 __all__ = ["Store", "Stored", "VALUE", "TOMBSTONE", "STATE", "FORMAT_VERSION", "fsync_dir"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: CRDT states carry what deletes removed (no anchor)
 VALUE = 1
 TOMBSTONE = 2
 STATE = 3

@@ -6,9 +6,13 @@ are the engine's own (:mod:`abase_engine.merge`, ``compactor.fold_merge``):
 
 * LWW namespaces: the record with the greatest ``(HLC, node id)`` wins, a
   DELETE included.
-* CRDT namespaces: the newest DELETE is the *anchor*; every PUT or MERGE
-  newer than it is joined with the operator's ``full_merge`` (a state is
-  its own delta), stamped with the newest of their timestamps.
+* CRDT namespaces whose deletes are removal deltas (``deletes_join``, every
+  built-in type): every record is joined, DELETEs included (their value is
+  what they removed), stamped with the newest timestamp: the same join the
+  engine computes, whatever order and grouping the records came in.
+* other merge operators: the newest DELETE is the *anchor*; every PUT or
+  MERGE newer than it is joined with the operator's ``full_merge`` (a state
+  is its own delta), stamped with the newest of their timestamps.
 
 Thread-safety: pure functions (operators are stateless or immutable).
 """
@@ -47,8 +51,18 @@ def resolve(operator: Optional[MergeOperator], records: Iterable[Optional[Change
     recs = [r for r in records if r is not None]
     if not recs:
         return None
+    values: List[bytes]
     if operator is None:
         return max(recs, key=lambda r: r.timestamp)
+    if operator.deletes_join:
+        recs.sort(key=lambda r: r.timestamp)
+        values: List[bytes] = []
+        for r in recs:
+            v = operator.delete_operand(r.value, r.timestamp) if r.op == Op.DELETE else r.value
+            if v not in values:  # joins are idempotent: skip repeats, keep the result the same
+                values.append(v)
+        state = values[0] if len(values) == 1 else operator.full_merge(None, values)
+        return Change(recs[-1].namespace, recs[-1].key, Op.MERGE, state, recs[-1].timestamp)
     anchor = max((r for r in recs if r.op == Op.DELETE), key=lambda r: r.timestamp, default=None)
     live = sorted((r for r in recs if r.op != Op.DELETE and (anchor is None or r.timestamp > anchor.timestamp)),
                   key=lambda r: r.timestamp)
@@ -71,7 +85,7 @@ def same_record(operator: Optional[MergeOperator], x: Optional[Change], y: Optio
     """
     if x is None or y is None:
         return x is y
-    if operator is not None and x.op != Op.DELETE:
+    if operator is not None and (x.op != Op.DELETE or operator.deletes_join):
         return x.op == y.op and x.value == y.value
     return x.op == y.op and x.timestamp == y.timestamp and x.value == y.value
 
