@@ -15,9 +15,10 @@ setup(
     ext_modules=[
         Extension(
             "abase_engine._fast",
-            sources=["csrc/fastcall.c"],
+            sources=["csrc/fastcall.c", "csrc/fast_timestamp.c", "csrc/fast_store.c", "csrc/fast_scan.c",
+                     "csrc/fast_batch.c"],
             include_dirs=["csrc"],
-            depends=["csrc/abase.h"],
+            depends=["csrc/abase.h", "csrc/fast.h"],
             extra_compile_args=_CFLAGS,
         )
     ],

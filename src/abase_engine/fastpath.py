@@ -15,6 +15,10 @@ them and keeps two facts current in all of them:
   store commit (:meth:`FastPaths.store_written`), which comes before the log
   stops showing the versions that commit folded.
 
+A key the log does not hold is otherwise looked up in C too, through the
+store's per-thread read transactions (:attr:`Store.reader`,
+``csrc/fast_store.c``), with no Python frame on the way.
+
 Locks: one lock guards the registry and the blocker set.
 """
 
@@ -60,7 +64,8 @@ class FastPaths:
         fp = _fast.FastPath(
             handle, functions, ns.id, Timestamp, self._node_id,
             slow_put=type(ns).put.__get__(ns), slow_get=type(ns).get.__get__(ns),
-            slow_put_many=put_many, store_get=ns.reader.stored_value, fail=self._log.error)
+            slow_put_many=put_many, store_get=ns.reader.stored_value, fail=self._log.error,
+            reader=self._store.reader, dbi=self._store.db(ns.id))
         with self._lock:
             fp.enabled = not self._blockers
             self._paths.append((ns, fp))
