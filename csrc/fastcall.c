@@ -419,22 +419,18 @@ fail:
 
 /* ------------------------------------------------------------ scan_split */
 
-/* scan_split(data, items, pairs=False) -> [(key, status, value, hlc, node, op), ...]
+/* scan_split(data, items) -> [(key, status, value, hlc, node, op), ...]
  *
  * Decodes one buffer (read in place) of abase_scan_next entries (layout in
  * abase.h); value is None where the entry carries none (see log.py's
- * Log.scan). With pairs true, an entry with a value (status >= 0) becomes
- * just (key, value), a deleted one (ABASE_DELETED) is left out, and the
- * result is (entries, only_pairs). */
+ * Log.scan). LWW scans of the engine are decoded by ScanIter
+ * (fast_scan.c) instead. */
 static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
 {
-    if ((nargs != 2 && nargs != 3) || !PyLong_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "scan_split(data: buffer, items: int, pairs: bool = False)");
+    if (nargs != 2 || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "scan_split(data: buffer, items: int)");
         return NULL;
     }
-    int pairs = nargs == 3 ? PyObject_IsTrue(args[2]) : 0;
-    if (pairs < 0)
-        return NULL;
     Py_ssize_t items = PyLong_AsSsize_t(args[1]);
     if (items < 0) {
         if (!PyErr_Occurred())
@@ -452,7 +448,6 @@ static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
         return NULL;
     }
     size_t off = 0;
-    int only_pairs = 1;
     for (Py_ssize_t i = 0; i < items; i++) {
         if (n - off < 40) {
             PyErr_Format(PyExc_ValueError, "scan entry %zd runs past the buffer", i);
@@ -472,8 +467,6 @@ static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
             return NULL;
         }
         off += 40 + kpad + vpad;
-        if (pairs && status == ABASE_DELETED)
-            continue;
         PyObject *value;
         if (status >= 0 || (status == ABASE_NEEDBASE && op != 0))
             value = PyBytes_FromStringAndSize((const char *)e + 40 + kpad, vlen);
@@ -483,9 +476,7 @@ static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
             value = Py_None;
         }
         PyObject *t = NULL;
-        if (value && pairs && status >= 0)
-            t = Py_BuildValue("(y#N)", (const char *)e + 40, (Py_ssize_t)klen, value);
-        else if (value && (only_pairs = 0, 1))
+        if (value)
             t = Py_BuildValue("(y#iNKII)", (const char *)e + 40, (Py_ssize_t)klen, (int)status,
                               value, (unsigned long long)hlc, node, op);
         if (!t || PyList_Append(out, t) < 0) {
@@ -497,8 +488,6 @@ static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
         Py_DECREF(t);
     }
     PyBuffer_Release(&view);
-    if (pairs)
-        return Py_BuildValue("(NO)", out, only_pairs ? Py_True : Py_False);
     return out;
 }
 
@@ -740,7 +729,7 @@ static PyMethodDef fast_functions[] = {
     {"fold_split", (PyCFunction)(void (*)(void))fold_split, METH_FASTCALL,
      "fold_split(data, items, lww_ids) -> (pairs, tombs, rest, nbytes); see fastcall.c."},
     {"scan_split", (PyCFunction)(void (*)(void))scan_split, METH_FASTCALL,
-     "scan_split(data, items, pairs=False) -> list of entries; see fastcall.c."},
+     "scan_split(data, items) -> list of entries; see fastcall.c."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -98,6 +98,12 @@ class FastPaths:
             for _ns, fp in self._paths:
                 fp.enabled = enabled
 
+    def path_of(self, ns: "Namespace") -> Any:
+        """The fast path of the LWW namespace ``ns``.
+
+        :raises KeyError: ``ns`` has none (a merge namespace)."""
+        return self._by_ns[ns.id]
+
     def store_empty(self, ns: "Namespace") -> bool:
         """True if the store is known to hold nothing of the LWW namespace ``ns``."""
         fp = self._by_ns.get(ns.id)
