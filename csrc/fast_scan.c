@@ -460,6 +460,10 @@ static PyObject *scan_iternext(ScanIter *it)
         }
         return r;
     }
+    if (!it->fp->db) { /* the engine closed: its store's cursor is gone too */
+        raise_made(it, "closed", NULL);
+        return scan_fail(it);
+    }
     for (;;) {
         if (!it->have_log && next_log(it) < 0)
             return scan_fail(it);

@@ -672,8 +672,17 @@ static PyType_Spec fp_spec = {
 
 fast_state *fast_state_of(PyTypeObject *tp)
 {
-    PyObject *m = PyType_GetModule(tp);
-    return m ? (fast_state *)PyModule_GetState(m) : NULL;
+    /* a Python subclass has no module: its first base of ours has */
+    for (PyTypeObject *t = tp; t; t = t->tp_base) {
+        if (!PyType_HasFeature(t, Py_TPFLAGS_HEAPTYPE))
+            continue;
+        PyObject *m = PyType_GetModule(t);
+        if (m)
+            return (fast_state *)PyModule_GetState(m);
+        PyErr_Clear();
+    }
+    PyErr_Format(PyExc_TypeError, "%.100s is not a type of abase_engine._fast", tp->tp_name);
+    return NULL;
 }
 
 static int fast_exec(PyObject *m)

@@ -202,6 +202,22 @@ def test_engine_closed_under_a_scan(tmp_path, copy_mode):
         db.scan()
 
 
+def test_engine_closed_under_a_store_only_scan_and_before_a_lazy_open(tmp_path):
+    from abase_engine.crdt import GCounter
+    db = ae.open(str(tmp_path / "db"), compact_interval=None)
+    db.put_many([(b"k%05d" % i, b"v") for i in range(3000)])
+    counters = db.namespace("c", merge=GCounter())
+    counters.merge(b"x", GCounter.increment(1))
+    db.compact(wait=True)  # the log is empty: the scan reads the store's cursor only
+    it = db.scan()
+    assert next(it) == (b"k00000", b"v")
+    lazy_lww, lazy_merge = db.scan(), counters.scan()  # not opened yet
+    db.close()
+    for scan in (it, lazy_lww, lazy_merge):
+        with pytest.raises(errors.EngineClosedError):
+            list(scan)
+
+
 def test_scan_iter_refuses_bad_plans():
     with pytest.raises(TypeError):
         _fast.ScanIter(5)

@@ -158,7 +158,9 @@ class Log(SegmentAccess):
         return int(fn()) if fn is not None else int(time.time() * 1000)
 
     def clock(self) -> int:
-        """The packed HLC last issued or observed."""
+        """The packed HLC last issued or observed. :raises EngineClosedError:"""
+        if self._db is None:
+            raise EngineClosedError("clock of a closed engine")
         return lib.abase_db_clock(self._db)
 
     def clock_now(self) -> int:
@@ -346,7 +348,11 @@ class Log(SegmentAccess):
     def scan_chunks(self, ns: int, start: Optional[bytes], stop: Optional[bytes], prefix: Optional[bytes],
                     reverse: bool, at_hlc: int, at_node: int, merge_mode: bool,
                     batch: int = 512) -> Iterator[list]:
-        """:meth:`scan` a list of entries at a time."""
+        """:meth:`scan` a list of entries at a time.
+
+        :raises EngineClosedError: the log is closed."""
+        if self._db is None:
+            raise EngineClosedError("scan on a closed engine")
         out = ffi.new("abase_scan **")
         s = b"" if start is None else start
         e = b"" if stop is None else stop
