@@ -103,34 +103,44 @@ static int scan_wants(const collect *c, const uint8_t *r)
     return 1;
 }
 
-/* Sort addresses ascending: LSD radix on 16-bit digits, skipping a digit
- * every address shares (segment numbers differ in few bits). */
+/* Sort addresses into log order, for reading the records in sequence:
+ * LSD radix on 8-bit digits (256 buckets: the scatter stays in cache) of
+ * (segment - first) << 25 | offset >> 6. Records are at least 40 bytes and
+ * 8-aligned, so dropping the low 6 bits only leaves the order of records
+ * within a 64-byte line open; offsets are below 2^31 (segments at most
+ * 2 GiB). */
 static int sort_addrs(uint64_t *a, uint64_t n)
 {
     if (n < 2)
         return ABASE_OK;
-    uint64_t *tmp = malloc(n * sizeof(uint64_t));
-    uint64_t *count = malloc(65536 * sizeof(uint64_t));
-    if (!tmp || !count) {
-        free(tmp);
-        free(count);
-        return ABASE_ENOMEM;
+    uint64_t lo_seg = UINT64_MAX, hi_seg = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t seg = a[i] >> 32;
+        lo_seg = seg < lo_seg ? seg : lo_seg;
+        hi_seg = seg > hi_seg ? seg : hi_seg;
     }
+    uint64_t span = ((hi_seg - lo_seg) << 25) | ((UINT64_C(1) << 25) - 1);
+    unsigned bits = 64 - (unsigned)__builtin_clzll(span);
+    uint64_t *tmp = malloc(n * sizeof(uint64_t));
+    if (!tmp)
+        return ABASE_ENOMEM;
     uint64_t *src = a, *dst = tmp;
-    for (unsigned shift = 0; shift < 64; shift += 16) {
-        memset(count, 0, 65536 * sizeof(uint64_t));
+    for (unsigned shift = 0; shift < bits; shift += 8) {
+        uint64_t count[256] = {0};
+#define SORT_DIGIT(x) (((((x) >> 32) - lo_seg) << 25 | ((x) & 0xffffffffu) >> 6) >> shift & 0xff)
         for (uint64_t i = 0; i < n; i++)
-            count[(src[i] >> shift) & 0xffff]++;
-        if (count[(src[0] >> shift) & 0xffff] == n)
+            count[SORT_DIGIT(src[i])]++;
+        if (count[SORT_DIGIT(src[0])] == n)
             continue; /* one bucket: already in order by this digit */
         uint64_t sum = 0;
-        for (uint32_t d = 0; d < 65536; d++) {
+        for (int d = 0; d < 256; d++) {
             uint64_t c = count[d];
             count[d] = sum;
             sum += c;
         }
         for (uint64_t i = 0; i < n; i++)
-            dst[count[(src[i] >> shift) & 0xffff]++] = src[i];
+            dst[count[SORT_DIGIT(src[i])]++] = src[i];
+#undef SORT_DIGIT
         uint64_t *t = src;
         src = dst;
         dst = t;
@@ -138,7 +148,6 @@ static int sort_addrs(uint64_t *a, uint64_t n)
     if (src != a)
         memcpy(a, src, n * sizeof(uint64_t));
     free(tmp);
-    free(count);
     return ABASE_OK;
 }
 
