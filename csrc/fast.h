@@ -63,6 +63,11 @@ fast_state *fast_state_of(PyTypeObject *tp);
 #define STORED_TOMBSTONE 2
 #define STORED_HEADER 13
 
+/* The value part of a stored VALUE version `raw` (at least STORED_HEADER
+ * bytes): a new reference, or NULL with an exception. Consumes `raw`,
+ * reusing it when nothing else holds it. */
+PyObject *fast_strip_header(PyObject *raw);
+
 /* ------------------------------------------------------ FastPath */
 
 /* One namespace's fast path (fastcall.c). Shared so that BatchBuffer and

@@ -426,18 +426,22 @@ static PyObject *from_store(ScanIter *it)
         Py_DECREF(item);
         Py_RETURN_NONE;
     }
+    if (Py_REFCNT(item) == 1) {
+        /* nothing else holds py-lmdb's fresh tuple: reuse it, and the
+         * stored bytes in it (fast_strip_header) */
+        PyTuple_SET_ITEM(item, 1, NULL);
+        PyObject *value = fast_strip_header(raw);
+        if (!value) {
+            Py_DECREF(item);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(item, 1, value);
+        return item;
+    }
     PyObject *value = PyBytes_FromStringAndSize((const char *)p + STORED_HEADER, n - STORED_HEADER);
     if (!value) {
         Py_DECREF(item);
         return NULL;
-    }
-    if (Py_REFCNT(item) == 1) {
-        /* nothing else holds py-lmdb's fresh tuple: reuse it */
-        if (PyTuple_SetItem(item, 1, value) < 0) {
-            Py_DECREF(item);
-            return NULL;
-        }
-        return item;
     }
     Py_INCREF(key);
     Py_DECREF(item);

@@ -128,6 +128,23 @@ static PyObject *log_value(FastPath *self, PyObject *key, int64_t *rc)
     return NULL;
 }
 
+PyObject *fast_strip_header(PyObject *raw)
+{
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    if (Py_REFCNT(raw) == 1 && PyBytes_CheckExact(raw)) {
+        /* py-lmdb's fresh bytes, ours alone: move the value down and shrink
+         * the object in place rather than allocate and copy a second one */
+        char *p = PyBytes_AS_STRING(raw);
+        memmove(p, p + STORED_HEADER, (size_t)(n - STORED_HEADER));
+        if (_PyBytes_Resize(&raw, n - STORED_HEADER) < 0)
+            return NULL; /* raw was freed */
+        return raw;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(raw) + STORED_HEADER, n - STORED_HEADER);
+    Py_DECREF(raw);
+    return out;
+}
+
 /* The value of a key the log does not hold, from the store through the
  * thread's cached read transaction (fast_store.c). New reference; NULL
  * with an exception; or NULL without one when the general path must
@@ -145,9 +162,9 @@ static PyObject *store_value(FastPath *self, PyObject *key, PyObject *dflt)
         const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(raw);
         Py_ssize_t n = PyBytes_GET_SIZE(raw);
         PyObject *out = NULL;
-        if (n >= STORED_HEADER && p[0] == STORED_VALUE) {
-            out = PyBytes_FromStringAndSize((const char *)p + STORED_HEADER, n - STORED_HEADER);
-        } else if (n >= STORED_HEADER && p[0] == STORED_TOMBSTONE) {
+        if (n >= STORED_HEADER && p[0] == STORED_VALUE)
+            return fast_strip_header(raw); /* consumes raw */
+        if (n >= STORED_HEADER && p[0] == STORED_TOMBSTONE) {
             Py_INCREF(dflt);
             out = dflt;
         }
