@@ -59,11 +59,12 @@ Issue 13's rows (steady state, engine defaults: compactor on):
 
 * put_kept (abase, plyvel, rocksdict, dict): N puts on a fresh store with
   the results kept in a list, as ``[db.put(k, v) for ...]`` does;
-* put_batch_on, get_hit_loaded (abase): a fresh store with the engine
-  defaults loaded with put_many, then gets of every key right away, while
-  the compactor folds the load (compared with py-lmdb's get_hit);
-* batch_ctx (abase): a fresh default store loaded through ``db.batch()``,
-  1000 ``b.put`` per batch (compared with put_batch_on);
+* put_batch_on, batch_ctx, get_hit_loaded (abase): a fresh store with the
+  engine defaults loaded batch by batch, alternately with put_many
+  (put_batch_on) and with ``db.batch()`` and 1000 ``b.put`` calls
+  (batch_ctx), so both meet the same compactor activity; then gets of every
+  key right away, while the compactor folds the load (compared with
+  py-lmdb's get_hit);
 * get_miss_compacted (every store): misses after the compact step;
 * the foreground get/put p99 while compact() runs vs idle (the engine
   figure compaction_p99), run by default (``--no-p99`` skips it).
@@ -719,18 +720,31 @@ def timed_put_kept_loop(put, keys, vals, stride):
     return pc() - t0, lat, kept
 
 
-def timed_batch_ctx_loop(batch, batches):
-    """One ``with batch() as b: b.put(k, v) ...`` per batch of pairs, timing every batch."""
+def timed_alternating_batches(put_batch, batch, batches):
+    """Load ``batches`` alternating between ``put_batch(pairs)`` (even
+    batches) and ``with batch() as b: b.put(k, v) ...`` (odd batches), each
+    timed: both ways of writing a batch then meet the same store, the same
+    compactor activity and the same machine load. Returns
+    ((ns, samples, records) of put_batch, (ns, samples, records) of batch())."""
     pc = time.perf_counter_ns
-    lat = []
-    t0 = pc()
-    for pairs in batches:
-        a = pc()
-        with batch() as b:
-            for k, v in pairs:
-                b.put(k, v)
-        lat.append(pc() - a)
-    return pc() - t0, lat
+    many, ctx = [0, [], 0], [0, [], 0]
+    for i, pairs in enumerate(batches):
+        if i % 2 == 0:
+            a = pc()
+            put_batch(pairs)
+            d = pc() - a
+            side = many
+        else:
+            a = pc()
+            with batch() as b:
+                for k, v in pairs:
+                    b.put(k, v)
+            d = pc() - a
+            side = ctx
+        side[0] += d
+        side[1].append(d)
+        side[2] += len(pairs)
+    return tuple(many), tuple(ctx)
 
 
 def timed_batch_loop(put_batch, batches):
@@ -922,16 +936,20 @@ def run_child(cfg: dict) -> dict:
             del s
             gc.collect()
 
-        # abase with the engine defaults (compactor on): a put_many load, then
-        # gets right away while the compactor folds it; then a db.batch() load.
-        if "put_batch_on" in plan or "get_hit_loaded" in plan:
+        # abase with the engine defaults (compactor on): a load that alternates
+        # put_many and db.batch() batch by batch, then gets right away while
+        # the compactor folds it.
+        if any(x in plan for x in ("put_batch_on", "batch_ctx", "get_hit_loaded")):
             p = os.path.join(workdir, "loaded")
             os.mkdir(p)
             s = adapter(p, **opts)
 
             def w():
-                total, lat = timed_batch_loop(s.put_batch, data.batches)
-                _record(res, "put_batch_on", data.n, total, lat, f"batch of {BATCH} (put_many, compactor on)")
+                many, ctx = timed_alternating_batches(s.put_batch, s.db.batch, data.batches)
+                _record(res, "put_batch_on", many[2], many[0], many[1],
+                        f"batch of {BATCH} (put_many; alternating with batch_ctx, compactor on)")
+                _record(res, "batch_ctx", ctx[2], ctx[0], ctx[1],
+                        f"db.batch() of {BATCH} b.put calls (alternating with put_batch_on)")
 
             guarded("put_batch_on", w)
             if "get_hit_loaded" in plan:
@@ -945,20 +963,6 @@ def run_child(cfg: dict) -> dict:
                         out["errors"].append({"workload": "get_hit_loaded",
                                               "error": f"found {found} of {data.n}"})
                 guarded("get_hit_loaded", w)
-            s.close()
-            shutil.rmtree(p, ignore_errors=True)
-            del s
-            gc.collect()
-        if "batch_ctx" in plan:
-            p = os.path.join(workdir, "batchctx")
-            os.mkdir(p)
-            s = adapter(p, **opts)
-
-            def w():
-                total, lat = timed_batch_ctx_loop(s.db.batch, data.batches)
-                _record(res, "batch_ctx", data.n, total, lat, f"db.batch() of {BATCH} b.put calls")
-
-            guarded("batch_ctx", w)
             s.close()
             shutil.rmtree(p, ignore_errors=True)
             del s

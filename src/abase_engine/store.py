@@ -117,8 +117,10 @@ class Store:
     def close(self) -> None:
         """Close the environment, after the point reads in flight (the cached
         read transactions are aborted; later reads raise ``lmdb.Error``)."""
-        self._reader.close()
-        self.env.close()
+        try:
+            self._reader.close()
+        finally:
+            self.env.close()
 
     @property
     def generation(self) -> int:
