@@ -15,10 +15,11 @@ setup(
     ext_modules=[
         Extension(
             "abase_engine._fast",
-            sources=["csrc/fastcall.c", "csrc/crdt_codec.c", "csrc/crdt_state.c", "csrc/crdt_ops.c",
+            sources=["csrc/fastcall.c", "csrc/fast_timestamp.c", "csrc/fast_store.c", "csrc/fast_scan.c",
+                     "csrc/fast_batch.c", "csrc/crdt_codec.c", "csrc/crdt_state.c", "csrc/crdt_ops.c",
                      "csrc/crdt_py.c", "csrc/crdt_path.c"],
             include_dirs=["csrc"],
-            depends=["csrc/abase.h", "csrc/crdt.h", "csrc/crdt_py.h"],
+            depends=["csrc/abase.h", "csrc/fast.h", "csrc/crdt.h", "csrc/crdt_py.h"],
             extra_compile_args=_CFLAGS,
         )
     ],

@@ -52,8 +52,23 @@ plyvel (sync=False), plyvel-sync, sqlite (WAL, synchronous=NORMAL),
 sqlite-full (WAL, synchronous=FULL), dict (in-memory upper bound).
 
 Non-durable stores run: put_single, put_batch, get_hit, get_miss, scan,
-overwrite, compact, get_hit_compacted, scan_compacted.  Durable stores run:
-put_batch (one fsync per batch), durable_put_1t, durable_put_8t.
+overwrite, compact, get_hit_compacted, get_miss_compacted, scan_compacted.
+Durable stores run: put_batch (one fsync per batch), durable_put_1t,
+durable_put_8t.
+
+Issue 13's rows (steady state, engine defaults: compactor on):
+
+* put_kept (abase, plyvel, rocksdict, dict): N puts on a fresh store with
+  the results kept in a list, as ``[db.put(k, v) for ...]`` does;
+* put_batch_on, batch_ctx, get_hit_loaded (abase): a fresh store with the
+  engine defaults loaded batch by batch, alternately with put_many
+  (put_batch_on) and with ``db.batch()`` and 1000 ``b.put`` calls
+  (batch_ctx), so both meet the same compactor activity; then gets of every
+  key right away, while the compactor folds the load (compared with
+  py-lmdb's get_hit);
+* get_miss_compacted (every store): misses after the compact step;
+* the foreground get/put p99 while compact() runs vs idle (the engine
+  figure compaction_p99), run by default (``--no-p99`` skips it).
 
 The ratio table divides abase-process by each peer for the non-durable
 workloads and abase-sync by each durable peer for the durable ones.
@@ -99,14 +114,24 @@ THREADS = 8
 
 #: Workloads of the non-durable stores, in the order they run.
 FAST_WORKLOADS = [
-    "put_single", "put_batch", "get_hit", "get_miss", "scan", "overwrite",
-    "compact", "get_hit_compacted", "scan_compacted",
+    "put_single", "put_kept", "put_batch_on", "get_hit_loaded", "batch_ctx",
+    "put_batch", "get_hit", "get_miss", "scan", "overwrite",
+    "compact", "get_hit_compacted", "get_miss_compacted", "scan_compacted",
 ]
 #: Workloads of the durable stores, in the order they run.
 DURABLE_WORKLOADS = ["put_batch", "durable_put_1t", "durable_put_8t"]
 ALL_WORKLOADS = FAST_WORKLOADS + ["durable_put_1t", "durable_put_8t"]
 #: Workloads left out of the ratio table (not comparable across stores).
 NO_RATIO = {"compact"}
+#: Workloads only some adapter kinds run (issue 13's rows): the engine-only
+#: ones compare with its own rows or with a peer's get_hit (see targets()),
+#: and put_kept runs where a million single puts take seconds, not minutes.
+KIND_ONLY = {
+    "put_kept": {"abase", "plyvel", "rocksdict", "dict"},
+    "put_batch_on": {"abase"},
+    "get_hit_loaded": {"abase"},
+    "batch_ctx": {"abase"},
+}
 
 #: store name -> (adapter kind, durable?, options)
 STORES = {
@@ -678,6 +703,53 @@ def timed_get_loop(get, keys, stride):
     return pc() - t0, lat, found
 
 
+def timed_put_kept_loop(put, keys, vals, stride):
+    """:func:`timed_put_loop` keeping every result in a list, as
+    ``[db.put(k, v) for ...]`` does (a returned object per put stays alive).
+    Returns (total_ns, samples_ns, kept results)."""
+    pc = time.perf_counter_ns
+    lat = []
+    app = lat.append
+    kept = []
+    n = len(keys)
+    t0 = pc()
+    for s in range(0, n, stride):
+        a = pc()
+        r = put(keys[s], vals[s])
+        app(pc() - a)
+        kept.append(r)
+        e = s + stride
+        kept += [put(k, v) for k, v in zip(keys[s + 1:e], vals[s + 1:e])]
+    return pc() - t0, lat, kept
+
+
+def timed_alternating_batches(put_batch, batch, batches):
+    """Load ``batches`` alternating between ``put_batch(pairs)`` (even
+    batches) and ``with batch() as b: b.put(k, v) ...`` (odd batches), each
+    timed: both ways of writing a batch then meet the same store, the same
+    compactor activity and the same machine load. Returns
+    ((ns, samples, records) of put_batch, (ns, samples, records) of batch())."""
+    pc = time.perf_counter_ns
+    many, ctx = [0, [], 0], [0, [], 0]
+    for i, pairs in enumerate(batches):
+        if i % 2 == 0:
+            a = pc()
+            put_batch(pairs)
+            d = pc() - a
+            side = many
+        else:
+            a = pc()
+            with batch() as b:
+                for k, v in pairs:
+                    b.put(k, v)
+            d = pc() - a
+            side = ctx
+        side[0] += d
+        side[1].append(d)
+        side[2] += len(pairs)
+    return tuple(many), tuple(ctx)
+
+
 def timed_batch_loop(put_batch, batches):
     """Call ``put_batch`` once per batch, timing every call."""
     pc = time.perf_counter_ns
@@ -817,7 +889,7 @@ def run_child(cfg: dict) -> dict:
         stride = cfg["stride"]
         wanted = cfg["workloads"]
         plan = DURABLE_WORKLOADS if durable else FAST_WORKLOADS
-        plan = [w for w in plan if w in wanted]
+        plan = [w for w in plan if w in wanted and kind in KIND_ONLY.get(w, {kind})]
         if kind == "dict":  # nothing to compact in a dict
             plan = [w for w in plan if w != "compact"]
         print(f"[{name}] N={data.n} value={data.value_size}B plan={plan}", file=sys.stderr, flush=True)
@@ -850,6 +922,55 @@ def run_child(cfg: dict) -> dict:
             del s
             gc.collect()
 
+        # put_kept: its own store (engine defaults), the results kept alive.
+        if "put_kept" in plan:
+            p = os.path.join(workdir, "kept")
+            os.mkdir(p)
+            s = adapter(p, **opts)
+
+            def w():
+                total, lat, kept = timed_put_kept_loop(s.put, data.keys, data.vals, stride)
+                _record(res, "put_kept", data.n, total, lat, f"op (1 in {stride} sampled), results kept")
+                del kept[:]
+
+            guarded("put_kept", w)
+            s.close()
+            shutil.rmtree(p, ignore_errors=True)
+            del s
+            gc.collect()
+
+        # abase with the engine defaults (compactor on): a load that alternates
+        # put_many and db.batch() batch by batch, then gets right away while
+        # the compactor folds it.
+        if any(x in plan for x in ("put_batch_on", "batch_ctx", "get_hit_loaded")):
+            p = os.path.join(workdir, "loaded")
+            os.mkdir(p)
+            s = adapter(p, **opts)
+
+            def w():
+                many, ctx = timed_alternating_batches(s.put_batch, s.db.batch, data.batches)
+                _record(res, "put_batch_on", many[2], many[0], many[1],
+                        f"batch of {BATCH} (put_many; alternating with batch_ctx, compactor on)")
+                _record(res, "batch_ctx", ctx[2], ctx[0], ctx[1],
+                        f"db.batch() of {BATCH} b.put calls (alternating with put_batch_on)")
+
+            guarded("put_batch_on", w)
+            if "get_hit_loaded" in plan:
+                def w():
+                    total, lat, found = timed_get_loop(s.get, data.perm_keys, stride)
+                    st = s.stats()
+                    _record(res, "get_hit_loaded", data.n, total, lat, f"op (1 in {stride} sampled), compactor on",
+                            found=found, index_keys_after=st.get("index_keys"),
+                            compactions_after=st.get("compactions"))
+                    if found != data.n:
+                        out["errors"].append({"workload": "get_hit_loaded",
+                                              "error": f"found {found} of {data.n}"})
+                guarded("get_hit_loaded", w)
+            s.close()
+            shutil.rmtree(p, ignore_errors=True)
+            del s
+            gc.collect()
+
         p = os.path.join(workdir, "main")
         os.mkdir(p)
         s = adapter(p, **opts_main)
@@ -866,7 +987,7 @@ def run_child(cfg: dict) -> dict:
                 _record(res, "put_batch", data.n, total, lat, f"batch of {BATCH}")
             guarded("put_batch", w)
         elif any(x in plan for x in ("get_hit", "get_miss", "scan", "overwrite", "compact",
-                                     "get_hit_compacted", "scan_compacted")):
+                                     "get_hit_compacted", "get_miss_compacted", "scan_compacted")):
             guarded("load", lambda: timed_batch_loop(s.put_batch, batches))
 
         if not durable and any(x in plan for x in ("get_hit", "get_miss", "scan")):
@@ -926,6 +1047,8 @@ def run_child(cfg: dict) -> dict:
             out["stats_after_compact"] = s.stats()
         if "get_hit_compacted" in plan:
             get_workload("get_hit_compacted", data.perm_keys, data.n)
+        if "get_miss_compacted" in plan:
+            get_workload("get_miss_compacted", data.miss, 0)
         if "scan_compacted" in plan:
             scan_workload("scan_compacted")
 
@@ -1481,9 +1604,18 @@ def targets(runs: dict, figs: dict | None) -> list:
         op = figs.get("open") or {}
         add("open of uncompacted log, warm cache (GB/s)", op.get("warm_gb_per_s"), 1.0)
         add("open of uncompacted log, cold cache (GB/s)", op.get("cold_gb_per_s"), 1.0)
-        cp = figs.get("compaction_p99") or {}
-        add("get p99 while compacting / idle", cp.get("get_p99_ratio"), 2.0, "<=")
-        add("put p99 while compacting / idle", cp.get("put_p99_ratio"), 2.0, "<=")
+    # issue 13: steady state (engine defaults), peers in the same run
+    add("13: get after compaction / lmdb get (one read txn)",
+        rt(a("get_hit_compacted"), ops("lmdb", "get_hit_compacted")), 1.0)
+    add("13: get, compactor running after a load / lmdb get", rt(a("get_hit_loaded"), ops("lmdb", "get_hit")), 1.0)
+    add("13: get_miss after compaction / lmdb", rt(a("get_miss_compacted"), ops("lmdb", "get_miss_compacted")), 1.0)
+    add("13: full scan, log-resident / lmdb cursor", rt(a("scan"), ops("lmdb", "scan")), 0.8)
+    add("13: full scan after compaction / lmdb cursor", rt(a("scan_compacted"), ops("lmdb", "scan_compacted")), 0.8)
+    add("13: put, results kept / plyvel, results kept", rt(a("put_kept"), ops("plyvel", "put_kept")), 2.0)
+    add("13: db.batch() of 1000 puts / put_many (both compactor on)", rt(a("batch_ctx"), a("put_batch_on")), 0.8)
+    cp = (figs or {}).get("compaction_p99") or {}
+    add("13: get p99 while compacting / idle", cp.get("get_p99_ratio"), 2.0, "<=")
+    add("13: put p99 while compacting / idle (item 5, not this change)", cp.get("put_p99_ratio"), 2.0, "<=")
     return out
 
 
@@ -1548,9 +1680,7 @@ def run_engine_figures(args, base_cfg: dict) -> dict:
     print("[figures] write amplification", file=sys.stderr, flush=True)
     figs["write_amp"] = spawn("fig_write_amp", dict(base_cfg, keys=20_000 if q else args.wa_keys,
                                                      rounds=args.wa_rounds), args.figure_timeout)
-    print("[figures] foreground p99 while compacting", file=sys.stderr, flush=True)
-    figs["compaction_p99"] = spawn("fig_compaction_p99", dict(base_cfg, n=20_000 if q else args.p99_n,
-                                                               ops=20_000 if q else args.p99_ops), args.figure_timeout)
+    figs["compaction_p99"] = run_p99_figure(args, base_cfg)
     return figs
 
 
@@ -1594,6 +1724,14 @@ def print_crdt(res: dict, stream=sys.stdout) -> None:
         v = t["value"]
         met = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         p(f"{t['target']:<48} {'n/a' if v is None else format(v, '.3g'):>8}  goal >= {t['goal']:<5} {met}")
+
+
+def run_p99_figure(args, base_cfg: dict) -> dict:
+    """compaction_p99: foreground get/put p99 while compact() runs vs idle."""
+    print("[figures] foreground p99 while compacting", file=sys.stderr, flush=True)
+    q = args.quick
+    return spawn("fig_compaction_p99", dict(base_cfg, n=20_000 if q else args.p99_n,
+                                            ops=20_000 if q else args.p99_ops), args.figure_timeout)
 
 
 def _f(x, spec: str = ".1f") -> str:
@@ -1683,6 +1821,8 @@ def parse_args(argv=None):
     ap.add_argument("--open-repeat", type=int, default=3)
     ap.add_argument("--wa-keys", type=int, default=200_000)
     ap.add_argument("--wa-rounds", type=int, default=10)
+    ap.add_argument("--no-p99", action="store_true",
+                    help="skip the foreground p99 while compacting (run by default with the comparison)")
     ap.add_argument("--p99-n", type=int, default=1_000_000)
     ap.add_argument("--p99-ops", type=int, default=200_000)
     ap.add_argument("--crdt", action="store_true",
@@ -1762,6 +1902,10 @@ def main(argv=None) -> int:
     figs = None
     if args.engine_figures:
         figs = run_engine_figures(args, base_cfg)
+        report["engine_figures"] = figs
+        print_figures(figs)
+    elif not args.no_p99 and not store_available("abase-process"):
+        figs = {"compaction_p99": run_p99_figure(args, base_cfg)}
         report["engine_figures"] = figs
         print_figures(figs)
     report["targets"] = targets(report["runs"], figs)

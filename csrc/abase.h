@@ -439,6 +439,20 @@ int abase_scan_open(abase_db *db, uint32_t ns, const uint8_t *start,
 int64_t abase_scan_next(abase_scan *scan, uint64_t at_hlc, uint32_t at_node,
                         int mode, uint32_t max_items, uint8_t *buf,
                         size_t cap, uint32_t *count);
+/* abase_scan_open that also resolves each key (LWW) as of (at_hlc, at_node)
+ * while it reads the records, and copies each key's entry, value included,
+ * when the live log's bytes are at most copy_limit: abase_scan_next then
+ * copies entries out without the lock and without reading the log again
+ * (its at_hlc, at_node are not used; MERGE mode is ABASE_EINVAL). A key
+ * whose newest record is already compacted is left out (it is in the
+ * store). The scan holds about 40 + klen + vlen (each padded to 8) + 24
+ * bytes per key until it is freed. Above copy_limit it behaves as
+ * abase_scan_open. */
+int abase_scan_open_at(abase_db *db, uint32_t ns, const uint8_t *start,
+                       size_t start_len, int has_start, const uint8_t *stop,
+                       size_t stop_len, int has_stop, const uint8_t *prefix,
+                       size_t prefix_len, int reverse, uint64_t at_hlc,
+                       uint32_t at_node, uint64_t copy_limit, abase_scan **out);
 uint64_t abase_scan_count(abase_scan *scan);
 void abase_scan_free(abase_scan *scan);
 

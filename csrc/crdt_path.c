@@ -39,6 +39,7 @@
 #include "abase.h"
 #include "crdt.h"
 #include "crdt_py.h"
+#include "fast.h"
 
 /* ------------------------------------------------------------ the cache */
 
@@ -284,19 +285,7 @@ static PyObject *raise_status(CrdtPath *self, int64_t rc, const char *what)
 
 static PyObject *make_ts(CrdtPath *self, uint64_t hlc)
 {
-    PyTypeObject *tp = (PyTypeObject *)self->ts_type;
-    PyObject *h = PyLong_FromUnsignedLongLong(hlc);
-    if (!h)
-        return NULL;
-    PyObject *t = tp->tp_alloc(tp, 2);
-    if (!t) {
-        Py_DECREF(h);
-        return NULL;
-    }
-    Py_INCREF(self->node_obj);
-    PyTuple_SET_ITEM(t, 0, h);
-    PyTuple_SET_ITEM(t, 1, self->node_obj);
-    return t;
+    return fast_ts_new((PyTypeObject *)self->ts_type, hlc, self->node);
 }
 
 /* Join the stored version `raw` (store encoding: kind u8 | hlc u64 | node
@@ -826,9 +815,12 @@ static int cp_init(CrdtPath *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "no C fast path for CRDT tag %d", tag);
         return -1;
     }
-    if (!PyType_Check(ts_type) || !PyType_IsSubtype((PyTypeObject *)ts_type, &PyTuple_Type) ||
-        !PyType_Check(op_type) || !PyType_IsSubtype((PyTypeObject *)op_type, &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "ts_type and op_type must be tuple subclasses");
+    fast_state *st = fast_state_of(Py_TYPE(self));
+    if (!st)
+        return -1;
+    if (ts_type != (PyObject *)st->timestamp_type || !PyType_Check(op_type) ||
+        !PyType_IsSubtype((PyTypeObject *)op_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "ts_type must be abase_engine.Timestamp and op_type a tuple subclass");
         return -1;
     }
     PyObject *ml_type = PyObject_GetAttrString((PyObject *)Py_TYPE(self), "_lock_type");
@@ -981,7 +973,7 @@ static PyType_Spec cp_spec = {
 
 int crdt_path_add_type(PyObject *m, PyObject *lock_type)
 {
-    PyObject *tp = PyType_FromSpec(&cp_spec);
+    PyObject *tp = PyType_FromModuleAndSpec(m, &cp_spec, NULL); /* its module finds Timestamp */
     if (!tp)
         return -1;
     if (PyObject_SetAttrString(tp, "_lock_type", lock_type) < 0 || PyModule_AddObject(m, "CrdtPath", tp) < 0) {

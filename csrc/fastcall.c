@@ -23,51 +23,22 @@
  * cost about 1-2 us a record in Python.
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "fast.h"
+
 #include <structmember.h>
 
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "abase.h"
 #include "crdt_py.h"
-
-typedef int64_t (*put_fn)(abase_db *, uint32_t, int, const uint8_t *, size_t,
-                          const uint8_t *, size_t, int64_t);
-typedef int64_t (*get_fn)(abase_db *, uint32_t, const uint8_t *, size_t, uint64_t,
-                          uint32_t, int, uint8_t *, size_t, abase_getinfo *);
-typedef int64_t (*batch_fn)(abase_db *, uint32_t, const uint8_t *, const uint32_t *,
-                            const uint8_t *, const uint32_t *, const uint64_t *,
-                            const uint32_t *, const uint64_t *, const uint32_t *,
-                            const uint8_t *, uint8_t *, const uint8_t *, int64_t);
 
 /* Values up to this size are read into a stack buffer, then copied once
  * into the result; larger ones are read straight into a new bytes object. */
 #define SMALL_VALUE 1024
 
-typedef struct {
-    PyObject_HEAD
-    abase_db *db; /* NULL once detached: every call takes the general path */
-    put_fn put, put_nowait;
-    get_fn get, get_nowait;
-    batch_fn write_batch;
-    uint32_t ns;
-    char enabled;           /* cleared while writes need the general path */
-    char store_empty;       /* the store holds nothing of this namespace */
-    PyObject *ts_type;      /* Timestamp, a tuple subclass (hlc, node) */
-    PyObject *node;         /* this engine's node id (int) */
-    PyObject *slow_put;     /* (key, value) -> Timestamp */
-    PyObject *slow_get;     /* (key, default=None, *, at=None) -> value */
-    PyObject *slow_put_many;/* (pairs) -> Timestamp | None; NULL: no put_many */
-    PyObject *store_get;    /* (key, default) -> value, for a key the log lacks */
-    PyObject *fail;         /* (status, what) -> exception instance */
-} FastPath;
-
 /* ------------------------------------------------------------ helpers */
 
-static PyObject *raise_status(FastPath *self, int64_t rc, const char *what)
+PyObject *fast_raise_status(FastPath *self, int64_t rc, const char *what)
 {
     PyObject *exc = PyObject_CallFunction(self->fail, "Ls", (long long)rc, what);
     if (exc) {
@@ -79,22 +50,8 @@ static PyObject *raise_status(FastPath *self, int64_t rc, const char *what)
 
 static PyObject *make_ts(FastPath *self, int64_t hlc)
 {
-    PyTypeObject *tp = (PyTypeObject *)self->ts_type;
-    PyObject *h = PyLong_FromLongLong(hlc);
-    if (!h)
-        return NULL;
-    PyObject *t = tp->tp_alloc(tp, 2);
-    if (!t) {
-        Py_DECREF(h);
-        return NULL;
-    }
-    Py_INCREF(self->node);
-    PyTuple_SET_ITEM(t, 0, h);
-    PyTuple_SET_ITEM(t, 1, self->node);
-    return t;
+    return fast_ts_new(self->ts_type, (uint64_t)hlc, self->node_id);
 }
-
-static int usable(FastPath *self) { return self->enabled && self->db != NULL; }
 
 /* ------------------------------------------------------------ put */
 
@@ -102,7 +59,7 @@ static PyObject *fp_put(FastPath *self, PyObject *const *args, Py_ssize_t nargsf
                         PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 2 || kwnames || !usable(self) || !PyBytes_CheckExact(args[0]) ||
+    if (nargs != 2 || kwnames || !fast_usable(self) || !PyBytes_CheckExact(args[0]) ||
         !PyBytes_CheckExact(args[1]))
         return PyObject_Vectorcall(self->slow_put, args, nargsf, kwnames);
     const uint8_t *k = (const uint8_t *)PyBytes_AS_STRING(args[0]);
@@ -121,7 +78,7 @@ static PyObject *fp_put(FastPath *self, PyObject *const *args, Py_ssize_t nargsf
         return make_ts(self, rc);
     if (rc == ABASE_EAGAIN) /* clock exhausted: the general path waits it out */
         return PyObject_Vectorcall(self->slow_put, args, nargsf, kwnames);
-    return raise_status(self, rc, "put");
+    return fast_raise_status(self, rc, "put");
 }
 
 /* ------------------------------------------------------------ get */
@@ -173,6 +130,54 @@ static PyObject *log_value(FastPath *self, PyObject *key, int64_t *rc)
     return NULL;
 }
 
+PyObject *fast_strip_header(PyObject *raw)
+{
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    if (Py_REFCNT(raw) == 1 && PyBytes_CheckExact(raw)) {
+        /* py-lmdb's fresh bytes, ours alone: move the value down and shrink
+         * the object in place rather than allocate and copy a second one */
+        char *p = PyBytes_AS_STRING(raw);
+        memmove(p, p + STORED_HEADER, (size_t)(n - STORED_HEADER));
+        if (_PyBytes_Resize(&raw, n - STORED_HEADER) < 0)
+            return NULL; /* raw was freed */
+        return raw;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(raw) + STORED_HEADER, n - STORED_HEADER);
+    Py_DECREF(raw);
+    return out;
+}
+
+/* The value of a key the log does not hold, from the store through the
+ * thread's cached read transaction (fast_store.c). New reference; NULL
+ * with an exception; or NULL without one when the general path must
+ * answer (a stored state or undecodable bytes, an LMDB error to report,
+ * the store closing). */
+static PyObject *store_value(FastPath *self, PyObject *key, PyObject *dflt)
+{
+    PyObject *raw = NULL;
+    int rc = fast_store_get(self->reader, self->dbi, key, &raw);
+    if (rc == STORE_MISSING) {
+        Py_INCREF(dflt);
+        return dflt;
+    }
+    if (rc == STORE_FOUND) {
+        const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(raw);
+        Py_ssize_t n = PyBytes_GET_SIZE(raw);
+        PyObject *out = NULL;
+        if (n >= STORED_HEADER && p[0] == STORED_VALUE)
+            return fast_strip_header(raw); /* consumes raw */
+        if (n >= STORED_HEADER && p[0] == STORED_TOMBSTONE) {
+            Py_INCREF(dflt);
+            out = dflt;
+        }
+        Py_DECREF(raw);
+        return out;
+    }
+    if (rc == STORE_FAILED && fast_store_error_is_lmdb(self->reader))
+        PyErr_Clear();
+    return NULL;
+}
+
 /* The value of key or dflt, resolving what the log cannot decide through
  * the store or the general path. New reference, or NULL with an exception. */
 static PyObject *get_one(FastPath *self, PyObject *key, PyObject *dflt)
@@ -191,7 +196,11 @@ static PyObject *get_one(FastPath *self, PyObject *key, PyObject *dflt)
             Py_INCREF(dflt);
             return dflt;
         }
-        return PyObject_Vectorcall(self->store_get, args, 2, NULL);
+        if (!self->reader)
+            return PyObject_Vectorcall(self->store_get, args, 2, NULL);
+        v = store_value(self, key, dflt);
+        if (v || PyErr_Occurred())
+            return v;
     }
     return PyObject_Vectorcall(self->slow_get, args, 2, NULL);
 }
@@ -200,7 +209,7 @@ static PyObject *fp_get(FastPath *self, PyObject *const *args, Py_ssize_t nargsf
                         PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if ((nargs != 1 && nargs != 2) || kwnames || !usable(self) || !PyBytes_CheckExact(args[0]) ||
+    if ((nargs != 1 && nargs != 2) || kwnames || !fast_usable(self) || !PyBytes_CheckExact(args[0]) ||
         PyBytes_GET_SIZE(args[0]) == 0)
         return PyObject_Vectorcall(self->slow_get, args, nargsf, kwnames);
     return get_one(self, args[0], nargs == 2 ? args[1] : Py_None);
@@ -221,7 +230,7 @@ static PyObject *fp_get_many(FastPath *self, PyObject *keys)
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *k = PyList_GET_ITEM(seq, i), *v;
-        if (usable(self) && PyBytes_CheckExact(k) && PyBytes_GET_SIZE(k) > 0)
+        if (fast_usable(self) && PyBytes_CheckExact(k) && PyBytes_GET_SIZE(k) > 0)
             v = get_one(self, k, Py_None);
         else
             v = PyObject_Vectorcall(self->slow_get, &k, 1, NULL);
@@ -244,7 +253,7 @@ static PyObject *fp_put_many(FastPath *self, PyObject *pairs)
         PyErr_SetString(PyExc_AttributeError, "put_many is only offered for the default namespace");
         return NULL;
     }
-    if (!usable(self) || !(PyList_CheckExact(pairs) || PyTuple_CheckExact(pairs)))
+    if (!fast_usable(self) || !(PyList_CheckExact(pairs) || PyTuple_CheckExact(pairs)))
         return PyObject_CallOneArg(self->slow_put_many, pairs);
     PyObject *seq = PySequence_Fast(pairs, "");
     if (!seq)
@@ -314,7 +323,7 @@ static PyObject *fp_put_many(FastPath *self, PyObject *pairs)
         return make_ts(self, rc);
     if (rc == ABASE_EAGAIN)
         return PyObject_CallOneArg(self->slow_put_many, pairs);
-    return raise_status(self, rc, "write batch");
+    return fast_raise_status(self, rc, "write batch");
 }
 
 /* ------------------------------------------------------------ fold_split */
@@ -435,22 +444,18 @@ fail:
 
 /* ------------------------------------------------------------ scan_split */
 
-/* scan_split(data, items, pairs=False) -> [(key, status, value, hlc, node, op), ...]
+/* scan_split(data, items) -> [(key, status, value, hlc, node, op), ...]
  *
  * Decodes one buffer (read in place) of abase_scan_next entries (layout in
  * abase.h); value is None where the entry carries none (see log.py's
- * Log.scan). With pairs true, an entry with a value (status >= 0) becomes
- * just (key, value), a deleted one (ABASE_DELETED) is left out, and the
- * result is (entries, only_pairs). */
+ * Log.scan). LWW scans of the engine are decoded by ScanIter
+ * (fast_scan.c) instead. */
 static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
 {
-    if ((nargs != 2 && nargs != 3) || !PyLong_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "scan_split(data: buffer, items: int, pairs: bool = False)");
+    if (nargs != 2 || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "scan_split(data: buffer, items: int)");
         return NULL;
     }
-    int pairs = nargs == 3 ? PyObject_IsTrue(args[2]) : 0;
-    if (pairs < 0)
-        return NULL;
     Py_ssize_t items = PyLong_AsSsize_t(args[1]);
     if (items < 0) {
         if (!PyErr_Occurred())
@@ -468,7 +473,6 @@ static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
         return NULL;
     }
     size_t off = 0;
-    int only_pairs = 1;
     for (Py_ssize_t i = 0; i < items; i++) {
         if (n - off < 40) {
             PyErr_Format(PyExc_ValueError, "scan entry %zd runs past the buffer", i);
@@ -488,8 +492,6 @@ static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
             return NULL;
         }
         off += 40 + kpad + vpad;
-        if (pairs && status == ABASE_DELETED)
-            continue;
         PyObject *value;
         if (status >= 0 || (status == ABASE_NEEDBASE && op != 0))
             value = PyBytes_FromStringAndSize((const char *)e + 40 + kpad, vlen);
@@ -499,9 +501,7 @@ static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
             value = Py_None;
         }
         PyObject *t = NULL;
-        if (value && pairs && status >= 0)
-            t = Py_BuildValue("(y#N)", (const char *)e + 40, (Py_ssize_t)klen, value);
-        else if (value && (only_pairs = 0, 1))
+        if (value)
             t = Py_BuildValue("(y#iNKII)", (const char *)e + 40, (Py_ssize_t)klen, (int)status,
                               value, (unsigned long long)hlc, node, op);
         if (!t || PyList_Append(out, t) < 0) {
@@ -513,8 +513,6 @@ static PyObject *scan_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
         Py_DECREF(t);
     }
     PyBuffer_Release(&view);
-    if (pairs)
-        return Py_BuildValue("(NO)", out, only_pairs ? Py_True : Py_False);
     return out;
 }
 
@@ -545,14 +543,26 @@ static int read_addr(PyObject *seq, Py_ssize_t i, void **out)
 static int fp_init(FastPath *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"db", "functions", "ns", "ts_type", "node", "slow_put", "slow_get",
-                             "slow_put_many", "store_get", "fail", NULL};
-    PyObject *db, *fns, *ts_type, *node, *sp, *sg, *spm, *stg, *fail;
+                             "slow_put_many", "store_get", "fail", "reader", "dbi", NULL};
+    PyObject *db, *fns, *ts_type, *sp, *sg, *spm, *stg, *fail, *reader = Py_None, *dbi = Py_None;
     unsigned int ns;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOIOOOOOOO", kwlist, &db, &fns, &ns, &ts_type,
-                                     &node, &sp, &sg, &spm, &stg, &fail))
+    unsigned long node;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOIOkOOOOO|OO", kwlist, &db, &fns, &ns, &ts_type,
+                                     &node, &sp, &sg, &spm, &stg, &fail, &reader, &dbi))
         return -1;
-    if (!PyType_Check(ts_type) || !PyType_IsSubtype((PyTypeObject *)ts_type, &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "ts_type must be a tuple subclass");
+    fast_state *st = fast_state_of(Py_TYPE(self));
+    if (!st)
+        return -1;
+    if (ts_type != (PyObject *)st->timestamp_type) {
+        PyErr_SetString(PyExc_TypeError, "ts_type must be abase_engine.Timestamp");
+        return -1;
+    }
+    if (node > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "node does not fit in 32 bits");
+        return -1;
+    }
+    if (reader != Py_None && !PyObject_TypeCheck(reader, st->reader_type)) {
+        PyErr_SetString(PyExc_TypeError, "reader must be a StoreReader or None");
         return -1;
     }
     if (!PyCallable_Check(sp) || !PyCallable_Check(sg) ||
@@ -563,6 +573,8 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kwds)
     }
     if (spm == Py_None)
         spm = NULL;
+    if (reader == Py_None)
+        reader = dbi = NULL;
     if (!PySequence_Check(fns) || PySequence_Size(fns) != 5) {
         PyErr_SetString(PyExc_TypeError,
                         "functions: addresses of put, put_nowait, get, get_nowait, write_batch");
@@ -585,11 +597,10 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kwds)
     self->get_nowait = (get_fn)p[3];
     self->write_batch = (batch_fn)p[4];
     self->ns = ns;
+    self->node_id = (uint32_t)node;
     self->enabled = 1;
     Py_INCREF(ts_type);
-    Py_XSETREF(self->ts_type, ts_type);
-    Py_INCREF(node);
-    Py_XSETREF(self->node, node);
+    Py_XSETREF(self->ts_type, (PyTypeObject *)ts_type);
     Py_INCREF(sp);
     Py_XSETREF(self->slow_put, sp);
     Py_INCREF(sg);
@@ -600,6 +611,10 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->store_get, stg);
     Py_INCREF(fail);
     Py_XSETREF(self->fail, fail);
+    Py_XINCREF(reader);
+    Py_XSETREF(self->reader, reader);
+    Py_XINCREF(dbi);
+    Py_XSETREF(self->dbi, dbi);
     return 0;
 }
 
@@ -607,12 +622,13 @@ static int fp_traverse(FastPath *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->ts_type);
-    Py_VISIT(self->node);
     Py_VISIT(self->slow_put);
     Py_VISIT(self->slow_get);
     Py_VISIT(self->slow_put_many);
     Py_VISIT(self->store_get);
     Py_VISIT(self->fail);
+    Py_VISIT(self->reader);
+    Py_VISIT(self->dbi);
     return 0;
 }
 
@@ -620,12 +636,13 @@ static int fp_clear(FastPath *self)
 {
     self->db = NULL;
     Py_CLEAR(self->ts_type);
-    Py_CLEAR(self->node);
     Py_CLEAR(self->slow_put);
     Py_CLEAR(self->slow_get);
     Py_CLEAR(self->slow_put_many);
     Py_CLEAR(self->store_get);
     Py_CLEAR(self->fail);
+    Py_CLEAR(self->reader);
+    Py_CLEAR(self->dbi);
     return 0;
 }
 
@@ -678,23 +695,75 @@ static PyType_Spec fp_spec = {
     .slots = fp_slots,
 };
 
+fast_state *fast_state_of(PyTypeObject *tp)
+{
+    /* a Python subclass has no module: its first base of ours has */
+    for (PyTypeObject *t = tp; t; t = t->tp_base) {
+        if (!PyType_HasFeature(t, Py_TPFLAGS_HEAPTYPE))
+            continue;
+        PyObject *m = PyType_GetModule(t);
+        if (m)
+            return (fast_state *)PyModule_GetState(m);
+        PyErr_Clear();
+    }
+    PyErr_Format(PyExc_TypeError, "%.100s is not a type of abase_engine._fast", tp->tp_name);
+    return NULL;
+}
+
 static int fast_exec(PyObject *m)
 {
-    PyObject *tp = PyType_FromSpec(&fp_spec);
+    fast_state *st = PyModule_GetState(m);
+    PyObject *tp = PyType_FromModuleAndSpec(m, &fp_spec, NULL);
     if (!tp)
         return -1;
+    st->fastpath_type = (PyTypeObject *)tp;
+    Py_INCREF(tp);
     if (PyModule_AddObject(m, "FastPath", tp) < 0) {
         Py_DECREF(tp);
         return -1;
     }
+    if (fast_timestamp_init(m, st) < 0 || fast_store_init(m, st) < 0 || fast_scan_init(m, st) < 0 ||
+        fast_batch_init(m, st) < 0)
+        return -1;
     return crdt_module_exec(m); /* MergeLock, CrdtPath (crdt_py.c, crdt_path.c) */
+}
+
+static int fast_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    fast_state *st = PyModule_GetState(m);
+    if (st) {
+        Py_VISIT(st->timestamp_type);
+        Py_VISIT(st->fastpath_type);
+        Py_VISIT(st->reader_type);
+        Py_VISIT(st->scan_type);
+        Py_VISIT(st->batch_type);
+    }
+    return 0;
+}
+
+static int fast_clear(PyObject *m)
+{
+    fast_state *st = PyModule_GetState(m);
+    if (st) {
+        Py_CLEAR(st->timestamp_type);
+        Py_CLEAR(st->fastpath_type);
+        Py_CLEAR(st->reader_type);
+        Py_CLEAR(st->scan_type);
+        Py_CLEAR(st->batch_type);
+    }
+    return 0;
+}
+
+static void fast_free(void *m)
+{
+    fast_clear((PyObject *)m);
 }
 
 static PyMethodDef fast_functions[] = {
     {"fold_split", (PyCFunction)(void (*)(void))fold_split, METH_FASTCALL,
      "fold_split(data, items, lww_ids) -> (pairs, tombs, rest, nbytes); see fastcall.c."},
     {"scan_split", (PyCFunction)(void (*)(void))scan_split, METH_FASTCALL,
-     "scan_split(data, items, pairs=False) -> list of entries; see fastcall.c."},
+     "scan_split(data, items) -> list of entries; see fastcall.c."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -707,9 +776,12 @@ static struct PyModuleDef fast_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "abase_engine._fast",
     .m_doc = "CPython-API glue for the engine's hot calls (see csrc/fastcall.c).",
-    .m_size = 0,
+    .m_size = sizeof(fast_state),
     .m_methods = fast_functions,
     .m_slots = fast_slots,
+    .m_traverse = fast_traverse,
+    .m_clear = fast_clear,
+    .m_free = fast_free,
 };
 
 PyMODINIT_FUNC PyInit__fast(void)

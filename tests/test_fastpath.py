@@ -76,11 +76,12 @@ def test_put_get_round_trip_and_timestamps(open_db):
     for i in range(50):
         key, value = b"key-%d" % i, b"value-%d" % i
         ts = db.put(key, value)
-        assert type(ts) is ae.Timestamp and isinstance(ts, tuple) and len(ts) == 2
-        hlc, node = ts
-        assert node == db.node_id == 7 == ts.node_id
+        # not a tuple since 0.2.0 (CHANGELOG.md): an immutable C value
+        assert type(ts) is ae.Timestamp and not isinstance(ts, tuple)
+        hlc, node = ts.hlc, ts.node_id
+        assert node == db.node_id == 7
         if prev is not None:
-            assert hlc > prev[0] and ts > prev
+            assert hlc > prev.hlc and ts > prev
         prev = ts
         got = db.get(key)
         assert type(got) is bytes and got == value
@@ -466,7 +467,7 @@ def test_put_many_list_returns_last_timestamp(open_db):
     assert db.get(b"k") == b"b" and db.get(b"j") == b"x"  # later pairs win
     # ts is the last record's timestamp: the batch's records are consecutive
     assert db.get(b"k", at=ts) == b"b"
-    assert db.get(b"k", at=Timestamp._from_packed(ts[0] - 2, 5)) == b"a"
+    assert db.get(b"k", at=Timestamp._from_packed(ts.hlc - 2, 5)) == b"a"
     assert db.get(b"k", at=before) == b"0"
     after = db.put(b"k", b"c")
     assert after > ts

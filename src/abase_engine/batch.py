@@ -3,7 +3,9 @@
 :class:`Batch` collects puts, deletes and merge operations and commits them
 atomically: after any crash all of them are there, or none (the log writes
 the records with BATCH flags and recovery drops a batch without its end
-record). Records of a batch get consecutive timestamps.
+record). Records of a batch get consecutive timestamps. Its records live in
+a C buffer (``csrc/fast_batch.c``); a batch of plain puts and deletes is
+written with one call into the core, like ``put_many``.
 
 :class:`Committer` is the engine's write path above the log. Every local
 write (a single put or delete, a batch, a merge) and every batch received
@@ -35,8 +37,10 @@ merge lock, then fold lock, then the log's own lock (in C).
 from __future__ import annotations
 
 import threading
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from . import _fast
 from ._args import BYTES_LIKE, check_key, check_value
 from .errors import AbaseError, MergeOperandError, ValueTooLargeError
 from .lifecycle import Lifecycle
@@ -64,6 +68,29 @@ def change_value(op: int, value: bytes) -> Optional[bytes]:
     return None if op == _DELETE and not value else value
 
 
+def _add_checked(committer: "Committer", namespace: Callable[[Any], "Namespace"],
+                 merges: List[Tuple[int, "Namespace", Any]], buf: Any, op: int,
+                 key: Any, value: Any, ns_arg: Any) -> None:
+    """A put or delete the C buffer could not take as it came: check it in
+    Python (raising the documented errors) and append it; remember a
+    namespace argument that names an LWW namespace, so the next ones stay in C.
+    A delete in a namespace whose deletes join (the CRDTs) is listed in
+    ``merges``: its value, what it removes, is built from the key's state
+    when the batch commits."""
+    ns = namespace(ns_arg)
+    if ns.owner is not committer.owner:
+        raise ValueError("namespace belongs to another engine")
+    k = check_key(key)
+    v = check_value(value) if op == _PUT else b""
+    if not ns.lww and op == _PUT:
+        ns.merge_operator.check_operand(v)
+    if op == _DELETE and not ns.lww and ns.merge_operator.deletes_join:
+        merges.append((len(buf), ns, DELETE_OPERATION))
+    buf.append(op, ns.id, k, v)
+    if ns.lww and ns_arg is not None:
+        buf.remember(ns_arg, ns.id)
+
+
 class Batch:
     """An atomic group of writes: all of them survive a crash, or none.
 
@@ -72,19 +99,28 @@ class Batch:
     get consecutive timestamps. Thread-safety: not safe; build a batch in
     one thread.
 
+    Puts and deletes of exact ``bytes`` are appended in C
+    (``_fast.BatchBuffer``) and a batch without merges is written with one
+    call into the core, whatever namespaces it touches.
+
     :param committer: the engine's write path.
     :param namespace: resolves a ``namespace=`` argument given as a name or
         None to a Namespace handle.
+    :param fastpath: the default namespace's C fast path (writes in one call
+        when it is enabled), or None: always the general path.
     """
 
-    def __init__(self, committer: "Committer", namespace: Callable[[Any], "Namespace"]) -> None:
+    def __init__(self, committer: "Committer", namespace: Callable[[Any], "Namespace"],
+                 fastpath: Any = None) -> None:
         self._committer = committer
         self._namespace = namespace
-        self._ops = bytearray()
-        self._nss: List[int] = []
-        self._parts: List[bytes] = []
         self._merges: List[Tuple[int, "Namespace", Any]] = []  # (index, ns, operation)
         self._done = False
+        self._buf = _fast.BatchBuffer(fastpath, partial(_add_checked, committer, namespace, self._merges))
+        # The hot calls go straight to C; the methods below document them
+        # (and are what a call through the class reaches).
+        self.put = self._buf.put  # type: ignore[method-assign]
+        self.delete = self._buf.delete  # type: ignore[method-assign]
 
     def _ns(self, namespace: Any) -> "Namespace":
         ns = self._namespace(namespace)
@@ -93,26 +129,20 @@ class Batch:
         return ns
 
     def put(self, key: bytes, value: bytes, namespace: Any = None) -> None:
-        """Add a put. :raises TypeError, KeyTooLargeError, ValueTooLargeError:"""
-        ns = self._ns(namespace)
-        k, v = check_key(key), check_value(value)
-        if not ns.lww:
-            ns.merge_operator.check_operand(v)
-        self._ops.append(_PUT)
-        self._nss.append(ns.id)
-        self._parts += (k, v)
+        """Add a put. Runtime complexity: O(len(key) + len(value)).
+
+        :raises TypeError: key or value is not bytes-like.
+        :raises KeyTooLargeError, ValueTooLargeError: over the size limits.
+        :raises MergeOperandError: (merge namespace) value is not a valid state.
+        :raises ValueError: the namespace belongs to another engine.
+        """
+        self._buf.put(key, value, namespace)
 
     def delete(self, key: bytes, namespace: Any = None) -> None:
         """Add a delete. In a namespace whose operator's deletes join (the
         CRDTs) its value, what it removes, is built from the key's state
         when the batch commits. :raises TypeError, KeyTooLargeError:"""
-        ns = self._ns(namespace)
-        k = check_key(key)
-        if not ns.lww and ns.merge_operator.deletes_join:
-            self._merges.append((len(self._ops), ns, DELETE_OPERATION))
-        self._ops.append(_DELETE)
-        self._nss.append(ns.id)
-        self._parts += (k, b"")
+        self._buf.delete(key, namespace)
 
     def merge(self, key: bytes, operation: Any, namespace: Any = None) -> None:
         """Add a merge operation; its operand is built when the batch commits.
@@ -121,20 +151,16 @@ class Batch:
         """
         ns = self._ns(namespace)
         k = check_key(key)
-        if ns.lww:
-            self._ops.append(_PUT)  # merge on LWW: the operand is the new value
-            self._nss.append(ns.id)
-            self._parts += (k, check_value(operation))
+        if ns.lww:  # merge on LWW: the operand is the new value
+            self._buf.append(_PUT, ns.id, k, check_value(operation))
             return
         if isinstance(operation, BYTES_LIKE):
             ns.merge_operator.check_operand(bytes(operation))
-        self._merges.append((len(self._ops), ns, operation))
-        self._ops.append(_MERGE)
-        self._nss.append(ns.id)
-        self._parts += (k, b"")
+        self._merges.append((len(self._buf), ns, operation))
+        self._buf.append(_MERGE, ns.id, k, b"")
 
     def __len__(self) -> int:
-        return len(self._ops)
+        return len(self._buf)
 
     def commit(self) -> Optional[Timestamp]:
         """Apply the batch atomically; returns the last record's timestamp (None if empty).
@@ -147,10 +173,15 @@ class Batch:
         if self._done:
             raise AbaseError("batch already committed or discarded")
         self._done = True
-        if not self._ops:
+        if not len(self._buf):
             self._committer.check_open("batch commit")
             return None
-        return self._committer.commit(bytes(self._ops), self._nss, self._parts, self._merges)
+        if not self._merges:
+            ts = self._buf.commit()  # one call into the core, when the fast path is on
+            if ts is not None:
+                return ts
+        ops, nss, parts = self._buf.export()
+        return self._committer.commit(ops, nss, parts, self._merges)
 
     def __enter__(self) -> "Batch":
         return self

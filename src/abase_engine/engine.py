@@ -398,7 +398,7 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
     def batch(self) -> Batch:
         """A new atomic batch (use as a context manager)."""
         self._check_open("batch")
-        return Batch(self._committer, self._namespace_arg)
+        return Batch(self._committer, self._namespace_arg, self._fastpath)
 
     def snapshot(self) -> Snapshot:
         """A fixed view as of now; use as a context manager and close it promptly."""

@@ -23,6 +23,10 @@ current in all of them:
   at another one is folded again, since the commit may have moved its
   versions from the log into the store.
 
+A key the log does not hold is otherwise looked up in C too, through the
+store's per-thread read transactions (:attr:`Store.reader`,
+``csrc/fast_store.c``), with no Python frame on the way.
+
 Locks: one lock guards the registry and the blocker set. The CRDT paths
 take the engine's merge lock (a ``_fast.MergeLock``) around each merge.
 """
@@ -78,7 +82,8 @@ class FastPaths:
         fp = _fast.FastPath(
             handle, functions, ns.id, Timestamp, self._node_id,
             slow_put=type(ns).put.__get__(ns), slow_get=type(ns).get.__get__(ns),
-            slow_put_many=put_many, store_get=ns.reader.stored_value, fail=self._log.error)
+            slow_put_many=put_many, store_get=ns.reader.stored_value, fail=self._log.error,
+            reader=self._store.reader, dbi=self._store.db(ns.id))
         with self._lock:
             fp.enabled = not self._blockers
             self._paths.append((ns, fp))
@@ -137,6 +142,12 @@ class FastPaths:
             enabled = not self._blockers
             for _ns, fp in self._paths:
                 fp.enabled = enabled
+
+    def path_of(self, ns: "Namespace") -> Any:
+        """The fast path of the LWW namespace ``ns``.
+
+        :raises KeyError: ``ns`` has none (a merge namespace)."""
+        return self._by_ns[ns.id]
 
     def store_empty(self, ns: "Namespace") -> bool:
         """True if the store is known to hold nothing of the LWW namespace ``ns``."""

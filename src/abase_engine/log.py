@@ -259,7 +259,7 @@ class Log(SegmentAccess):
         return int(fn()) if fn is not None else int(time.time() * 1000)
 
     def clock(self) -> int:
-        """The packed HLC last issued or observed."""
+        """The packed HLC last issued or observed. :raises EngineClosedError:"""
         out = ffi.new("uint64_t *")
         rc = lib.abase_db_clock(self._db, out)
         if rc != 0:
@@ -438,13 +438,45 @@ class Log(SegmentAccess):
         for chunk in self.scan_chunks(ns, start, stop, prefix, reverse, at_hlc, at_node, merge_mode, batch):
             yield from chunk
 
+    def scan_handle(self, ns: int, start: Optional[bytes], stop: Optional[bytes], reverse: bool,
+                    at_hlc: int, at_node: int, copy_limit: int) -> Tuple[int, int, int]:
+        """Open an LWW scan of the log's keys for C code (``_fast.ScanIter``):
+        ``(scan, abase_scan_next, abase_scan_free)`` as addresses. The keys
+        are fixed and resolved as of ``(at_hlc, at_node)`` now, and copied
+        with their values when the live log is at most ``copy_limit`` bytes
+        (``abase_scan_open_at``). The caller owns the scan: it must be freed
+        with abase_scan_free (or :meth:`scan_free`).
+
+        :raises EngineClosedError: the log is closed.
+        """
+        if self._db is None:
+            raise EngineClosedError("scan on a closed engine")
+        out = ffi.new("abase_scan **")
+        s = b"" if start is None else start
+        e = b"" if stop is None else stop
+        rc = lib.abase_scan_open_at(self._db, ns, s, len(s), start is not None, e, len(e), stop is not None,
+                                    b"", 0, 1 if reverse else 0, at_hlc, at_node, copy_limit, out)
+        if rc != 0:
+            raise self._fail(rc, "scan")
+
+        def addr(obj) -> int:
+            return int(ffi.cast("uintptr_t", obj))
+
+        return addr(out[0]), addr(ffi.addressof(lib, "abase_scan_next")), addr(ffi.addressof(lib, "abase_scan_free"))
+
+    @staticmethod
+    def scan_free(handle: int) -> None:
+        """Free a scan from :meth:`scan_handle` that was never handed over."""
+        lib.abase_scan_free(ffi.cast("abase_scan *", handle))
+
     def scan_chunks(self, ns: int, start: Optional[bytes], stop: Optional[bytes], prefix: Optional[bytes],
-                    reverse: bool, at_hlc: int, at_node: int, merge_mode: bool, batch: int = 512,
-                    pairs: bool = False) -> Iterator[list]:
-        """:meth:`scan` a list of entries at a time. With ``pairs`` (LWW
-        mode) each chunk is ``(entries, only_pairs)``: an entry with a value
-        comes as just ``(key, value)``, a deleted key is left out, the others
-        stay 6-tuples, and ``only_pairs`` says there are no others."""
+                    reverse: bool, at_hlc: int, at_node: int, merge_mode: bool,
+                    batch: int = 512) -> Iterator[list]:
+        """:meth:`scan` a list of entries at a time.
+
+        :raises EngineClosedError: the log is closed."""
+        if self._db is None:
+            raise EngineClosedError("scan on a closed engine")
         out = ffi.new("abase_scan **")
         s = b"" if start is None else start
         e = b"" if stop is None else stop
@@ -468,7 +500,7 @@ class Log(SegmentAccess):
                 raise self._fail(n, "scan")
             if n == 0:
                 return
-            yield scan_split(ffi.buffer(buf, n), count[0], pairs)
+            yield scan_split(ffi.buffer(buf, n), count[0])
 
     # -- introspection ---------------------------------------------------
     def stats(self) -> dict:

@@ -7,8 +7,9 @@ records by hand (for ``Engine.apply``) and tests can write them literally.
 from __future__ import annotations
 
 import enum
-import struct
 from typing import NamedTuple, Optional
+
+from . import _fast
 
 __all__ = ["Timestamp", "Op", "Change", "from_packed", "LOGICAL_BITS", "MAX_PHYSICAL_MS", "MAX_LOGICAL",
            "MAX_NODE_ID"]
@@ -20,99 +21,17 @@ MAX_LOGICAL = (1 << LOGICAL_BITS) - 1
 MAX_PHYSICAL_MS = (1 << 47) - 1
 MAX_NODE_ID = (1 << 32) - 1
 
-_TS_STRUCT = struct.Struct(">QI")
+#: A hybrid-logical-clock reading plus the node that issued it: an immutable
+#: C value (``csrc/fast_timestamp.c``) holding only integers, so millions of
+#: them kept alive cost the garbage collector nothing. Ordered by
+#: ``(physical_ms, logical, node_id)``; see its docstring.
+Timestamp = _fast.Timestamp
 
-
-class Timestamp(tuple):
-    """A hybrid-logical-clock reading plus the node that issued it.
-
-    Ordered by ``(physical_ms, logical, node_id)``, which is the total order
-    used for last-write-wins; hashable; immutable. ``to_bytes()`` gives 12
-    big-endian bytes whose byte order equals the timestamp order. It is a
-    tuple ``(packed_hlc, node_id)`` underneath, so that the write path can
-    build one cheaply; compare Timestamps only with Timestamps.
-
-    >>> a = Timestamp(1000, 0, 1); b = Timestamp(1000, 1, 0)
-    >>> a < b, Timestamp.from_bytes(a.to_bytes()) == a
-    (True, True)
-
-    Thread-safety: safe (immutable).
-    """
-
-    __slots__ = ()
-
-    def __new__(cls, physical_ms: int, logical: int = 0, node_id: int = 0) -> "Timestamp":
-        for name, v, hi in (("physical_ms", physical_ms, MAX_PHYSICAL_MS),
-                            ("logical", logical, MAX_LOGICAL),
-                            ("node_id", node_id, MAX_NODE_ID)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"Timestamp {name} must be int, not {type(v).__name__}")
-            if not 0 <= v <= hi:
-                raise ValueError(f"Timestamp {name}={v} out of range 0..{hi}")
-        return tuple.__new__(cls, ((physical_ms << LOGICAL_BITS) | logical, node_id))
-
-    @classmethod
-    def _from_packed(cls, hlc: int, node_id: int) -> "Timestamp":
-        """Build from the packed 64-bit HLC and the node id (no range checks: C-produced)."""
-        return tuple.__new__(cls, (hlc, node_id))
-
-    @property
-    def _hlc(self) -> int:
-        return self[0]
-
-    @property
-    def _node(self) -> int:
-        return self[1]
-
-    @property
-    def physical_ms(self) -> int:
-        """Milliseconds since the Unix epoch (the physical part of the HLC)."""
-        return self[0] >> LOGICAL_BITS
-
-    @property
-    def logical(self) -> int:
-        """The logical counter, which orders events within one millisecond."""
-        return self[0] & MAX_LOGICAL
-
-    @property
-    def node_id(self) -> int:
-        """The id of the node that issued this timestamp (the tiebreak)."""
-        return self[1]
-
-    @property
-    def hlc(self) -> int:
-        """The packed 64-bit HLC: ``physical_ms << 16 | logical``."""
-        return self[0]
-
-    def to_bytes(self) -> bytes:
-        """12 bytes, big-endian ``hlc`` then ``node_id``: byte order equals timestamp order."""
-        return _TS_STRUCT.pack(self[0], self[1])
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "Timestamp":
-        """Inverse of :meth:`to_bytes`. :raises ValueError: if ``data`` is not 12 bytes."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"Timestamp.from_bytes needs bytes, not {type(data).__name__}")
-        if len(data) != _TS_STRUCT.size:
-            raise ValueError(f"Timestamp.from_bytes needs {_TS_STRUCT.size} bytes, got {len(data)}")
-        hlc, node = _TS_STRUCT.unpack(bytes(data))
-        return cls._from_packed(hlc, node)
-
-    def __repr__(self) -> str:
-        return f"Timestamp({self.physical_ms}, {self.logical}, {self[1]})"
-
-    def __getnewargs__(self):
-        return (self.physical_ms, self.logical, self[1])
-
-
-_tuple_new = tuple.__new__
-
-
-def from_packed(hlc: int, node_id: int) -> Timestamp:
-    """A :class:`Timestamp` from a packed 64-bit HLC and a node id, without
-    range checks: for values the C core produced (the engine's hot paths).
-    Users build timestamps with ``Timestamp(physical_ms, logical, node_id)``."""
-    return _tuple_new(Timestamp, (hlc, node_id))
+#: ``from_packed(hlc, node_id)``: a :class:`Timestamp` from a packed 64-bit
+#: HLC and a node id, without range checks, for values the C core produced
+#: (the engine's hot paths). Users build timestamps with
+#: ``Timestamp(physical_ms, logical, node_id)``.
+from_packed = _fast.from_packed
 
 
 class Op(enum.IntEnum):

@@ -1,36 +1,42 @@
 """Scans: ordered iteration over a namespace, the log and the store merged.
 
-A scan pins the current timestamp (or its ``at``) in the engine's pin set
-for as long as it runs, so the compactor keeps the history it reads; the
+A scan pins its timestamp (now, or its ``at``) in the engine's pin set for
+as long as it runs, so the compactor keeps the history it reads; the
 log's keys in range are fixed when the scan starts (``abase_scan_open``
 copies them under the log's lock and sorts them outside it) and each is
 resolved as of the pin when its chunk is read. The store is read through
-one LMDB read transaction held for the whole scan, so both layers are seen
-as of one moment.
+one LMDB read transaction held for the whole scan, begun after the log's
+keys are fixed: a key compacted in between is then in the store's view,
+and one compacted later reads as "ask the store" in the log.
 
-Two shapes:
+Two implementations:
 
-* *log only*: an LWW namespace of which the store holds nothing (the fast
-  path's store-empty flag) is scanned from the log alone, decoded in C a
-  chunk of ``(key, value)`` pairs at a time;
-* *merged*: the log's sorted keys and an LMDB cursor are merged in key
-  order; a key in both is resolved through the log's read path (which
-  consults the store for NEEDBASE). Once one stream ends, the other is
-  yielded in a tight loop.
+* *LWW namespaces*: ``_fast.ScanIter`` (``csrc/fast_scan.c``) merges the
+  log's chunks and a py-lmdb cursor in one C loop and builds each
+  ``(key, value)`` once; no Python frame runs per item. A namespace of
+  which the store holds nothing (the fast path's store-empty flag) is
+  scanned from the log alone. Keys the log cannot decide (NEEDBASE, or
+  compacted since the scan opened) are resolved through the key reader.
+* *merge namespaces* (and an LWW namespace whose empty key is stored): the
+  merge in Python below, folding with the namespace's operator.
 
-Complexity: O(k log k) to start, k = keys the log holds in the range, then
-O(1) per item. Locks: none of its own; the pin set's lock to pin and unpin.
+Both open at the first ``next()``, which is when the scan's snapshot is
+taken. Complexity: O(k log k) to start, k = keys the log holds in the
+range, then O(1) per item. Locks: none of its own; the pin set's lock to
+pin and unpin.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Tuple
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Tuple
 
 import lmdb
 
+from . import _fast
 from . import store as _store
-from .errors import CorruptionError, SnapshotTooOldError
+from .errors import CorruptionError, EngineClosedError, SnapshotTooOldError
 from .log import DELETED, Log
 from .record import MAX_NODE_ID, Timestamp, from_packed
 from .snapshot import PinSet
@@ -40,7 +46,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .fastpath import FastPaths
     from .namespace import Namespace
 
-__all__ = ["Scanner", "prefix_end"]
+__all__ = ["Scanner", "prefix_end", "SCAN_COPY_LIMIT"]
+
+#: An LWW scan copies its keys' entries (key and value) out of the log when
+#: it opens, reading the log once in log order, while the live log is at
+#: most this many bytes; it holds about 40 + key + value bytes (each padded
+#: to 8) + 24 per key it returns until it ends. Above, it keeps only keys
+#: and reads each value from the log when its chunk is due (a second,
+#: random pass over the log).
+SCAN_COPY_LIMIT = 1 << 30
 
 
 def prefix_end(prefix: bytes) -> Optional[bytes]:
@@ -59,7 +73,9 @@ class Scanner:
 
     :param log, store: the two layers.
     :param pins: the engine's pin set.
-    :param fastpaths: knows which LWW namespaces the store holds nothing of.
+    :param fastpaths: the LWW namespaces' fast paths (whether the store holds
+        nothing of a namespace; the C scan checks through one that the
+        engine is still open).
     """
 
     def __init__(self, log: Log, store: Store, pins: PinSet, fastpaths: "FastPaths") -> None:
@@ -77,33 +93,77 @@ class Scanner:
             hi = prefix_end(prefix)
             hi = hi if stop is None or (hi is not None and hi < stop) else stop
             start, stop = lo, hi
+        if ns.lww:
+            return _fast.ScanIter(partial(self._open_lww, ns, start, stop, reverse, at))
+        return self._python_scan(ns, start, stop, reverse, at)
+
+    def _pin(self, at: Optional[Timestamp]) -> Timestamp:
         pin = at if at is not None else from_packed(self._log.clock(), MAX_NODE_ID)
         self._pins.add(pin)
+        return pin
+
+    def _python_scan(self, ns: "Namespace", start: Optional[bytes], stop: Optional[bytes], reverse: bool,
+                     at: Optional[Timestamp]) -> Iterator[Tuple[bytes, Any]]:
+        pin = self._pin(at)
         try:
-            if at is None and ns.lww and self._fastpaths.store_empty(ns):
-                # The scan is the log's, decoded in C a batch at a time (here,
-                # not in a helper generator: one delegation less per item). A
-                # key compacted meanwhile reads as NOTFOUND or NEEDBASE and
-                # is looked up through the general path.
-                resolve = ns.reader.resolve_scan_entry
-                for chunk, only_pairs in self._log.scan_chunks(ns.id, start, stop, None, reverse,
-                                                               pin.hlc, pin.node_id, False, pairs=True):
-                    if only_pairs:
-                        yield from chunk
-                        continue
-                    for entry in chunk:
-                        if len(entry) == 2:
-                            yield entry
-                        else:
-                            item = resolve(entry, pin)
-                            if item is not None:
-                                yield entry[0], item
-            else:
-                yield from self._merged(ns, start, stop, reverse, pin, at is None)
+            yield from self._merged(ns, start, stop, reverse, pin, at is None)
         except lmdb.Error as exc:  # the store closed under the scan
             raise self._store.translate(exc) from exc
         finally:
             self._pins.remove(pin)
+
+    def _open_lww(self, ns: "Namespace", start: Optional[bytes], stop: Optional[bytes], reverse: bool,
+                  at: Optional[Timestamp]) -> Any:
+        """The plan of a C scan (see ``fast_scan.c``), opened now: pin, log
+        keys, then the store's cursor; or a Python scan when the store holds
+        the namespace's empty key (kept in ``meta``, outside the cursor)."""
+        log, store = self._log, self._store
+        pin = self._pin(at)
+        txn = None
+        handle = 0
+        try:
+            handle, scan_next, scan_free = log.scan_handle(ns.id, start, stop, reverse, pin.hlc, pin.node_id,
+                                                           SCAN_COPY_LIMIT)
+            cursor_items = None
+            if not self._fastpaths.store_empty(ns):
+                dbi = store.db(ns.id)  # before the txn: a handle opened later is not valid in it
+                txn = store.env.begin(buffers=False)
+                if txn.get(_store.empty_key_slot(ns.id), db=store.meta) is not None and \
+                        (start is None or start == b"") and (stop is None or stop != b""):
+                    txn.abort()
+                    log.scan_free(handle)
+                    self._pins.remove(pin)
+                    return self._python_scan(ns, start, stop, reverse, at)
+                cursor_items = _positioned_items(txn.cursor(db=dbi), start, stop, reverse)
+        except BaseException:
+            if handle:
+                log.scan_free(handle)
+            if txn is not None:
+                txn.abort()
+            self._pins.remove(pin)
+            raise
+        reader, pins = ns.reader, self._pins
+
+        def resolve(key: bytes, status: int, value: Optional[bytes], h: int, n: int, op: int) -> Any:
+            return reader.resolve_scan_entry((key, status, value, h, n, op), pin)
+
+        def make_error(kind: str, key: Optional[bytes]) -> Exception:
+            if kind == "too_old":
+                return SnapshotTooOldError(f"history of {key!r} before {pin!r} was compacted")
+            if kind == "corrupt":
+                return CorruptionError(f"stored value of key {key!r} has an unknown kind or is truncated",
+                                       store.path)
+            return EngineClosedError("scan used after the engine was closed")
+
+        def on_close() -> None:
+            try:
+                if txn is not None:
+                    txn.abort()
+            finally:
+                pins.remove(pin)
+
+        return (handle, scan_next, scan_free, self._fastpaths.path_of(ns), cursor_items,
+                start if reverse else stop, reverse, pin.hlc, pin.node_id, resolve, make_error, on_close)
 
     def _merged(self, ns: "Namespace", start: Optional[bytes], stop: Optional[bytes], reverse: bool,
                 pin: Timestamp, pin_is_now: bool) -> Iterator[Tuple[bytes, Any]]:
@@ -112,9 +172,12 @@ class Scanner:
         resolve = ns.reader.resolve_scan_entry
         at_h, at_n = pin.hlc, pin.node_id
         dbi = store.db(ns.id)  # before the txn: a handle opened later is not valid in it
+        # The log's keys are fixed first, then the store's view is taken: a
+        # key compacted in between is in that view (see the module docstring).
+        log_iter = self._log.scan(ns.id, start, stop, None, reverse, at_h, at_n, operator is not None)
+        lk = next(log_iter, None)
         txn = store.env.begin(buffers=False)
         try:
-            log_iter = self._log.scan(ns.id, start, stop, None, reverse, at_h, at_n, operator is not None)
             cur = txn.cursor(db=dbi)
             store_iter = _cursor_range(cur, start, stop, reverse)
             empty = txn.get(_store.empty_key_slot(ns.id), db=store.meta)
@@ -122,7 +185,6 @@ class Scanner:
             if chained:
                 # the empty key sorts first; LMDB cannot hold it, meta does
                 store_iter = _chain_empty(store_iter, empty, reverse)
-            lk = next(log_iter, None)
             sk = next(store_iter, None)
             # Every stored timestamp is at or below a pin taken now, so a scan
             # with no `at` needs no per-item snapshot check; once one stream
@@ -166,6 +228,21 @@ class Scanner:
                 txn.abort()
             except lmdb.Error:
                 pass  # the store was closed meanwhile: nothing left to abort
+
+
+def _positioned_items(cur: Any, start: Optional[bytes], stop: Optional[bytes], reverse: bool) -> Optional[Any]:
+    """py-lmdb's iterator of ``(key, stored)`` from the first item of the
+    range in scan order (the C loop stops it at the far bound), or None when
+    the range holds nothing."""
+    if not reverse:
+        ok = cur.set_range(start) if start is not None else cur.first()
+        return cur.iternext(keys=True, values=True) if ok else None
+    if stop is not None:
+        ok = cur.set_range(stop)
+        ok = cur.prev() if ok else cur.last()
+    else:
+        ok = cur.last()
+    return cur.iterprev(keys=True, values=True) if ok else None
 
 
 def _cursor_range(cur: Any, start: Optional[bytes], stop: Optional[bytes], reverse: bool) -> Iterator[Tuple]:

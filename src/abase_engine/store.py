@@ -26,12 +26,16 @@ when LMDB reports it full, instead of failing. A commit that fails for any
 other reason raises :class:`~abase_engine.errors.IOFailedError` (the
 compactor then makes the engine refuse writes).
 
-Thread-safety: safe. Readers use per-thread read transactions that are
-renewed when the compactor has committed since they began. :meth:`Store.close`
-may race other calls: py-lmdb (3.0 and later) waits for its operations in
-flight and for another thread's write transaction before it closes the
-environment, and invalidates every transaction and cursor left; the LMDB
-errors that calls then meet become EngineClosedError (:meth:`Store.translate`).
+Thread-safety: safe. Point reads go through a
+:class:`~abase_engine._fast.StoreReader` (``csrc/fast_store.c``): one cached
+read transaction per thread, renewed when the store changed since it began
+(:attr:`Store.generation`), aborted when stale and idle before each write
+transaction, and never open while the map grows. The C fast paths read
+through the same object. :meth:`Store.close` may race other calls: py-lmdb
+(3.0 and later) waits for its operations in flight and for another thread's
+write transaction before it closes the environment, and invalidates every
+transaction and cursor left; the LMDB errors that calls then meet become
+EngineClosedError (:meth:`Store.translate`).
 """
 
 from __future__ import annotations
@@ -42,12 +46,12 @@ import inspect
 import os
 import struct
 import threading
-import weakref
 from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar
 
 import lmdb
 import xxhash
 
+from . import _fast
 from .errors import CorruptionError, EngineClosedError, FormatVersionError, io_failed
 
 __all__ = ["Store", "Stored", "VALUE", "TOMBSTONE", "STATE", "FORMAT_VERSION", "fsync_dir"]
@@ -117,24 +121,6 @@ def _closed_is_engine_closed(fn: _F) -> _F:
     return call  # type: ignore[return-value]
 
 
-class _Reader:
-    """One thread's cached read transaction. ``lock`` is held while the
-    thread uses ``txn``, so the compactor can abort an idle, stale one."""
-
-    __slots__ = ("txn", "generation", "lock", "__weakref__")
-
-    def __init__(self) -> None:
-        self.txn = None
-        self.generation = -1
-        self.lock = threading.Lock()
-
-
-class _Readers(threading.local):
-    def __init__(self, registry: "weakref.WeakSet") -> None:
-        self.r = _Reader()
-        registry.add(self.r)
-
-
 class Store:
     """The LMDB environment of one engine directory.
 
@@ -162,11 +148,8 @@ class Store:
         self.meta = self.env.open_db(b"meta")
         self.tombs = self.env.open_db(b"tombstones")
         self._dbs: dict = {}
-        self._registry: "weakref.WeakSet[_Reader]" = weakref.WeakSet()
-        self._readers = _Readers(self._registry)
+        self._reader = _fast.StoreReader(self.env, lmdb.Error)
         self._lock = threading.Lock()
-        #: Incremented after every commit; readers renew their snapshot on change.
-        self.generation = 0
         #: Called after every committed write transaction (the engine keeps
         #: facts about the store's contents up to date with it).
         self.after_write: Optional[Callable[[], None]] = None
@@ -181,12 +164,27 @@ class Store:
             raise FormatVersionError(f"store format version {raw.decode(errors='replace')!r}, this build reads {FORMAT_VERSION} ({self.path})")
 
     def close(self) -> None:
-        """Close the environment. Per-thread read transactions become unusable;
-        calls racing this one finish or raise EngineClosedError."""
+        """Close the environment, after the point reads in flight (the cached
+        read transactions are aborted); calls racing this one finish or raise
+        EngineClosedError."""
         self.closed = True
-        self._release_readers(all_of_them=True)
-        self._readers = _Readers(self._registry)
-        self.env.close()
+        try:
+            self._reader.close()
+        finally:
+            self.env.close()
+
+    @property
+    def generation(self) -> int:
+        """Incremented after every commit (and database creation): cached
+        read transactions and the merge namespaces' state caches are valid
+        for one generation."""
+        return self._reader.generation
+
+    @property
+    def reader(self) -> Any:
+        """The per-thread read transactions (a ``_fast.StoreReader``), for
+        the C fast paths' lookups of keys the log does not hold."""
+        return self._reader
 
     def translate(self, exc: BaseException) -> BaseException:
         """``exc`` (an LMDB error), or EngineClosedError if the store was
@@ -210,60 +208,33 @@ class Store:
                         raise self._commit_failed(exc) from exc
                     self._dbs[ns_id] = d
                     # Read transactions begun before this handle existed cannot use it.
-                    self.generation += 1
+                    self._reader.invalidate()
         return d
 
     # -- reads -----------------------------------------------------------
-    def _fresh(self, r: _Reader):
-        """r's transaction, renewed if a commit happened since (r.lock held)."""
-        if r.generation != self.generation or r.txn is None:
-            if r.txn is not None:
-                r.txn.abort()
-            r.generation = self.generation
-            r.txn = self.env.begin(buffers=False)
-        return r.txn
-
-    def _release_readers(self, all_of_them: bool = False) -> None:
+    def _release_readers(self) -> None:
         """Abort cached read transactions that are stale and not in use.
 
         LMDB cannot reuse a page freed after the oldest open read transaction
         began, so a thread that read once and went idle would make the file
         grow by a copy of every page the compactor rewrites.
         """
-        for r in list(self._registry):
-            if r.lock.acquire(False):
-                try:
-                    if r.txn is not None and (all_of_them or r.generation != self.generation):
-                        r.txn.abort()
-                        r.txn = None
-                finally:
-                    r.lock.release()
+        self._reader.release_stale()
 
     @_closed_is_engine_closed
     def get_raw(self, ns_id: int, key: bytes) -> Optional[bytes]:
         """The encoded stored version of ``key``, or None."""
         dbi = self.meta if not key else self.db(ns_id)  # first: a new handle renews transactions
-        k = empty_key_slot(ns_id) if not key else key
-        r = self._readers.r
-        r.lock.acquire()
-        try:
-            return self._fresh(r).get(k, db=dbi)
-        finally:
-            r.lock.release()
+        return self._reader.get(dbi, empty_key_slot(ns_id) if not key else key)
 
     def lookup(self, dbi, key: bytes) -> Optional[bytes]:
         """The encoded stored version of a non-empty ``key`` in the database
         handle ``dbi`` (from :meth:`db`), or None: :meth:`get_raw` without
         the empty-key case, for the read path after a log miss."""
-        r = self._readers.r
-        with r.lock:
-            txn = r.txn
-            try:
-                if r.generation != self.generation or txn is None:
-                    txn = self._fresh(r)
-                return txn.get(key, None, dbi)  # positional: ~75 ns less than db=
-            except lmdb.Error as exc:
-                raise self.translate(exc) from exc
+        try:
+            return self._reader.get(dbi, key)
+        except lmdb.Error as exc:
+            raise self.translate(exc) from exc
 
     @_closed_is_engine_closed
     def get(self, ns_id: int, key: bytes) -> Optional[Stored]:
@@ -344,8 +315,7 @@ class Store:
             try:
                 result = fn(txn)
             except lmdb.MapFullError:
-                txn.abort()
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                self._grow_map(txn)
                 continue
             except BaseException:
                 txn.abort()
@@ -353,11 +323,11 @@ class Store:
             try:
                 txn.commit()  # fsync point: store commit (sync=True)
             except lmdb.MapFullError:
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                self._grow_map()
                 continue  # a failed commit has ended the transaction
             except lmdb.Error as exc:
                 raise self._commit_failed(exc) from exc
-            self.generation += 1
+            self._reader.invalidate()
             if self.after_write is not None:
                 self.after_write()
             return result
@@ -372,6 +342,23 @@ class Store:
             return exc
         return io_failed(f"store commit failed: {os.strerror(code)}", os.path.join(self.path, "data.mdb"),
                          call or "mdb_txn_commit", code)
+
+    def _grow_map(self, failed_txn: Any = None) -> None:
+        """Abort ``failed_txn`` (the write transaction that found the map
+        full), if any, and double the map. LMDB must have no transaction open
+        in the process while it remaps: point reads wait meanwhile and their
+        cached transactions are aborted first (``StoreReader.block``). Other
+        read transactions (a running scan's) are invalidated by py-lmdb.
+        The abort comes after ``block()`` too: py-lmdb (3.0) makes a write
+        transaction's abort wait until no other operation is in flight, which
+        readers calling ``get`` without pause would otherwise never allow."""
+        self._reader.block()
+        try:
+            if failed_txn is not None:
+                failed_txn.abort()
+            self.env.set_mapsize(self.env.info()["map_size"] * 2)
+        finally:
+            self._reader.unblock()
 
     def put_meta_u64(self, txn, key: bytes, value: int) -> None:
         txn.put(key, _U64.pack(value), db=self.meta)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from typing import Iterable, List, Sequence
 
-from ..record import Change, Op, Timestamp
+from ..record import Change, Op, from_packed
 
 __all__ = ["encode_changes", "decode_changes", "wire_size"]
 
@@ -40,7 +40,7 @@ def encode_changes(changes: Iterable[Change]) -> bytes:
         v = ch.value
         ts = ch.timestamp
         try:
-            out += pack(int(ch.op), ts[0], ts[1], len(ns), len(ch.key), _NONE if v is None else len(v))
+            out += pack(int(ch.op), ts.hlc, ts.node_id, len(ns), len(ch.key), _NONE if v is None else len(v))
         except struct.error as exc:
             raise ValueError(f"change record does not fit the wire format: {exc}") from None
         out += ns
@@ -63,7 +63,7 @@ def decode_changes(data: bytes) -> List[Change]:
     pos, n = 0, len(data)
     size = _REC.size
     unpack = _REC.unpack_from
-    new_ts = tuple.__new__
+    new_ts = from_packed
     while pos < n:
         if pos + size > n:
             raise ValueError(f"truncated change record at offset {pos}")
@@ -82,7 +82,7 @@ def decode_changes(data: bytes) -> List[Change]:
             raise ValueError(f"namespace of change record at offset {start} is not UTF-8") from None
         key = data[pos + ln:pos + ln + lk]
         value = None if lv == _NONE else data[pos + ln + lk:end]
-        out.append(Change(ns, key, kind, value, new_ts(Timestamp, (hlc, node))))
+        out.append(Change(ns, key, kind, value, new_ts(hlc, node)))
         pos = end
     return out
 

@@ -67,7 +67,7 @@ def ts_of(ts: Timestamp) -> TS:
     """``(hlc, node)`` of a Timestamp. :raises TypeError: not a Timestamp."""
     if not isinstance(ts, Timestamp):
         raise TypeError(f"timestamp must be a Timestamp, not {type(ts).__name__}")
-    return (ts[0], ts[1])
+    return (ts.hlc, ts.node_id)
 
 
 class CrdtType(MergeOperator):
