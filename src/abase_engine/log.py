@@ -28,7 +28,7 @@ from ._fast import scan_split
 from .errors import AbaseError, IOFailedError, ValueTooLargeError, error_for_status, io_failed
 from .log_segments import LogRecord, SegmentAccess, grown_buffer
 
-__all__ = ["Log", "LogRecord", "DURABILITY", "MAX_KEY", "MAX_VALUE", "MAX_BATCH", "NS_DEFS"]
+__all__ = ["Log", "LogRecord", "TAIL_WINDOW", "DURABILITY", "MAX_KEY", "MAX_VALUE", "MAX_BATCH", "NS_DEFS"]
 
 DURABILITY = {"none": lib.ABASE_DUR_NONE, "process": lib.ABASE_DUR_PROCESS, "sync": lib.ABASE_DUR_SYNC}
 MAX_KEY = lib.ABASE_MAX_KEY
@@ -148,7 +148,7 @@ class Log(SegmentAccess):
         if tail_window and durability != "sync":
             # Best effort: without the keeper (no thread could start) appends
             # take their own page faults, as they did before it existed.
-            lib.abase_tail_start(self._db, min(tail_window, 1 << 31))
+            lib.abase_tail_start(self._db, tail_window)
 
     # -- hot paths ---------------------------------------------------------
     def fast_handle(self) -> Tuple[int, Tuple[int, int, int, int, int]]:
