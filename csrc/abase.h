@@ -460,8 +460,8 @@ void abase_scan_free(abase_scan *scan);
 int abase_seal(abase_db *db);  /* seal the active segment if it holds records */
 
 /* Fault in up to max_bytes of the active segment past its last record, so
- * that appends there do not each take a page fault (MADV_POPULATE_WRITE;
- * called by the compactor thread, off the write path). Returns the bytes
+ * that appends there do not each take a page fault (MADV_POPULATE_WRITE,
+ * once; the tail keeper below does it continuously). Returns the bytes
  * populated, 0 when there was nothing to do, the kernel cannot, or the
  * durability is "sync" (populated pages count as dirty for fdatasync). */
 uint64_t abase_prefault(abase_db *db, uint64_t max_bytes);

@@ -49,6 +49,7 @@
 #include "log_internal.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -196,6 +197,7 @@ static int tail_round(abase_db *db, tail_state *st)
 static void *tail_main(void *arg)
 {
     abase_db *db = arg;
+    (void)pthread_setname_np(pthread_self(), "abase-tail");
     tail_state st;
     memset(&st, 0, sizeof(st));
     long pg = sysconf(_SC_PAGESIZE);
@@ -239,10 +241,16 @@ int abase_tail_start(abase_db *db, uint64_t window)
         db->tail_window = window;
         db->tail_stop = 0;
         db->tail_exited = 0;
+        /* The thread starts with every signal blocked: a signal for the
+         * process is then delivered to one of the application's threads. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
         if (pthread_create(&db->tail_thread, NULL, tail_main, db) != 0)
             rc = ABASE_ENOMEM;
         else
             db->tail_running = 1;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
     }
     pthread_mutex_unlock(&db->tail_mu);
     gate_leave(db);

@@ -120,9 +120,10 @@ def test_appends_into_the_window_take_no_page_faults(tmp_path):
         with_keeper = _faults_of_appends(db, n, value)
         assert db.get(b"f%06d" % (n - 1)) == value
     # Without the keeper nearly every fresh page faults (fault-around may map
-    # a few already cached ones); with it, only what Python itself allocates.
-    assert without > pages // 2
-    assert with_keeper < pages // 10
+    # a few already cached ones); with it, only what the allocator touches
+    # (a few in a plain build, ~180 under AddressSanitizer).
+    assert without > pages // 2, (without, with_keeper, pages)
+    assert with_keeper < without // 4, (without, with_keeper, pages)
 
 
 def test_records_written_while_it_works_survive_reopen_and_compaction(tmp_path):
