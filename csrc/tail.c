@@ -58,6 +58,11 @@
 #define TICK_MS 10         /* rounds while appends happen */
 #define IDLE_MS 1000       /* rounds while none happen */
 #define NEAR_MIN (UINT64_C(256) << 10)
+/* One madvise call populates at most this much: the kernel holds the
+ * process's mmap lock (for reading) through a call, and an mmap or munmap
+ * of any thread (an allocator's arena, LMDB's map) waits for it. A fresh
+ * MiB takes ~1.2 ms. */
+#define CHUNK (UINT64_C(1) << 20)
 
 /* What the keeper knows between rounds (its own thread's). */
 typedef struct tail_state {
@@ -98,14 +103,24 @@ static void deadline_in(struct timespec *ts, uint32_t ms)
     }
 }
 
-/* 0, or the errno of MADV_POPULATE_WRITE over [p, p + len). */
-static int populate(uint8_t *p, uint64_t len)
+/* MADV_POPULATE_WRITE over [p, p + len), CHUNK bytes a call; adds the
+ * bytes populated to *got. 0, or the errno of the call that failed. */
+static int populate(uint8_t *p, uint64_t len, uint64_t *got)
 {
 #ifdef MADV_POPULATE_WRITE
-    return madvise(p, len, MADV_POPULATE_WRITE) == 0 ? 0 : errno;
+    while (len) {
+        uint64_t n = len < CHUNK ? len : CHUNK;
+        if (madvise(p, n, MADV_POPULATE_WRITE) != 0)
+            return errno;
+        p += n;
+        len -= n;
+        *got += n;
+    }
+    return 0;
 #else
     (void)p;
     (void)len;
+    (void)got;
     return EINVAL;
 #endif
 }
@@ -158,18 +173,14 @@ static int tail_round(abase_db *db, tail_state *st)
     /* renew what the writers reach next: pages written back since the
      * round that populated them are mapped again */
     uint64_t renew_end = min64(page + near, st->filled);
-    if (grew && renew_end > page) {
-        err = populate(base + page, renew_end - page);
-        if (err == 0)
-            done += renew_end - page;
-    }
+    if (grew && renew_end > page)
+        err = populate(base + page, renew_end - page, &done);
     /* extend the window */
     if (err == 0 && st->filled < target) {
-        err = populate(base + st->filled, target - st->filled);
-        if (err == 0) {
-            done += target - st->filled;
-            st->filled = target;
-        }
+        uint64_t got = 0;
+        err = populate(base + st->filled, target - st->filled, &got);
+        st->filled += got;
+        done += got;
     }
     int unsupported = err == EINVAL || err == ENOSYS;
     if (err != 0 && !unsupported && err != EINTR && err != EAGAIN)
