@@ -460,11 +460,34 @@ void abase_scan_free(abase_scan *scan);
 int abase_seal(abase_db *db);  /* seal the active segment if it holds records */
 
 /* Fault in up to max_bytes of the active segment past its last record, so
- * that appends there do not each take a page fault (MADV_POPULATE_WRITE;
- * called by the compactor thread, off the write path). Returns the bytes
+ * that appends there do not each take a page fault (MADV_POPULATE_WRITE,
+ * once; the tail keeper below does it continuously). Returns the bytes
  * populated, 0 when there was nothing to do, the kernel cannot, or the
  * durability is "sync" (populated pages count as dirty for fdatasync). */
 uint64_t abase_prefault(abase_db *db, uint64_t max_bytes);
+
+/* The tail keeper (tail.c): a thread that keeps `window` bytes of the
+ * active segment from the last record on mapped writable
+ * (MADV_POPULATE_WRITE), renewing them as appends advance, when a segment
+ * starts and after the kernel wrote them back, so that appends do not take
+ * the page faults. Records are written as before (durability unchanged).
+ * Not under durability "sync" (populated pages count as dirty for
+ * fdatasync): ABASE_EINVAL, as for a second start or a window of 0.
+ * Stopped by abase_db_close. */
+typedef struct abase_tail_info {
+    uint32_t running;   /* 1 while the keeper thread runs */
+    uint32_t supported; /* 0 once the kernel refused MADV_POPULATE_WRITE */
+    uint64_t window;    /* bytes kept populated ahead of the last record */
+    uint64_t rounds;    /* rounds the keeper finished */
+    uint64_t populated; /* bytes the keeper populated (renewals included) */
+    uint64_t filled_to; /* address (segment << 32 | offset) populated up to */
+} abase_tail_info;
+int abase_tail_start(abase_db *db, uint64_t window);
+int abase_tail_info_get(abase_db *db, abase_tail_info *out);
+/* Wake the keeper and wait until it has finished a whole round begun after
+ * this call, at most timeout_ms: ABASE_OK, ABASE_EAGAIN on timeout,
+ * ABASE_EINVAL if no keeper runs. For tests and tools. */
+int abase_tail_sync(abase_db *db, uint32_t timeout_ms);
 /* Fills up to cap entries; returns the number of live segments (may be
  * more than cap) or a negative status. */
 int64_t abase_segments(abase_db *db, abase_segstat *out, uint32_t cap);

@@ -355,6 +355,7 @@ int abase_segment_drop(abase_db *db, uint32_t seg_no)
         segment *s = &db->segs[0];
         char name[SEG_NAME_CAP];
         seg_name(seg_no, name);
+        log_tail_unpin(db, seg_no); /* the tail keeper may still populate it (tail.c) */
         munmap(s->base, s->mapped);
         close(s->fd);
         free(s->marks);

@@ -313,6 +313,8 @@ uint64_t log_append_rec(abase_db *db, segment *s, uint32_t ns, int op,
     }
     db->log_bytes_written += padded;
     db->records_appended++;
+    if (make_addr(s->no, s->used) >= __atomic_load_n(&db->tail_wake_at, __ATOMIC_RELAXED))
+        log_tail_kick(db); /* the tail keeper's window runs short (tail.c) */
     return make_addr(s->no, off);
 }
 
@@ -364,6 +366,7 @@ int abase_db_new(const char *dir, uint32_t node_id, uint64_t segment_size,
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* stall deadlines: not moved by the wall clock */
     pthread_cond_init(&db->stall_cv, &ca);
     pthread_condattr_destroy(&ca);
+    log_tail_init(db);
     ix_init(&db->ix, rec_mapped, db);
     *out = db;
     return ABASE_OK;
@@ -389,6 +392,7 @@ int abase_db_close(abase_db *db)
     struct timespec pause = {0, 50000}; /* 50 us */
     while (atomic_load(&db->calls) != 0)
         nanosleep(&pause, NULL);
+    log_tail_stop(db); /* no round begins once closing is set; join before unmapping */
     pthread_rwlock_wrlock(&db->lock);
     for (uint32_t i = 0; i < db->nsegs; i++) {
         /* the active segment keeps its preallocated tail: reopening
@@ -430,6 +434,7 @@ void abase_db_free(abase_db *db)
     pthread_mutex_destroy(&db->mark_mu);
     pthread_mutex_destroy(&db->stall_mu);
     pthread_cond_destroy(&db->stall_cv);
+    log_tail_destroy(db);
     free(db);
 }
 

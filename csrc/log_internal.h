@@ -25,10 +25,12 @@
  *   feed.c      change feed: abase_log_read, abase_segment_read, abase_log_lag
  *   merge_log.c the log side of the merge fast paths: compare-and-append,
  *               heads, walks, timestamps
+ *   tail.c      the tail keeper: a thread keeping the pages ahead of the
+ *               last record mapped writable
  * and, below them, index.c (index.h), hlc.c, crc32c.c, bytes.h.
  *
- * Locking. Order: lock, then sync_mu, then mark_mu / stall_mu (leaves:
- * nothing is taken while holding them). A writer releases `lock` before it
+ * Locking. Order: lock, then sync_mu, then mark_mu / stall_mu / tail_mu
+ * (leaves: nothing is taken while holding them). A writer releases `lock` before it
  * waits for a sync; the sync leader releases sync_mu before it syncs; only
  * a seal (holding `lock`) and a failure take sync_mu inside `lock`.
  *   lock     rwlock; GUARDED_BY(lock) below. The read lock to look, the
@@ -36,6 +38,9 @@
  *   sync_mu  mutex of group commit and of the durable end; GUARDED_BY(sync_mu).
  *   mark_mu  the MARK file's descriptor and slot sequence.
  *   stall_mu stalled writers and their statistics.
+ *   tail_mu  the tail keeper's state (tail.c); a writer takes it (with
+ *            `lock`) only to kick the keeper, abase_segment_drop (with
+ *            `lock`) to wait until the keeper no longer populates it.
  * `failed` is written once, under sync_mu, after the failure details it
  * publishes (release store); read it with log_failed() (acquire load) from
  * anywhere, then read `failure` without a lock.
@@ -157,6 +162,24 @@ struct abase_db {
     uint64_t live_bytes;    /* atomic; written under `lock`: bytes of records in live segments */
     uint64_t stalls, stall_ns;
     uint32_t stalled;
+    /* the tail keeper (tail.c): GUARDED_BY(tail_mu) unless marked */
+    pthread_mutex_t tail_mu;
+    pthread_cond_t tail_cv;      /* the keeper waits here: kicked, or stopping */
+    pthread_cond_t tail_done_cv; /* a round ended (the pin is cleared), or the keeper stopped */
+    pthread_t tail_thread;       /* valid while tail_running */
+    int tail_running;
+    int tail_stop;
+    int tail_kicked;
+    int tail_in_round;
+    int tail_unsupported;
+    int tail_exited;             /* the keeper's loop ended (stop, close or unsupported) */
+    int tail_pinned;             /* set with `lock` held too: the keeper populates segment tail_pin_no */
+    uint32_t tail_pin_no;
+    uint64_t tail_window;        /* fixed once the keeper started */
+    uint64_t tail_rounds;
+    uint64_t tail_populated;
+    uint64_t tail_filled_to;
+    uint64_t tail_wake_at;       /* atomic: an append ending at or past this address kicks the keeper */
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -372,6 +395,17 @@ void log_read_boot_id(uint8_t out[16]);
 /* Stall a local write while the live log is over the limit (no lock held). */
 void log_stall(abase_db *db);
 void log_stall_wake(abase_db *db);
+
+/* tail.c */
+/* Set up / tear down the keeper's fields (abase_db_new / abase_db_free). */
+void log_tail_init(abase_db *db);
+void log_tail_destroy(abase_db *db);
+/* Stop the keeper and wait for its thread (abase_db_close, before unmapping). */
+void log_tail_stop(abase_db *db);
+/* Wake the keeper: an append reached tail_wake_at (write lock held). */
+void log_tail_kick(abase_db *db);
+/* Wait until the keeper does not populate segment `no` (write lock held). */
+void log_tail_unpin(abase_db *db, uint32_t no);
 
 /* read.c */
 void log_newest_version(abase_db *db, uint64_t head, uint64_t base_hlc,

@@ -5,11 +5,11 @@ Usage: python teardown_worker.py DIR ROUNDS SEED
 Each round opens an engine (small segments, a compactor thread every few
 ms), starts 8 threads that call random operations (get, put, delete, merge,
 scan, changes, replication slots, snapshots, batches, apply, compact, stats,
-put_many/get_many, sync) and keep iterators open across calls, waits until
-every thread has done some operations, then calls ``close()`` from the main
-thread while they run. A thread stops at its first EngineClosedError; any
-other exception is a failure. After close every kind of handle is checked to
-raise EngineClosedError. The process prints ``ok ROUNDS`` and exits 0, or
+put_many/get_many, sync, a tail keeper round) and keep iterators open across
+calls, waits until every thread has done some operations, then calls
+``close()`` from the main thread while they run. A thread stops at its first
+EngineClosedError; any other exception is a failure. After close every kind
+of handle is checked to raise EngineClosedError. The process prints ``ok ROUNDS`` and exits 0, or
 prints the failures and exits 1; a crash (SIGSEGV, an ASan report) shows as
 the child's exit status.
 
@@ -134,8 +134,12 @@ def _ops(db, ctr, slot, rng: random.Random, held: dict):
     def sync():
         db.sync()
 
+    def tail():  # a round of the tail keeper (csrc/tail.c), which close must stop
+        if db.durability != "sync":
+            db._log.tail_sync(1000)
+
     return [get, get, get, put, put, delete, merge, get_counter, scan, changes, slot_ops, snapshot,
-            batch, apply, compact, stats, many, sync]
+            batch, apply, compact, stats, many, sync, tail]
 
 
 def _after_close_checks(db, ctr, slot, snap, scan_it, feed_it) -> list:

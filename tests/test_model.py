@@ -313,6 +313,22 @@ class EngineMachine(RuleBasedStateMachine):
         assert st_["compaction_errors"] == 0
         self.writes_since_compact = 0
 
+    @rule()
+    def tail_round(self) -> None:
+        """The tail keeper (csrc/tail.c) finishes a round: the active segment
+        is then populated from the last record's page to the window's end
+        (the whole tiny segment here); under "sync" no keeper runs."""
+        log = self.db._log
+        if self.DURABILITY == "sync":
+            assert not log.tail_info()["running"]
+            return
+        assert log.tail_sync()
+        info = log.tail_info()
+        segs = log.segments()
+        if info["supported"] and segs and not segs[-1]["sealed"]:
+            assert info["filled_to"] >> 32 == segs[-1]["no"]
+            assert info["filled_to"] & 0xFFFFFFFF >= min(self.SEGMENT_SIZE, segs[-1]["used"] + info["window"] - 4096)
+
     @precondition(lambda self: self.model or self.counters)
     @rule(ops=batch_ops, compact=st.booleans(), data=st.data())
     def snapshot_read(self, ops, compact: bool, data) -> None:

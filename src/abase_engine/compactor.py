@@ -96,9 +96,6 @@ class Compactor:
         self.passes = 0
         #: Bound on one pass (and so on one LMDB transaction's size).
         self.max_segments_per_pass = 64
-        #: Each wake-up faults in this much of the active segment ahead of
-        #: the writers, so that their appends do not take the page faults.
-        self.prefault_bytes = 64 << 20
         self.segments_compacted = 0
         self.errors: List[BaseException] = []
         self._thread: Optional[threading.Thread] = None
@@ -128,8 +125,6 @@ class Compactor:
                 if self._stopping:
                     return
             try:
-                with self._pass_lock:  # no pass may drop the segment meanwhile
-                    self._log.prefault(self.prefault_bytes)
                 self.run_pass(seal=False)
             except IOFailedError as exc:  # sticky: writes (and passes) are refused until reopened
                 self.errors.append(exc)
@@ -272,7 +267,6 @@ class Compactor:
                             flush_merge()
                         group, group_key = [], (ns, key)
                     group.append((op, hlc, node, data))
-                log.prefault(4 << 20)  # keep writers ahead-faulted while the fold runs
                 time.sleep(0)  # let foreground threads take the GIL between chunks
             if group:
                 flush_merge()

@@ -64,7 +64,7 @@ from .fastpath import FastPaths
 from .hooks import ReplicationHooks
 from .feed import ChangeFeed, CommitListeners
 from .lifecycle import Lifecycle
-from .log import Log
+from .log import TAIL_WINDOW, Log
 from .merge import MergeOperator
 from .namespace import DefaultNamespaceMethods, Namespace
 from .record import MAX_NODE_ID, Op, Timestamp, from_packed
@@ -92,6 +92,7 @@ DEFAULT_OPTIONS: Dict[str, Any] = {
     "clock": None,                     # callable -> wall ms (tests); None: real clock
     "stall_log_bytes": 4 << 30,        # bytes of uncompacted log past which writes stall; None: never
     "stall_max_ms": 100,               # ms one stalled write waits at most for the compactor
+    "tail_window": TAIL_WINDOW,        # bytes kept mapped writable ahead of the appends; 0: no keeper thread
 }
 
 _PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
@@ -138,6 +139,11 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
       the limit, at most ``stall_max_ms`` (each write waits once, so a
       stall delays a write by at most ``stall_max_ms``; it never fails it).
       ``stats()`` reports ``stalls`` and ``stall_ms``. None disables stalls.
+    * ``tail_window`` (bytes, default 16 MiB): a thread of the C core keeps
+      this much of the active log segment ahead of the appends mapped
+      writable, so that puts do not take page faults (docs/performance.md,
+      "put p99 while compacting"); 0 runs no such thread. Not under
+      durability ``"sync"``.
 
     Every method of :class:`Namespace` is available on the engine and acts
     on the default namespace ``""`` (the engine is not itself a Namespace:
@@ -167,6 +173,9 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         wait = opts["stall_max_ms"]
         if not isinstance(wait, int) or isinstance(wait, bool) or not 0 <= wait <= 86_400_000:
             raise InvalidOptionError("stall_max_ms must be an int in 0..86400000 (ms)")
+        tw = opts["tail_window"]
+        if not isinstance(tw, int) or isinstance(tw, bool) or not 0 <= tw <= (1 << 31):
+            raise InvalidOptionError("tail_window must be an int in 0..2**31 (bytes)")
         ck = opts["crdt_cache_keys"]
         if not isinstance(ck, int) or isinstance(ck, bool) or not 1 <= ck <= (1 << 31):
             raise InvalidOptionError("crdt_cache_keys must be an int in 1..2**31")
@@ -234,7 +243,7 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
             first_live = self._store.meta_u64(b"compacted_through", -1) + 1
             self._log = Log(self.path, self.node_id, opts["segment_size"], self.durability, first_live,
                             clock=opts["clock"], stall_log_bytes=opts["stall_log_bytes"],
-                            stall_max_ms=opts["stall_max_ms"])
+                            stall_max_ms=opts["stall_max_ms"], tail_window=opts["tail_window"])
         except BaseException:
             self._store.close()
             raise

@@ -28,7 +28,7 @@ from ._fast import scan_split
 from .errors import AbaseError, IOFailedError, ValueTooLargeError, error_for_status, io_failed
 from .log_segments import LogRecord, SegmentAccess, grown_buffer
 
-__all__ = ["Log", "LogRecord", "DURABILITY", "MAX_KEY", "MAX_VALUE", "MAX_BATCH", "NS_DEFS"]
+__all__ = ["Log", "LogRecord", "TAIL_WINDOW", "DURABILITY", "MAX_KEY", "MAX_VALUE", "MAX_BATCH", "NS_DEFS"]
 
 DURABILITY = {"none": lib.ABASE_DUR_NONE, "process": lib.ABASE_DUR_PROCESS, "sync": lib.ABASE_DUR_SYNC}
 MAX_KEY = lib.ABASE_MAX_KEY
@@ -44,6 +44,10 @@ NEEDBASE = lib.ABASE_NEEDBASE
 ETOOSMALL = lib.ABASE_ETOOSMALL
 F_DOMINANT = lib.ABASE_F_DOMINANT
 F_CHECKPOINT = lib.ABASE_F_CHECKPOINT
+
+#: Bytes of the active segment the tail keeper (csrc/tail.c) keeps mapped
+#: writable ahead of the last record, so appends take no page faults.
+TAIL_WINDOW = 16 << 20
 
 _ENTRY = struct.Struct("<BBHIQII")  # merge-mode entry: op flags 0 vlen hlc node 0
 _INITIAL_BUF = 64 * 1024
@@ -113,6 +117,8 @@ class Log(SegmentAccess):
     :param stall_log_bytes: write stalls: a local write that finds more live
         (uncompacted) log than this waits for compaction, at most
         ``stall_max_ms``; None or 0: never.
+    :param tail_window: bytes the tail keeper keeps mapped writable ahead of
+        the appends (``csrc/tail.c``); 0: no keeper. Never under ``"sync"``.
     :raises CorruptionError: a bad record before the durable end mark, or
         one a process kill cannot explain (see ``csrc/abase.h``).
     :raises FormatVersionError: a segment of an unknown format version.
@@ -121,7 +127,7 @@ class Log(SegmentAccess):
 
     def __init__(self, path: str, node_id: int, segment_size: int, durability: str, first_live: int,
                  clock: Optional[Callable[[], int]] = None, stall_log_bytes: Optional[int] = None,
-                 stall_max_ms: int = 0) -> None:
+                 stall_max_ms: int = 0, tail_window: int = TAIL_WINDOW) -> None:
         self._clock_fn = clock
         out = ffi.new("abase_db **")
         rc = lib.abase_db_new(path.encode(), node_id, segment_size, DURABILITY[durability], out)
@@ -139,6 +145,10 @@ class Log(SegmentAccess):
             lib.abase_db_close(self._db)
             raise err
         lib.abase_db_set_stall(self._db, stall_log_bytes or 0, stall_max_ms)
+        if tail_window and durability != "sync":
+            # Best effort: without the keeper (no thread could start) appends
+            # take their own page faults, as they did before it existed.
+            lib.abase_tail_start(self._db, tail_window)
 
     # -- hot paths ---------------------------------------------------------
     def fast_handle(self) -> Tuple[int, Tuple[int, int, int, int, int]]:

@@ -2,7 +2,7 @@
 
 :class:`SegmentAccess` is part of :class:`~abase_engine.log.Log` (a base
 class, so one object owns the C handle): sealing and listing segments,
-prefaulting the active one, the compaction fold over sealed segments,
+prefaulting the active one (and the tail keeper that does it), the compaction fold over sealed segments,
 ``compacted_through`` and retiring a folded segment, and reading records
 back in log order from a position (the change feed). Like ``log.py`` it
 speaks namespace ids, packed HLCs and raw bytes.
@@ -58,6 +58,34 @@ class SegmentAccess:
         """Fault in up to ``max_bytes`` of the active segment ahead of the
         appends (off the write path); returns the bytes populated."""
         return lib.abase_prefault(self._db, max_bytes)
+
+    def tail_info(self) -> dict:
+        """The tail keeper's state (``csrc/tail.c``): ``running``,
+        ``supported`` (False once the kernel refused MADV_POPULATE_WRITE),
+        ``window`` (bytes kept mapped writable ahead of the last record),
+        ``rounds``, ``populated`` (bytes populated, renewals included) and
+        ``filled_to`` (the address, segment << 32 | offset, populated up to)."""
+        info = ffi.new("abase_tail_info *")
+        lib.abase_tail_info_get(self._db, info)
+        return {"running": bool(info.running), "supported": bool(info.supported), "window": int(info.window),
+                "rounds": int(info.rounds), "populated": int(info.populated), "filled_to": int(info.filled_to)}
+
+    def tail_sync(self, timeout_ms: int = 10_000) -> bool:
+        """Wake the tail keeper and wait until it finished a round begun
+        after this call; False if ``timeout_ms`` passed first.
+
+        :raises ValueError: no tail keeper runs (durability ``"sync"``, or
+            the kernel cannot populate).
+        :raises EngineClosedError: the log is closed.
+        """
+        rc = lib.abase_tail_sync(self._db, timeout_ms)
+        if rc == lib.ABASE_EAGAIN:
+            return False
+        if rc == EINVAL:
+            raise ValueError("no tail keeper runs on this log")
+        if rc != 0:
+            raise self._fail(rc, "tail sync")
+        return True
 
     def seal(self) -> None:
         """Seal the active segment if it holds records, so compaction can take it."""
