@@ -70,6 +70,11 @@ class ReplicationHooks:
         :raises IOFailedError: writes are refused after an I/O failure.
         """
         self._life.check("apply")
+        if not isinstance(changes, (list, tuple)):
+            changes = list(changes)
+        done = self._committer.apply_received(changes, self._options["max_clock_skew_ms"])
+        if done is not None:  # every record into an LWW namespace: decided and appended in C
+            return done
         recs = []
         newest = None
         for ch in changes:
