@@ -4,9 +4,9 @@
  * A replica spends its time in apply. Decoding each Change in Python
  * (attribute reads, argument checks, a store lookup per record, the arrays
  * for abase_write_batch) cost about 10 us a record against 1 us for
- * put_many. ApplyPath.apply(changes, wall_ms, max_skew_ms, want_prev)
- * reads a list of Change tuples in C and hands them to abase_apply_batch
- * (csrc/apply.c) in one call, GIL released:
+ * put_many. ApplyPath.apply(changes, wall_ms, max_skew_ms, want_prev,
+ * store_below) reads a list of Change tuples in C and hands them to
+ * abase_apply_batch (csrc/apply.c) in one call, GIL released:
  *   - only exact types: a Change (the class given at creation) whose
  *     namespace is an exact str naming an LWW namespace (found through the
  *     Python callable `resolve`, name -> that namespace's FastPath or None,
@@ -17,7 +17,9 @@
  *     the general Python path, which raises the documented errors;
  *   - the store's version of a key is looked up (through the namespace's
  *     StoreReader, GIL held) only when the core asks for it
- *     (ABASE_NEEDBASE) and the namespace's store is not known empty;
+ *     (ABASE_NEEDBASE), the namespace's store is not known empty, and,
+ *     unless want_prev, the record is not newer than store_below (the
+ *     store's HLC high-water mark: no stored version is newer);
  *   - a negative status is raised through `fail` (log.py's mapping).
  * The caller holds the engine's merge and fold locks (batch.py), so the
  * store cannot change between the core's two calls.
@@ -209,8 +211,8 @@ static PyObject *ap_result(ApplyPath *self, PyObject *items, abase_apply_rec *re
 
 static PyObject *ap_apply(ApplyPath *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "apply(changes, wall_ms, max_skew_ms, want_prev)");
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "apply(changes, wall_ms, max_skew_ms, want_prev, store_below)");
         return NULL;
     }
     long long wall_ms = PyLong_AsLongLong(args[1]);
@@ -221,6 +223,9 @@ static PyObject *ap_apply(ApplyPath *self, PyObject *const *args, Py_ssize_t nar
         return NULL;
     int want_prev = PyObject_IsTrue(args[3]);
     if (want_prev < 0)
+        return NULL;
+    unsigned long long store_below = PyLong_AsUnsignedLongLong(args[4]);
+    if (store_below == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
     PyObject *changes = args[0];
     if (!PyList_CheckExact(changes) && !PyTuple_CheckExact(changes))
@@ -249,6 +254,10 @@ static PyObject *ap_apply(ApplyPath *self, PyObject *const *args, Py_ssize_t nar
         int rc = ap_decode(self, PyTuple_GET_ITEM(items, i), st, &recs[i], &fps[i]);
         if (rc < 0)
             goto done;
+        /* Newer than everything the store holds: its version cannot decide
+         * (only the digest upkeep, want_prev, needs to know it). */
+        if (rc == 1 && !want_prev && recs[i].hlc > store_below)
+            recs[i].base_known = 1;
         if (rc == 0) {
             out = Py_None;
             Py_INCREF(out);
@@ -373,7 +382,7 @@ static PyObject *ap_call_apply(ApplyPath *self, PyObject *const *args, Py_ssize_
 
 static PyMethodDef ap_methods[] = {
     {"apply", (PyCFunction)(void (*)(void))ap_call_apply, METH_FASTCALL,
-     "apply(changes, wall_ms, max_skew_ms, want_prev) -> (appended, status, prevs) | None: "
+     "apply(changes, wall_ms, max_skew_ms, want_prev, store_below) -> (appended, status, prevs) | None: "
      "see csrc/fast_apply.c. None: nothing done, take the general path."},
     {NULL, NULL, 0, NULL},
 };

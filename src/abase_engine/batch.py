@@ -436,7 +436,8 @@ class Committer:
 
         One core call decides every record's last-writer-wins rule under the
         log lock and appends the batch atomically; the store is consulted only
-        for keys whose log versions cannot decide. Digest upkeep uses the
+        for keys whose log versions cannot decide, and (without digests) only
+        for records not newer than its HLC high-water mark. Digest upkeep uses the
         predecessors the core reports, without reading the keys again.
         :raises ClockSkewError: a record is too far ahead (nothing applied).
         """
@@ -447,7 +448,10 @@ class Committer:
         digests = self.digests
         with self._merge_lock:  # digest upkeep and local read-modify-writes see whole applies
             with self._fold_lock:  # the store cannot change between the core's two calls
-                res = path.apply(changes, self._log.wall(), max_skew_ms, digests is not None)
+                # No stored version is newer than the store's HLC high-water
+                # mark: a record above it needs no store lookup to be decided.
+                below = self._store.meta_u64(b"hlc_high_water", 0)
+                res = path.apply(changes, self._log.wall(), max_skew_ms, digests is not None, below)
             if res is None:
                 return None
             count, status, appended = res
