@@ -169,10 +169,9 @@ static int ap_lookup_base(FastPath *fp, PyObject *key, abase_apply_rec *rec)
     return ok; /* anything else (a merge state?) is the general path's to report */
 }
 
-static PyObject *ap_result(ApplyPath *self, PyObject *items, abase_apply_rec *recs, Py_ssize_t n,
-                           int64_t appended, int want_prev)
+/* (appended, status, prevs): see the top of this file. */
+static PyObject *ap_result(const abase_apply_rec *recs, Py_ssize_t n, int64_t appended, int want_prev)
 {
-    (void)self;
     PyObject *status = PyBytes_FromStringAndSize(NULL, n);
     if (!status)
         return NULL;
@@ -185,7 +184,7 @@ static PyObject *ap_result(ApplyPath *self, PyObject *items, abase_apply_rec *re
         Py_DECREF(prevs);
         prevs = PyList_New(0);
         for (Py_ssize_t i = 0; prevs && i < n; i++) {
-            abase_apply_rec *r = &recs[i];
+            const abase_apply_rec *r = &recs[i];
             if (r->status != ABASE_APPLY_APPENDED)
                 continue;
             PyObject *t = Py_BuildValue("(nIBBKI)", i, r->ns, r->op, r->prev_kind,
@@ -198,7 +197,6 @@ static PyObject *ap_result(ApplyPath *self, PyObject *items, abase_apply_rec *re
             Py_DECREF(t);
         }
     }
-    (void)items;
     if (!prevs) {
         Py_DECREF(status);
         return NULL;
@@ -272,7 +270,7 @@ static PyObject *ap_apply(ApplyPath *self, PyObject *const *args, Py_ssize_t nar
         rc = fn(db, (uint32_t)n, recs, (int64_t)wall_ms, (uint64_t)max_skew);
         Py_END_ALLOW_THREADS
         if (rc >= 0) {
-            out = ap_result(self, items, recs, n, rc, want_prev);
+            out = ap_result(recs, n, rc, want_prev);
             break;
         }
         if (rc != ABASE_NEEDBASE || round == 2) {
