@@ -16,7 +16,7 @@ setup(
         Extension(
             "abase_engine._fast",
             sources=["csrc/fastcall.c", "csrc/fast_timestamp.c", "csrc/fast_store.c", "csrc/fast_scan.c",
-                     "csrc/fast_batch.c", "csrc/crdt_codec.c", "csrc/crdt_state.c", "csrc/crdt_ops.c",
+                     "csrc/fast_batch.c", "csrc/fast_apply.c", "csrc/crdt_codec.c", "csrc/crdt_state.c", "csrc/crdt_ops.c",
                      "csrc/crdt_py.c", "csrc/crdt_path.c"],
             include_dirs=["csrc"],
             depends=["csrc/abase.h", "csrc/fast.h", "csrc/crdt.h", "csrc/crdt_py.h"],

@@ -5,7 +5,9 @@ Four measurements, each compared within the same run as ratios:
 1. Engine hooks, no Ray: records/s of ``apply`` (what a replica does with a
    client's writes) and of reading the change feed, against ``put_many`` of
    the same records into a fresh engine (with and without ``digests``, which
-   replicas turn on).
+   replicas turn on); ``apply`` of newer records for keys the store holds
+   against ``put_many`` in the same state; ``records(leaf)`` right after a
+   write, maintained (``digests``) against a pass over the namespace.
 2. Through the Ray client on a local three-node Ray cluster: throughput of
    batched ``put_many``/``get_many`` for P = 1, 2, 4 partitions (N=3) at
    W=1 and W=2 (R=W), and p50/p90/p99/max latency of single puts and gets.
@@ -76,6 +78,63 @@ def engine_hooks(n: int, root: str) -> Dict[str, float]:
         tag = "digests" if digests else "plain"
         for k, v in best.items():
             out[f"{k} ({tag})"] = v
+    return out
+
+
+def steady_state(n: int, root: str) -> Dict[str, float]:
+    """A replica past its first compaction: records/s of ``apply`` of a second
+    round of newer records for keys the store holds (each key's stored
+    version is read), against ``put_many`` of the same keys into an engine
+    in the same state; then the cost of ``records(leaf)`` right after a
+    write (anti-entropy during writes), maintained (``digests=True``)
+    against a pass over the namespace (``digests=False``). Best of 3."""
+    import random
+
+    value = b"w" * 100
+    keys = _keys(n)
+    out: Dict[str, float] = {"put_many (store)": 0.0, "apply (store)": 0.0}
+    for rep in range(3):
+        src = ae.open(os.path.join(root, f"ss-src-{rep}"), node_id=1, compact_interval=None)
+        dst = ae.open(os.path.join(root, f"ss-dst-{rep}"), node_id=2, compact_interval=None)
+        for i in range(0, n, 1000):
+            src.put_many([(k, b"v" * 100) for k in keys[i:i + 1000]])
+        dst.apply([ae.Change(c.namespace, c.key, c.op, c.value, c.timestamp) for c in src.changes()])
+        src.compact(wait=True)
+        dst.compact(wait=True)
+        cursor = None
+        for cursor_change in src.changes():
+            cursor = cursor_change.cursor
+        t = time.perf_counter()
+        for i in range(0, n, 1000):
+            src.put_many([(k, value) for k in keys[i:i + 1000]])
+        out["put_many (store)"] = max(out["put_many (store)"], n / (time.perf_counter() - t))
+        changes = [ae.Change(c.namespace, c.key, c.op, c.value, c.timestamp) for c in src.changes(cursor)]
+        assert len(changes) == n
+        t = time.perf_counter()
+        for i in range(0, n, 1000):
+            dst.apply(changes[i:i + 1000])
+        out["apply (store)"] = max(out["apply (store)"], n / (time.perf_counter() - t))
+        assert dst.get(keys[0]) == value
+        src.close()
+        dst.close()
+        shutil.rmtree(os.path.join(root, f"ss-src-{rep}"))
+        shutil.rmtree(os.path.join(root, f"ss-dst-{rep}"))
+    rnd = random.Random(1)
+    for digests in (True, False):
+        path = os.path.join(root, f"leaf-{digests}")
+        db = ae.open(path, node_id=2, compact_interval=None, digests=digests)
+        for i in range(0, n, 1000):
+            db.put_many([(k, b"v") for k in keys[i:i + 1000]])
+        db.digest("")
+        calls = 50 if digests else 3  # a pass over the namespace per call without
+        t = time.perf_counter()
+        for i in range(calls):
+            db.apply([ae.Change("", keys[i], ae.Op.PUT, b"x", ae.Timestamp(int(time.time() * 1000), 0, 9))])
+            db.records("", (rnd.randrange(16), rnd.randrange(16), rnd.randrange(16)))
+        out[f"apply + records(leaf) us ({'digests' if digests else 'plain'})"] = \
+            (time.perf_counter() - t) / calls * 1e6
+        db.close()
+        shutil.rmtree(path)
     return out
 
 
@@ -180,6 +239,7 @@ def main() -> None:
     try:
         if "engine" in parts:
             _print_hooks(args, root)
+            _print_steady(args, root)
         if parts & {"client", "catchup"}:
             _ray_parts(args, root, parts)
     finally:
@@ -194,6 +254,18 @@ def _print_hooks(args: argparse.Namespace, root: str) -> None:
         for k in ("put_many", "apply", "feed"):
             v = hooks[f"{k} ({tag})"]
             print(f"{k:9s} {tag:8s} {v:12,.0f} records/s   {v / pm:5.2f}x put_many")
+
+
+def _print_steady(args: argparse.Namespace, root: str) -> None:
+    print(f"\n## a replica whose store holds the keys ({args.records} keys; best of 3)")
+    ss = steady_state(args.records, root)
+    pm = ss["put_many (store)"]
+    for k in ("put_many (store)", "apply (store)"):
+        print(f"{k:17s} {ss[k]:12,.0f} records/s   {ss[k] / pm:5.2f}x put_many")
+    plain = ss["apply + records(leaf) us (plain)"]
+    for tag in ("digests", "plain"):
+        v = ss[f"apply + records(leaf) us ({tag})"]
+        print(f"apply of 1 record + records(leaf), {tag:8s} {v:12,.1f} us   {v / plain:7.4f}x plain")
 
 
 def _ray_parts(args: argparse.Namespace, root: str, parts: set) -> None:

@@ -201,6 +201,11 @@ static inline int abase_hlc_usable(uint64_t hlc)
 #define ABASE_ECLOSED (-17)   /* abase_db_close has begun: nothing was done */
 #define ABASE_ECONFLICT (-18) /* abase_append_if: the key's head moved; nothing written */
 
+/* abase_apply_batch: what became of a record */
+#define ABASE_APPLY_SKIPPED 0
+#define ABASE_APPLY_APPENDED 1
+#define ABASE_APPLY_NEEDBASE 2
+
 /* MARK flags */
 #define ABASE_MARK_FAILED 0x01u
 #define ABASE_MARK_CUT 0x02u
@@ -381,6 +386,40 @@ int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
                           const uint32_t *base_nodes, const uint8_t *modes,
                           uint8_t *out_status, const uint8_t *flags,
                           int64_t wall_ms);
+
+/* One record received from another replica, for abase_apply_batch. */
+typedef struct abase_apply_rec {
+    const uint8_t *key;
+    const uint8_t *value;  /* may be NULL when vlen is 0 */
+    uint64_t hlc;          /* the record's own timestamp */
+    uint64_t base_hlc;     /* with base_known: the store's version of the key */
+    uint64_t prev_hlc;     /* out, when appended: the key's newest version before it */
+    uint32_t klen, vlen;   /* a delete has no value (vlen 0) */
+    uint32_t node;
+    uint32_t ns;           /* an LWW namespace */
+    uint32_t base_node;
+    uint32_t prev_node;
+    uint8_t op;            /* ABASE_OP_PUT or ABASE_OP_DELETE */
+    uint8_t base_known;    /* in: base_kind/hlc/node hold the store's version */
+    uint8_t base_kind;     /* 0: the store holds none; ABASE_OP_PUT a value, ABASE_OP_DELETE a tombstone */
+    uint8_t status;        /* out: ABASE_APPLY_SKIPPED, _APPENDED or _NEEDBASE */
+    uint8_t prev_kind;     /* out, when appended: 0 none, else the op of the newest version before it */
+} abase_apply_rec;
+
+/* Append records received from another replica into LWW namespaces as one
+ * atomic batch, each with its own timestamp (apply.c). A record is skipped
+ * when the key holds a version with the same or a newer timestamp (log or
+ * store); an appended record is flagged DOMINANT. When a key's log versions
+ * cannot decide and its record lacks base_known, the call returns
+ * ABASE_NEEDBASE with those records' status ABASE_APPLY_NEEDBASE, nothing
+ * appended and the clock untouched: look their store versions up and call
+ * again (hold whatever keeps the store from changing across both calls).
+ * Otherwise the clock receives the newest timestamp first (ABASE_ESKEW, with
+ * nothing appended, past max_skew_ms; wall_ms as for abase_hlc_now), then the
+ * records are appended and, with durability sync, synced. Returns how many
+ * were appended (>= 0) or a negative status. */
+int64_t abase_apply_batch(abase_db *db, uint32_t n, abase_apply_rec *recs, int64_t wall_ms,
+                          uint64_t max_skew_ms);
 
 /* Wait until everything appended so far is on disk (fdatasync, shared by
  * concurrent callers). */

@@ -15,6 +15,8 @@
  *                     chunks and a py-lmdb cursor merged in one C loop
  *   fast_batch.c      BatchBuffer: the records of a db.batch(), committed
  *                     with one call into the core
+ *   fast_apply.c      ApplyPath: Engine.apply of records into LWW
+ *                     namespaces, decoded in C, one call into the core
  * No file keeps global state: the types live in the module state.
  * Everything here runs with the GIL held unless a comment says otherwise.
  */
@@ -103,6 +105,8 @@ PyObject *fast_raise_status(FastPath *fp, int64_t rc, const char *what);
 /* A new Timestamp (a new reference, or NULL with an exception). */
 PyObject *fast_ts_new(PyTypeObject *tp, uint64_t hlc, uint32_t node);
 int fast_timestamp_init(PyObject *module, fast_state *st);
+/* The (hlc, node) of a Timestamp (the caller checked its type). */
+void fast_ts_read(PyObject *ts, uint64_t *hlc, uint32_t *node);
 
 /* ------------------------------------------------------ StoreReader */
 
@@ -126,5 +130,7 @@ int fast_store_init(PyObject *module, fast_state *st);
 
 int fast_scan_init(PyObject *module, fast_state *st);
 int fast_batch_init(PyObject *module, fast_state *st);
+/* ApplyPath (fast_apply.c): Engine.apply into LWW namespaces in one core call. */
+int fast_apply_init(PyObject *module, fast_state *st);
 
 #endif

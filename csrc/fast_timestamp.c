@@ -35,6 +35,12 @@ PyObject *fast_ts_new(PyTypeObject *tp, uint64_t hlc, uint32_t node)
     return (PyObject *)t;
 }
 
+void fast_ts_read(PyObject *ts, uint64_t *hlc, uint32_t *node)
+{
+    *hlc = ((TimestampObject *)ts)->hlc;
+    *node = ((TimestampObject *)ts)->node;
+}
+
 static void ts_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);

@@ -723,7 +723,7 @@ static int fast_exec(PyObject *m)
         return -1;
     }
     if (fast_timestamp_init(m, st) < 0 || fast_store_init(m, st) < 0 || fast_scan_init(m, st) < 0 ||
-        fast_batch_init(m, st) < 0)
+        fast_batch_init(m, st) < 0 || fast_apply_init(m, st) < 0)
         return -1;
     return crdt_module_exec(m); /* MergeLock, CrdtPath (crdt_py.c, crdt_path.c) */
 }

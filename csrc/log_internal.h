@@ -27,6 +27,8 @@
  *               heads, walks, timestamps
  *   tail.c      the tail keeper: a thread keeping the pages ahead of the
  *               last record mapped writable
+ *   apply.c     records received from replicas into LWW namespaces
+ *               (abase_apply_batch)
  * and, below them, index.c (index.h), hlc.c, crc32c.c, bytes.h.
  *
  * Locking. Order: lock, then sync_mu, then mark_mu / stall_mu / tail_mu
@@ -349,6 +351,11 @@ uint64_t log_append_rec(abase_db *db, segment *s, uint32_t ns, int op,
                         const uint8_t *val, size_t vlen, uint64_t hlc,
                         uint32_t node, uint64_t prev);
 void log_rewrite_flags(uint8_t *p, uint8_t flags);
+
+/* write.c */
+/* Group commit: wait until every address below `target` is durable (no
+ * lock held; the sticky failure as for a write). */
+int log_sync_to(abase_db *db, uint64_t target);
 
 /* mark.c */
 /* The mark as recovery found it. */

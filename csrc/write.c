@@ -160,6 +160,11 @@ static int sync_upto(abase_db *db, uint64_t target, int all_segments)
     return rc;
 }
 
+int log_sync_to(abase_db *db, uint64_t target)
+{
+    return sync_upto(db, target, 0);
+}
+
 int abase_sync(abase_db *db)
 {
     if (!gate_enter(db))

@@ -49,7 +49,7 @@ def _path(p: str) -> str:
 
 # The C core: the log (log_internal.h lists its files) and what it builds on.
 _SOURCES = ("crc32c.c", "hlc.c", "index.c", "log.c", "write.c", "read.c", "scan.c", "recovery.c", "fold.c", "feed.c",
-            "mark.c", "merge_log.c", "tail.c")
+            "mark.c", "merge_log.c", "tail.c", "apply.c")
 # A change to any of these rebuilds the extension.
 _HEADERS = ("abase.h", "bytes.h", "index.h", "log_internal.h")
 

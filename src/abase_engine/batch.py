@@ -213,6 +213,8 @@ class Committer:
         self._cap = max_successive_merges
         #: the DigestTree to keep current on every write, or None (option ``digests`` off)
         self.digests: Optional["DigestTree"] = None
+        #: the ``_fast.ApplyPath`` of received records into LWW namespaces, or None
+        self.apply_path: Any = None
         #: the engine the written namespaces must belong to
         self.owner = owner
 
@@ -425,6 +427,42 @@ class Committer:
             if applied:
                 self._listeners.notify(applied)
         return sum(status)
+
+    def apply_received(self, changes: Sequence[Change], max_skew_ms: int) -> Optional[int]:
+        """``Engine.apply`` in C (``csrc/fast_apply.c``, ``csrc/apply.c``) when
+        every record goes to an LWW namespace and has exact types; returns how
+        many changed anything, or None, having done nothing, for the general
+        path (:meth:`apply`, which also raises the errors).
+
+        One core call decides every record's last-writer-wins rule under the
+        log lock and appends the batch atomically; the store is consulted only
+        for keys whose log versions cannot decide, and (without digests) only
+        for records not newer than its HLC high-water mark. Digest upkeep uses the
+        predecessors the core reports, without reading the keys again.
+        :raises ClockSkewError: a record is too far ahead (nothing applied).
+        """
+        path = self.apply_path
+        if path is None or not changes:
+            return None
+        self._log.stall()  # backpressure, before the merge and fold locks the compactor needs
+        digests = self.digests
+        with self._merge_lock:  # digest upkeep and local read-modify-writes see whole applies
+            with self._fold_lock:  # the store cannot change between the core's two calls
+                # No stored version is newer than the store's HLC high-water
+                # mark: a record above it needs no store lookup to be decided.
+                below = self._store.meta_u64(b"hlc_high_water", 0)
+                res = path.apply(changes, self._log.wall(), max_skew_ms, digests is not None, below)
+            if res is None:
+                return None
+            count, status, appended = res
+            if digests is not None and appended:
+                digests.note_applied(changes, appended)
+        if count and self._listeners.active:
+            self._listeners.notify([
+                Change(ch.namespace, ch.key, Op(_PUT if ch.op == _MERGE else ch.op),
+                       None if ch.op == _DELETE else (ch.value if ch.value is not None else b""), ch.timestamp)
+                for ch, st in zip(changes, status) if st])
+        return count
 
     def _checkpoint_long_chains(self, keys: Dict[Tuple[int, bytes], "Namespace"]) -> None:
         """Append a checkpoint (the whole state, flagged so that reads stop at

@@ -14,8 +14,21 @@ Upkeep: with the engine option ``digests`` the leaves are *maintained*: the
 write path hashes each written key before and after the write
 (:meth:`DigestTree.track` / :meth:`DigestTree.settle`, merge lock held) and
 XORs the difference into its leaf, and so does the compactor's tombstone
-purge. Without it, the leaves are rebuilt in O(keys) on the first call after
-writes.
+purge. ``apply`` into LWW namespaces (the C path, ``csrc/apply.c``) reads
+nothing: the core reports each appended record's predecessor (the key's
+newest version before it), so :meth:`DigestTree.note_applied` computes both
+entries from timestamps alone. Without the option, the leaves are rebuilt in
+O(keys) on the first call after writes.
+
+Leaf membership: in maintained mode each namespace also keeps its keys by
+leaf (a dict of leaf -> set of keys, built by the first :meth:`records` call
+of the namespace in this process, in O(keys), then kept current by the same
+upkeep: a key joins its leaf when written and leaves it when its entry
+becomes 0, a purged tombstone), so ``records(leaf)`` costs O(keys in the
+leaf). Memory: one reference to the key in a set, about 35-70 bytes a key
+with the set's spare slots, plus the key's bytes object itself (33 + its
+length) where nothing else holds it. Without the option membership comes
+from one pass over the namespace, cached until the next write.
 
 File format: ``<dir>/digests.bin``, written at a clean close when the
 leaves are maintained: a marker ``last segment u32 | its used bytes u64 |
@@ -38,7 +51,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import xxhash
 
@@ -104,6 +117,8 @@ class DigestTree:
         self._leaves_gen: Dict[int, int] = {}  # bumped when a namespace's leaves change
         self._tree_cache: Dict[int, tuple] = {}
         self._members_cache: Dict[int, tuple] = {}
+        #: ns id -> leaf -> keys (maintained mode; built by the first records() call)
+        self._members: Dict[int, Dict[int, Set[bytes]]] = {}
 
     # -- queries ---------------------------------------------------------------
     def digest(self, ns: "Namespace", path: Tuple[int, ...]) -> List[int]:
@@ -122,7 +137,9 @@ class DigestTree:
             raise ValueError("records() needs a leaf path of 3 nibbles")
         leaf = path[0] * 256 + path[1] * 16 + path[2]
         out = []
-        for key in self._leaf_members(ns).get(leaf, ()):
+        with self._lock:  # the membership must not change while it is read
+            keys = sorted(self._leaf_keys(ns, leaf))
+        for key in keys:
             rec = ns.reader.visible_record(key)
             if rec is None:
                 continue
@@ -182,6 +199,32 @@ class DigestTree:
             canon = b"\x03" + value
         return xxhash.xxh64_intdigest(key + b"\x00" + canon)
 
+    def note_applied(self, changes: Sequence[Any], appended: List[Tuple[int, int, int, int, int, int]]) -> None:
+        """After the C apply path appended records into LWW namespaces
+        (merge lock held since before the append): fold each key's change of
+        entry into its leaf, from ``(index in changes, ns id, op, kind, hlc,
+        node)`` of every appended record and its key's newest version before
+        it (kind 0: none). A namespace whose leaves are not built yet is
+        skipped: they are built later from the state, which has the record."""
+        touched = set()
+        for i, ns_id, op, kind, hlc, node in appended:
+            leaves = self._leaves.get(ns_id)
+            if leaves is None:
+                continue
+            ch = changes[i]
+            key, ts = ch.key, ch.timestamp
+            head = key + b"\x00"
+            new = xxhash.xxh64_intdigest(head + _ENTRY_TS.pack(op, ts.hlc, ts.node_id))
+            old = xxhash.xxh64_intdigest(head + _ENTRY_TS.pack(kind, hlc, node)) if kind else 0
+            leaf = _leaf_of(key)
+            leaves[leaf] ^= old ^ new
+            members = self._members.get(ns_id)
+            if members is not None:
+                members.setdefault(leaf, set()).add(key)
+            touched.add(ns_id)
+        for ns_id in touched:
+            self._leaves_gen[ns_id] = self._leaves_gen.get(ns_id, 0) + 1
+
     def leaves(self, ns: "Namespace") -> List[int]:
         """The namespace's 4096 leaf hashes as maintained (built on first use)."""
         with self._lock:
@@ -191,6 +234,7 @@ class DigestTree:
         """Drop maintained leaves (they are rebuilt on next use): for tests."""
         with self._lock:
             self._leaves.clear()
+            self._members.clear()
             self._tree_cache.clear()
 
     def _ns_leaves(self, ns: "Namespace") -> List[int]:
@@ -198,16 +242,40 @@ class DigestTree:
         if leaves is None:  # first use in this process: one full build
             leaves = self._leaves[ns.id] = self._scan_leaves(ns)
             self._leaves_gen[ns.id] = self._leaves_gen.get(ns.id, 0) + 1
+            # the membership that pass saw, kept current from now on
+            self._members[ns.id] = {leaf: set(keys) for leaf, keys in self._members_cache.pop(ns.id)[1].items()}
         return leaves
 
     def _leaf_changed(self, ns_id: int, key: bytes, old: int, new: int) -> None:
-        self._leaves[ns_id][_leaf_of(key)] ^= old ^ new
+        leaf = _leaf_of(key)
+        self._leaves[ns_id][leaf] ^= old ^ new
         self._leaves_gen[ns_id] = self._leaves_gen.get(ns_id, 0) + 1
+        members = self._members.get(ns_id)
+        if members is not None:
+            if new:
+                members.setdefault(leaf, set()).add(key)
+            else:
+                members.get(leaf, set()).discard(key)
 
     # -- building ------------------------------------------------------------------
     def _write_version(self) -> Tuple[int, int]:
         """Changes whenever a record is appended or the store commits."""
         return self._log.stats()["records_appended"], self._store.generation
+
+    def _leaf_keys(self, ns: "Namespace", leaf: int) -> Any:
+        """The keys of one leaf (merge lock held): from the maintained
+        membership, built on first use (maintained mode), else from one
+        pass over the namespace cached until the next write."""
+        if not self.maintained:
+            return self._leaf_members(ns).get(leaf, ())
+        members = self._members.get(ns.id)
+        if members is None:
+            self._ns_leaves(ns)  # upkeep must run from now on, for leaves and members alike
+            members = {}
+            for key in self._all_keys(ns):
+                members.setdefault(_leaf_of(key), set()).add(key)
+            self._members[ns.id] = members
+        return members.get(leaf, ())
 
     def _leaf_members(self, ns: "Namespace") -> Dict[int, List[bytes]]:
         """Keys by leaf, from one pass over the namespace; reused until the

@@ -296,6 +296,7 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
                                   committer=self._committer, scanner=self._scanner, owner=self)
         self._catalog.add_default(self._default)
         self._fastpath = self._fastpaths.create(self._default, self._committer.put_many)
+        self._committer.apply_path = self._fastpaths.apply_path(self._catalog.for_apply)
         # While a namespace has nothing in the store, a key the log does not
         # hold is absent: the fast path answers without LMDB. Kept current
         # after every store commit.

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tupl
 from . import _fast
 from .crdt import Operation, c_tag
 from .log import Log
-from .record import Timestamp
+from .record import Change, Timestamp
 from .store import Store
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,6 +125,18 @@ class FastPaths:
         ns.merge_many = cp.merge_many  # type: ignore[method-assign]
         ns.get_many = cp.get_many  # type: ignore[method-assign]
         return True
+
+    def apply_path(self, for_apply: Callable[[str], "Namespace"]) -> Any:
+        """A ``_fast.ApplyPath``: ``Engine.apply`` of records into LWW
+        namespaces decoded in C and appended with one core call
+        (``csrc/fast_apply.c``). ``for_apply``: the catalog's name -> handle
+        for received records (creates an LWW namespace on demand)."""
+        def lww_path(name: Any) -> Any:
+            ns = for_apply(name)
+            return self._by_ns.get(ns.id) if ns.lww else None
+
+        handle, fn = self._log.apply_handle()
+        return _fast.ApplyPath(handle, fn, Change, lww_path, self._log.error)
 
     # -- the facts -----------------------------------------------------------
     @property

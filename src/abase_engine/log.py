@@ -173,6 +173,12 @@ class Log(SegmentAccess):
         names = ("abase_merge_head", "abase_merge_read", "abase_issue", "abase_append_if", "abase_merge_appends")
         return addr(self._db), tuple(addr(ffi.addressof(lib, n)) for n in names)  # type: ignore[return-value]
 
+    def apply_handle(self) -> Tuple[int, int]:
+        """The database handle and the address of ``abase_apply_batch``, for
+        ``_fast.ApplyPath`` (``Engine.apply`` into LWW namespaces in C)."""
+        return (int(ffi.cast("uintptr_t", self._db)),
+                int(ffi.cast("uintptr_t", ffi.addressof(lib, "abase_apply_batch"))))
+
     def error(self, rc: int, what: str) -> AbaseError:
         """The exception for a negative status returned by a fast path."""
         return _error_from_status(self._db, rc, what)
