@@ -76,6 +76,7 @@ from .scan import Scanner
 from .slots import ReplicationSlot, SlotTable
 from .snapshot import PinSet, Snapshot
 from .store import Store, fsync_dir
+from .timing import LatencyHistogram
 
 __all__ = ["Engine", "Namespace", "Batch", "Snapshot", "ReplicationSlot", "open", "DEFAULT_OPTIONS"]
 
@@ -357,6 +358,11 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
     def _fast(self) -> bool:
         """Whether the C fast paths are on (tests)."""
         return self._fastpaths.enabled
+
+    @property
+    def compaction_timings(self) -> LatencyHistogram:
+        """Durations (s) of the compaction passes that folded segments (``abase_engine.metrics``)."""
+        return self._compactor.pass_seconds
 
     @property
     def listener_errors(self) -> int:
