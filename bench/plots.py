@@ -213,9 +213,9 @@ def plot_timeline(report: Dict[str, Any], out_dir: str) -> Optional[str]:
     for ax in (top, bottom):
         ax.axvline(tl["write_s"], color="grey", linestyle="--", linewidth=0.8)
     seg = (tl.get("open_opts") or {}).get("segment_size")
-    fig.suptitle(f"Compaction over time: {tl['ops']:,} ops on {tl['n']:,} keys ({tl['rounds']} writes per key, "
-                 f"{tl['value_size']} B values), compactor thread on"
-                 + (f", {seg >> 20} MiB segments" if seg else "") + f"; writes end at the dashed line\n"
+    fig.suptitle(f"Compaction over time: {tl['ops']:,} ops (90% put) on {tl['n']:,} keys, {tl['rounds']} writes "
+                 f"per key, compactor thread on" + (f", {seg >> 20} MiB segments" if seg else "")
+                 + "\nwrites end at the dashed line; then the compactor catches up alone\n"
                  + _subtitle(report), fontsize=9)
     path = os.path.join(out_dir, "compaction_timeline.png")
     fig.savefig(path, dpi=110)

@@ -196,17 +196,20 @@ def take_backup(dest: str, *, source: str, node_id: int, log: "Log", store: "Sto
     try:
         mark_path = os.path.join(source, "log", "MARK")
         t0 = time.perf_counter()
-        with fold_lock:
+        with fold_lock:  # waits while a compaction pass commits
+            t1 = time.perf_counter()
             with open(mark_path, "rb") as f:  # before the seal: its end never lies past the copied data
                 mark = f.read()
             before = log.clock()
-            log.seal()
+            t2 = time.perf_counter()
+            log.seal()  # the only step writers wait for
+            seal_ms = (time.perf_counter() - t2) * 1000
             segs = [s for s in log.segments() if s["sealed"]]
             for s in segs:
                 name = f"{s['no']:08d}.seg"
                 fds.append((name, os.open(os.path.join(source, "log", name), os.O_RDONLY)))
             txn = store.env.begin()
-        pause_ms = (time.perf_counter() - t0) * 1000
+        held_ms, wait_ms = (time.perf_counter() - t1) * 1000, (t1 - t0) * 1000
         newest = max([(before, node_id)] + [(s["max_hlc"], s["max_node"]) for s in segs if s["records"]])
         ts = from_packed(*newest)
 
@@ -247,7 +250,8 @@ def take_backup(dest: str, *, source: str, node_id: int, log: "Log", store: "Sto
             "abase_backup": _LAYOUT, "timestamp": ts.to_bytes().hex(),
             "timestamp_parts": [ts.physical_ms, ts.logical, ts.node_id],
             "source": source, "source_node_id": node_id, "node_ids": list(used),
-            "created_ms": int(time.time() * 1000), "pause_ms": round(pause_ms, 3),
+            "created_ms": int(time.time() * 1000), "lock_held_ms": round(held_ms, 3),
+            "lock_wait_ms": round(wait_ms, 3), "seal_ms": round(seal_ms, 3),
             "format": {"log": int(lib.ABASE_FORMAT_VERSION), "store": STORE_FORMAT_VERSION},
             "files": files,
         }

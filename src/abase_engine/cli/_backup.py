@@ -37,7 +37,7 @@ def backup(path: str, dest: str, *, ui: Ui) -> Outcome:
     size = sum(f["bytes"] for f in m["files"].values())
     data = {"command": "backup", "store": os.path.abspath(path), "backup": os.path.abspath(dest),
             "timestamp": format_ts(ts), "timestamp_hex": ts.to_bytes().hex(), "node_id": node_id,
-            "node_ids": m["node_ids"], "files": len(m["files"]), "bytes": size, "pause_ms": m["pause_ms"]}
+            "node_ids": m["node_ids"], "files": len(m["files"]), "bytes": size, "lock_held_ms": m["lock_held_ms"]}
     text = (f"backed up {path} to {dest}: {len(m['files'])} file(s), {human_bytes(size)}, "
             f"as of timestamp {format_ts(ts)}\n"
             f"restore it under a node id other than {', '.join(map(str, m['node_ids']))}: "
