@@ -650,6 +650,14 @@ def test_progress_bars_only_on_a_terminal_and_not_quiet(monkeypatch):
         assert ui.bars_enabled()
         assert list(ui.progress(range(5), total=5, desc="x")) == list(range(5))
         assert "x" in tty.getvalue()
+        with ui.byte_progress("copying") as report:
+            report(10, 100)
+            report(100, 100)
+        assert "copying" in tty.getvalue()
+    quiet = _Tty()
+    with _ui.Ui(False, True, stderr=quiet).byte_progress("copying") as report:
+        report(1, 2)
+    assert quiet.getvalue() == ""
     monkeypatch.setattr(_ui, "_tqdm", None)  # the `cli` extra not installed
     ui = _ui.Ui(False, False, stderr=_Tty())
     assert not ui.bars_enabled() and list(ui.progress(range(3))) == [0, 1, 2]

@@ -558,6 +558,8 @@ def open(path: Union[str, "os.PathLike[str]"], node_id: int = 1, durability: str
     :raises IOFailedError: an OS call failed while opening.
     :raises FormatVersionError: written by an unknown format version.
     :raises InvalidOptionError: an unknown or out-of-range option.
+    :raises NodeIdRetiredError: ``node_id`` is retired in this directory (a
+        restored copy opened under an id of its original; ``NODE`` file).
     """
     return Engine(path, node_id, durability, **options)
 
