@@ -272,3 +272,24 @@ def test_backup_equals_the_state_when_nothing_runs(tmp_path_factory, ops):
     with ae.open(str(base / "r"), node_id=2, compact_interval=None) as r:
         assert dict(r.scan()) == state
         assert _digest_all(r) == digest
+
+
+@pytest.mark.parametrize("durability", ["none", "process", "sync"])
+def test_uncompacted_namespace_definitions_and_durability_levels(tmp_path, durability):
+    src = str(tmp_path / "src")
+    with ae.open(src, node_id=1, durability=durability, compact_interval=None) as db:
+        assert db.backup(str(tmp_path / "empty")) == ae.Timestamp(0, 0, 1)  # nothing issued yet
+        tags = db.namespace("tags", merge=crdt.ORSet())  # defined in the log only
+        tags.merge(b"k", crdt.ORSet.add(b"x"))
+        db.namespace("users").put(b"ada", b"l")
+        db.backup(str(tmp_path / "bk"))
+    ae.restore(str(tmp_path / "bk"), str(tmp_path / "r"), node_id=2)
+    with ae.open(str(tmp_path / "r"), node_id=2, compact_interval=None) as r:
+        assert r.namespaces() == {"tags": "abase.ORSet.v1", "users": "abase.LWW.v1"}
+        assert r.namespace("tags", merge=crdt.ORSet()).get(b"k") == frozenset({b"x"})
+        assert r.namespace("users").get(b"ada") == b"l"
+        r.compact()
+        assert r.check() == []
+    ae.restore(str(tmp_path / "empty"), str(tmp_path / "r0"), node_id=2)
+    with ae.open(str(tmp_path / "r0"), node_id=2) as r0:
+        assert r0.namespaces() == {} and list(r0.scan()) == []
