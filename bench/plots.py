@@ -190,7 +190,6 @@ def plot_timeline(report: Dict[str, Any], out_dir: str) -> Optional[str]:
         return None
     plt = _pyplot()
     samples = tl["samples"]
-    t = [x["t_s"] for x in samples]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, constrained_layout=True)
     mib = float(1 << 20)
     for field, label in (("log_bytes", "log (live segments)"), ("lag_bytes", "compaction lag (sealed, unfolded)"),
