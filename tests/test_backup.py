@@ -252,6 +252,12 @@ def test_node_file_records_every_id_and_refuses_damage(tmp_path):
         f.write('{"abase_node_ids": 1, "node_id": 8, "used": ["x"], "retired": []}')
     with pytest.raises(CorruptionError, match="NODE"):
         ae.open(path, node_id=8)
+    for lost in (b"", b"\0" * 65):  # a crash image whose NODE contents never reached the disk
+        with open(os.path.join(path, NODE_FILE), "wb") as f:
+            f.write(lost)
+        with ae.open(path, node_id=9):
+            pass
+        assert read_node_ids(path).used == (9,)
 
 
 @settings(max_examples=15, deadline=None)

@@ -26,7 +26,9 @@ It is written when an open claims an id not in ``used`` (a new directory,
 or a new id): to ``NODE.tmp``, fsync'd, renamed over ``NODE``, and the
 directory fsync'd (fsync point: the claim is on disk before the engine
 issues any timestamp under the id). A directory without the file (made
-before it existed) starts its history at its next open.
+before it existed), or whose file is empty or all NUL bytes (its name
+reached the disk, its contents did not), starts its history at its next
+open; anything else that does not parse is a CorruptionError.
 
 Thread-safety: the caller holds the directory's ``LOCK`` (the engine at
 open, ``restore`` on a directory no engine has open).
@@ -78,6 +80,12 @@ def read_node_ids(path: str) -> Optional[NodeIds]:
         with open(name, "rb") as f:
             raw = f.read(1 << 20)
     except FileNotFoundError:
+        return None
+    if not raw.strip(b"\0"):
+        # Empty (or NULs only): the file's name reached the disk but its
+        # contents did not (a crash right after it was first written, on a
+        # file system that does not order the rename after the fsync'd
+        # data). Nothing was claimed durably: as if there were no file.
         return None
     try:
         obj = json.loads(raw.decode("utf-8"))
