@@ -1364,6 +1364,75 @@ def fig_compaction_p99(cfg: dict) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def fig_compaction_timeline(cfg: dict) -> dict:
+    """Compaction over time: log bytes, store bytes and foreground p99 while
+    the engine's own compactor thread (engine defaults but a small segment,
+    ``timeline_segment`` bytes, so that it has many segments to fold) keeps
+    up with a steady write load.  The foreground overwrites ``n`` random keys
+    ``rounds`` times (90% put, 10% get of a written key, in key order of the
+    generator); every op is timed, and every ``window_ms`` of wall time a
+    sample records the seconds since the start, ``stats()`` (log_bytes,
+    store_bytes, compaction_lag_bytes, compactions) and the p99 of the puts
+    and gets of that window."""
+    import abase_engine as ae
+    workdir = tempfile.mkdtemp(prefix="abase-fig-timeline-", dir=cfg.get("tmpdir"))
+    try:
+        n, vs, rounds = cfg["n"], cfg["value_size"], cfg.get("rounds", 3)
+        window_ns = int(cfg.get("window_ms", 100) * 1e6)
+        db, accepted = _open_abase(ae, workdir, {"durability": "process",
+                                                 "segment_size": cfg.get("timeline_segment", 4 << 20),
+                                                 **cfg.get("abase_opts", {})})
+        rng = random.Random(cfg["seed"])
+        keys = [rng.randbytes(KEY_SIZE) for _ in range(n)]
+        vpool = rng.randbytes(vs + 4096)
+        seq = [(rng.random() < 0.9, i % n) for i in range(n * rounds)]
+        get, put = db.get, db.put
+        pc = time.perf_counter_ns
+        samples, g, p = [], [], []
+        t0 = w0 = pc()
+
+        def sample(now: int) -> None:
+            st = safe_stats(db)
+            samples.append({"t_s": (now - t0) / 1e9, "log_bytes": st.get("log_bytes"),
+                            "store_bytes": st.get("store_bytes"), "lag_bytes": st.get("compaction_lag_bytes"),
+                            "compactions": st.get("compactions"), "puts": len(p), "gets": len(g),
+                            "put_p99_us": percentiles_us(p).get("p99") if p else None,
+                            "get_p99_us": percentiles_us(g).get("p99") if g else None})
+
+        sample(t0)
+        for i, (is_put, k) in enumerate(seq):
+            key = keys[k]
+            a = pc()
+            if is_put or i < n:
+                off = (i * 7) % 4096
+                put(key, vpool[off:off + vs])
+                p.append(pc() - a)
+            else:
+                get(key)
+                g.append(pc() - a)
+            if i & 255 == 0 and a - w0 >= window_ns:
+                sample(a)
+                g, p, w0 = [], [], pc()
+        end = pc()
+        sample(end)
+        write_s = (end - t0) / 1e9
+        # then idle: the compactor catches up with nothing in the foreground
+        while True:
+            st = safe_stats(db)
+            if not st.get("sealed_segments") or pc() - end > 30e9:
+                break
+            g, p = [], []
+            time.sleep(cfg.get("window_ms", 100) / 1000)
+            sample(pc())
+        final = safe_stats(db)
+        db.close()
+        return {"n": n, "value_size": vs, "rounds": rounds, "ops": len(seq), "open_opts": accepted,
+                "window_ms": cfg.get("window_ms", 100), "write_s": write_s,
+                "ops_per_s": len(seq) / write_s if write_s else None, "samples": samples, "stats_after": final}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def crdt_child(cfg: dict) -> dict:
     """The CRDT rows of one store (bench/crdt_bench.py)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -1374,7 +1443,8 @@ def crdt_child(cfg: dict) -> dict:
 
 CHILD_MODES = {"store": run_child, "fig_memory": fig_memory, "fig_open_write": fig_open_write,
                "fig_open_read": fig_open_read, "fig_write_amp": fig_write_amp,
-               "fig_compaction_p99": fig_compaction_p99, "crdt": crdt_child}
+               "fig_compaction_p99": fig_compaction_p99, "fig_compaction_timeline": fig_compaction_timeline,
+               "crdt": crdt_child}
 
 
 # --------------------------------------------------------------------------
@@ -1681,6 +1751,7 @@ def run_engine_figures(args, base_cfg: dict) -> dict:
     figs["write_amp"] = spawn("fig_write_amp", dict(base_cfg, keys=20_000 if q else args.wa_keys,
                                                      rounds=args.wa_rounds), args.figure_timeout)
     figs["compaction_p99"] = run_p99_figure(args, base_cfg)
+    figs["compaction_timeline"] = run_timeline_figure(args, base_cfg)
     return figs
 
 
@@ -1732,6 +1803,14 @@ def run_p99_figure(args, base_cfg: dict) -> dict:
     q = args.quick
     return spawn("fig_compaction_p99", dict(base_cfg, n=20_000 if q else args.p99_n,
                                             ops=20_000 if q else args.p99_ops), args.figure_timeout)
+
+
+def run_timeline_figure(args, base_cfg: dict) -> dict:
+    """compaction_timeline: log/store bytes and foreground p99 over time (fig_compaction_timeline)."""
+    print("[figures] compaction over time", file=sys.stderr, flush=True)
+    n = 20_000 if args.quick else (args.timeline_n or args.n)
+    return spawn("fig_compaction_timeline", dict(base_cfg, n=n, rounds=args.timeline_rounds,
+                                                 window_ms=args.timeline_window_ms), args.figure_timeout)
 
 
 def _f(x, spec: str = ".1f") -> str:
@@ -1789,6 +1868,16 @@ def print_figures(figs: dict, stream=sys.stdout) -> None:
               f"put {r(cp['put_p99_ratio'])} (idle {fmt_us(cp['put_idle'].get('p99'))} us, "
               f"busy {fmt_us((cp['put_busy'] or {}).get('p99'))} us); compaction took {cp['compaction_s']:.2f} s, "
               f"{cp['busy_ops']:,} foreground ops overlapped it")
+    tl = figs.get("compaction_timeline") or {}
+    if tl:
+        if "error" in tl:
+            p(f"compaction timeline: ERROR {tl['error']}")
+        else:
+            peak = max((x["log_bytes"] or 0 for x in tl["samples"]), default=0)
+            p99s = [x["put_p99_us"] for x in tl["samples"] if x["put_p99_us"]]
+            p(f"compaction timeline: {tl['ops']:,} ops in {tl['write_s']:.2f} s ({human(tl['ops_per_s'] or 0)}/s), "
+              f"{len(tl['samples'])} samples every {tl['window_ms']:.0f} ms; peak log {peak / (1 << 20):.1f} MiB, "
+              f"worst window put p99 {fmt_us(max(p99s) if p99s else None)} us")
 
 
 def parse_args(argv=None):
@@ -1824,6 +1913,11 @@ def parse_args(argv=None):
     ap.add_argument("--no-p99", action="store_true",
                     help="skip the foreground p99 while compacting (run by default with the comparison)")
     ap.add_argument("--p99-n", type=int, default=1_000_000)
+    ap.add_argument("--no-timeline", action="store_true",
+                    help="skip the compaction-over-time series (run by default with the comparison)")
+    ap.add_argument("--timeline-n", type=int, default=None, help="compaction timeline: keys (default: --n)")
+    ap.add_argument("--timeline-rounds", type=int, default=3, help="compaction timeline: writes per key")
+    ap.add_argument("--timeline-window-ms", type=float, default=100.0, help="compaction timeline: sample period")
     ap.add_argument("--p99-ops", type=int, default=200_000)
     ap.add_argument("--crdt", action="store_true",
                     help="also run the CRDT rows (bench/crdt_bench.py): engine, rocksdict and py-lmdb counters")
@@ -1904,8 +1998,12 @@ def main(argv=None) -> int:
         figs = run_engine_figures(args, base_cfg)
         report["engine_figures"] = figs
         print_figures(figs)
-    elif not args.no_p99 and not store_available("abase-process"):
-        figs = {"compaction_p99": run_p99_figure(args, base_cfg)}
+    elif not store_available("abase-process") and not (args.no_p99 and args.no_timeline):
+        figs = {}
+        if not args.no_p99:
+            figs["compaction_p99"] = run_p99_figure(args, base_cfg)
+        if not args.no_timeline:
+            figs["compaction_timeline"] = run_timeline_figure(args, base_cfg)
         report["engine_figures"] = figs
         print_figures(figs)
     report["targets"] = targets(report["runs"], figs)

@@ -18,6 +18,11 @@ It writes:
   latency of every store that ran it, in microseconds, log scale. The unit
   differs by workload (one sampled operation, a batch of 1000, one
   ``next()``, a whole ``compact`` call): each panel's title says which.
+* ``compaction_timeline.png``: the engine figure ``compaction_timeline``
+  (compare.py runs it with the comparison unless ``--no-timeline``): log
+  bytes and store bytes over time while the compactor thread folds a
+  steady write load, and below them the put/get p99 of each sampling
+  window, sharing the time axis; a line marks where the writes stop.
 
 The title of each chart gives N, the value size, the number of runs (the
 median run's row is charted when compare.py ran with ``--repeat``) and
@@ -170,6 +175,53 @@ def plot_latency(report: Dict[str, Any], out_dir: str) -> Optional[str]:
     return path
 
 
+def timeline_rows(report: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The ``compaction_timeline`` figure of the report, or None (absent or failed)."""
+    tl = (report.get("engine_figures") or {}).get("compaction_timeline")
+    if not isinstance(tl, dict) or "error" in tl or not tl.get("samples"):
+        return None
+    return tl
+
+
+def plot_timeline(report: Dict[str, Any], out_dir: str) -> Optional[str]:
+    """Log/store bytes and per-window p99 over time; returns the file (None: no timeline in the JSON)."""
+    tl = timeline_rows(report)
+    if tl is None:
+        return None
+    plt = _pyplot()
+    samples = tl["samples"]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, constrained_layout=True)
+    mib = float(1 << 20)
+    for field, label in (("log_bytes", "log (live segments)"), ("lag_bytes", "compaction lag (sealed, unfolded)"),
+                         ("store_bytes", "store (LMDB file)")):
+        pts = [(x["t_s"], x[field] / mib) for x in samples if isinstance(x.get(field), (int, float))]
+        if pts:
+            top.plot([a for a, _ in pts], [b for _, b in pts], label=label)
+    top.set_ylabel("MiB")
+    top.legend(fontsize=8)
+    top.grid(alpha=0.3)
+    for field, label in (("put_p99_us", "put p99"), ("get_p99_us", "get p99")):
+        pts = [(x["t_s"], x[field]) for x in samples if x.get(field)]
+        if pts:
+            bottom.plot([a for a, _ in pts], [b for _, b in pts], marker=".", label=label)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("µs per op (log), per window")
+    bottom.set_xlabel("seconds since the store was opened")
+    bottom.grid(which="both", alpha=0.3)
+    bottom.legend(fontsize=8)
+    for ax in (top, bottom):
+        ax.axvline(tl["write_s"], color="grey", linestyle="--", linewidth=0.8)
+    seg = (tl.get("open_opts") or {}).get("segment_size")
+    fig.suptitle(f"Compaction over time: {tl['ops']:,} ops (90% put) on {tl['n']:,} keys, {tl['rounds']} writes "
+                 f"per key, compactor thread on" + (f", {seg >> 20} MiB segments" if seg else "")
+                 + "\nwrites end at the dashed line; then the compactor catches up alone\n"
+                 + _subtitle(report), fontsize=9)
+    path = os.path.join(out_dir, "compaction_timeline.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="PNG charts of a `bench/compare.py --json` report.")
     ap.add_argument("report", help="the JSON written by `python bench/compare.py --json FILE`")
@@ -181,7 +233,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"plots.py: {exc}", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
-    written = [p for p in (plot_ratios(report, args.out), plot_latency(report, args.out)) if p]
+    written = [p for p in (plot_ratios(report, args.out), plot_latency(report, args.out),
+                           plot_timeline(report, args.out)) if p]
     if not written:
         print("plots.py: the report has neither ratios nor latencies to chart", file=sys.stderr)
         return 2

@@ -29,7 +29,9 @@ twice. Every fourth image is also compacted and checked again.
 
 What this does not model: a disk that lies about flushes, a torn write
 inside a sector, bit rot, and renames (the log and LMDB never rename;
-slots.json, which does, is not part of the workload).
+slots.json, which does, is not part of the workload; ``NODE``, written once
+at creation as ``NODE.tmp`` then renamed, has no durable copy under its own
+name, so images hold it empty, which the engine reads as no file).
 
 Short form: tests/test_powerloss.py (in the default run). Long form:
 ``python tests/powerloss.py --images 400`` (also

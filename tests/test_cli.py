@@ -650,6 +650,14 @@ def test_progress_bars_only_on_a_terminal_and_not_quiet(monkeypatch):
         assert ui.bars_enabled()
         assert list(ui.progress(range(5), total=5, desc="x")) == list(range(5))
         assert "x" in tty.getvalue()
+        with ui.byte_progress("copying") as report:
+            report(10, 100)
+            report(100, 100)
+        assert "copying" in tty.getvalue()
+    quiet = _Tty()
+    with _ui.Ui(False, True, stderr=quiet).byte_progress("copying") as report:
+        report(1, 2)
+    assert quiet.getvalue() == ""
     monkeypatch.setattr(_ui, "_tqdm", None)  # the `cli` extra not installed
     ui = _ui.Ui(False, False, stderr=_Tty())
     assert not ui.bars_enabled() and list(ui.progress(range(3))) == [0, 1, 2]
@@ -687,3 +695,63 @@ def test_cursor_and_encoding_errors():
         encode_bytes(b"\xff", "utf-8")
     with pytest.raises(FormatError):
         decode_bytes(5, "base64")
+
+
+# ----------------------------------------------------------------- backup / restore
+
+def test_backup_and_restore_round_trip(store, tmp_path, capsys):
+    code, out, err = run(capsys, "backup", store, tmp_path / "bk", "--json")
+    assert code == 0, err
+    view = engine_view(store)  # (opens it as node 99)
+    b = json.loads(out)
+    assert b["command"] == "backup" and b["node_id"] == 7 and 7 in b["node_ids"] and b["files"] >= 4
+    assert parse_ts(b["timestamp"]).node_id == 7
+    code, out, err = run(capsys, "restore", tmp_path / "bk", tmp_path / "r", "--node-id", 8, "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["retired"] == sorted(b["node_ids"]) and r["node_id"] == 8 and r["timestamp"] == b["timestamp"]
+    assert engine_view(str(tmp_path / "r")) == view
+    code, out, err = run(capsys, "stats", tmp_path / "r", "--json")  # opens under the persisted id 8
+    assert code == 0, err
+
+
+def test_restore_refuses_the_old_node_id_unless_forced(store, tmp_path, capsys):
+    assert run(capsys, "backup", store, tmp_path / "bk", "-q")[0] == 0
+    code, out, err = run(capsys, "restore", tmp_path / "bk", tmp_path / "r", "--node-id", 7)
+    assert code == 2 and out == ""
+    one_line_error(err, "NodeIdRetiredError")
+    assert not (tmp_path / "r").exists()
+    code, out, err = run(capsys, "restore", tmp_path / "bk", tmp_path / "r", "--node-id", 7, "--force")
+    assert code == 0, err
+    assert out.startswith("restored ")
+
+
+def test_backup_and_restore_errors(store, tmp_path, capsys):
+    code, _out, err = run(capsys, "backup", tmp_path / "nothing", tmp_path / "bk")
+    assert code == 2
+    one_line_error(err, "NotAStore")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    code, _out, err = run(capsys, "backup", store, tmp_path / "full")
+    assert code == 2
+    one_line_error(err, "FileExistsError")
+    code, _out, err = run(capsys, "restore", store, tmp_path / "r", "--node-id", 3)
+    assert code == 2
+    one_line_error(err, "FileNotFoundError")
+    code, _out, err = run(capsys, "restore", store, tmp_path / "r")
+    assert code == 2
+    one_line_error(err, "UsageError")
+    with ae.open(store, node_id=7):
+        code, _out, err = run(capsys, "backup", store, tmp_path / "bk")
+    assert code == 2
+    one_line_error(err, "LockedError")
+
+
+def test_backup_restore_subprocess(store, tmp_path):
+    r = run_sub("backup", store, tmp_path / "bk")
+    assert r.returncode == 0, r.stderr
+    assert b"backed up" in r.stdout and r.stderr == b""  # not a terminal: no bar
+    r = run_sub("restore", tmp_path / "bk", tmp_path / "r", "--node-id", "12")
+    assert r.returncode == 0, r.stderr
+    r = run_sub("verify", tmp_path / "r")
+    assert r.returncode == 0, r.stderr

@@ -17,6 +17,7 @@ from .errors import (
     LockedError,
     InvalidOptionError,
     MergeOperandError,
+    NodeIdRetiredError,
     MergeOperatorMismatch,
     SlotInvalidatedError,
     SnapshotTooOldError,
@@ -26,6 +27,7 @@ from .hlc import HLC
 from .merge import LWW, MergeOperator
 from .record import Change, Op, Timestamp
 from .repair import repair
+from .backup import restore
 
 try:  # the CRDT library is its own module; import it lazily if it is absent
     from . import crdt
@@ -35,9 +37,10 @@ except ImportError:  # pragma: no cover
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "repair", "Engine", "Namespace", "Batch", "Snapshot", "ReplicationSlot", "Timestamp", "Op", "Change", "HLC",
+    "open", "repair", "restore", "Engine", "Namespace", "Batch", "Snapshot", "ReplicationSlot", "Timestamp", "Op", "Change", "HLC",
     "MergeOperator", "LWW", "crdt", "errors", "AbaseError", "CorruptionError", "LockedError",
     "EngineClosedError", "KeyTooLargeError", "ValueTooLargeError", "ClockSkewError",
     "SnapshotTooOldError", "FormatVersionError", "MergeOperatorMismatch", "MergeOperandError",
     "SlotInvalidatedError", "InvalidOptionError", "IOFailedError",
+    "NodeIdRetiredError",
 ]

@@ -47,6 +47,7 @@ from .log import NS_DEFS, Log
 from .record import Op
 from .resolve import Version, fold_lww, fold_merge
 from .store import TOMBSTONE, Store, decode, encode
+from .timing import PASS_BOUNDS, LatencyHistogram
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import Catalog
@@ -97,6 +98,8 @@ class Compactor:
         #: Bound on one pass (and so on one LMDB transaction's size).
         self.max_segments_per_pass = 64
         self.segments_compacted = 0
+        #: Durations of the passes that folded segments (``metrics.py`` exports them).
+        self.pass_seconds = LatencyHistogram(PASS_BOUNDS)
         self.errors: List[BaseException] = []
         self._thread: Optional[threading.Thread] = None
         if interval is not None:
@@ -154,7 +157,11 @@ class Compactor:
         with self._pass_lock:
             self._log.check_writable("compaction")
             try:
-                return self._pass(seal)
+                t0 = time.perf_counter()
+                done = self._pass(seal)
+                if done:  # passes that found nothing to fold are not timed
+                    self.pass_seconds.observe(time.perf_counter() - t0)
+                return done
             except IOFailedError as exc:
                 if self._log.failure() is None:
                     self._log.fail(exc)  # the store's commit failed: refuse writes from now on

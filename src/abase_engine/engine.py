@@ -52,9 +52,10 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from ._fast import MergeLock
+from .backup import take_backup
 from .batch import Batch, Committer
 from .catalog import Catalog
 from .compactor import Compactor
@@ -67,6 +68,7 @@ from .lifecycle import Lifecycle
 from .log import TAIL_WINDOW, Log
 from .merge import MergeOperator
 from .namespace import DefaultNamespaceMethods, Namespace
+from .node_ids import claim_node_id
 from .record import MAX_NODE_ID, Op, Timestamp, from_packed
 from .repair import repair
 from .resolve import KeyReader
@@ -74,6 +76,7 @@ from .scan import Scanner
 from .slots import ReplicationSlot, SlotTable
 from .snapshot import PinSet, Snapshot
 from .store import Store, fsync_dir
+from .timing import LatencyHistogram
 
 __all__ = ["Engine", "Namespace", "Batch", "Snapshot", "ReplicationSlot", "open", "DEFAULT_OPTIONS"]
 
@@ -188,6 +191,7 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         _make_dir(self.path)
         self._lock_fd = self._take_lock()
         try:
+            claim_node_id(self.path, node_id)  # NODE: refuse a retired id; fsync'd before any timestamp
             self._open_layers()
         except BaseException:
             self._release_lock()
@@ -366,6 +370,11 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         return self._fastpaths.enabled
 
     @property
+    def compaction_timings(self) -> LatencyHistogram:
+        """Durations (s) of the compaction passes that folded segments (``abase_engine.metrics``)."""
+        return self._compactor.pass_seconds
+
+    @property
     def listener_errors(self) -> int:
         """Exceptions raised by ``on_commit`` callbacks (logged, never propagated)."""
         return self._listeners.errors
@@ -429,6 +438,20 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
             self._compactor.wake()
             return 0
         return self._compactor.run_pass(seal=True)
+
+    def backup(self, path: str, progress: Optional[Callable[[int, int], None]] = None) -> Timestamp:
+        """Copy this directory to ``path`` (missing or empty) while writers
+        and the compactor run; returns the copy's timestamp T: it holds every
+        local write stamped <= T (all acknowledged before the call) and none
+        later. Writers wait for one segment seal. ``backup.py`` says what is
+        copied; :func:`abase_engine.restore` makes it a directory to open.
+
+        :raises FileExistsError: ``path`` exists and is not an empty directory.
+        :raises IOFailedError: writes are refused after an I/O failure.
+        """
+        self._check_open("backup")
+        return take_backup(path, source=self.path, node_id=self.node_id, log=self._log, store=self._store,
+                           fold_lock=self._fold_lock, progress=progress)
 
     def sync(self) -> None:
         """Force every write acknowledged so far to disk (fdatasync of the
@@ -545,6 +568,8 @@ def open(path: Union[str, "os.PathLike[str]"], node_id: int = 1, durability: str
     :raises IOFailedError: an OS call failed while opening.
     :raises FormatVersionError: written by an unknown format version.
     :raises InvalidOptionError: an unknown or out-of-range option.
+    :raises NodeIdRetiredError: ``node_id`` is retired in this directory (a
+        restored copy opened under an id of its original; ``NODE`` file).
     """
     return Engine(path, node_id, durability, **options)
 

@@ -31,6 +31,7 @@ __all__ = [
     "SlotInvalidatedError",
     "InvalidOptionError",
     "IOFailedError",
+    "NodeIdRetiredError",
     "error_for_status",
 ]
 
@@ -73,6 +74,13 @@ class ValueTooLargeError(AbaseError, ValueError):
 
 class InvalidOptionError(AbaseError, ValueError):
     """An option passed to open() is unknown or out of range."""
+
+
+class NodeIdRetiredError(InvalidOptionError):
+    """A node id this directory may not be written under: an id its original
+    used before it was backed up and restored (opening, or ``restore``
+    without ``force``). Its timestamps ``(hlc, node)`` could repeat ones the
+    original already issued, with other contents (docs/operations.md)."""
 
 
 class ClockSkewError(AbaseError):

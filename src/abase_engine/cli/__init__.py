@@ -14,6 +14,8 @@ digest   the anti-entropy digest hashes of a namespace
 changes  the change feed from ``--since CURSOR`` (or a slot), as JSON Lines
 slots    replication slots, their positions and lags; ``--drop NAME``
 bench    a short put/get/scan run on a scratch store, in ops/s
+backup   a consistent copy of a store (``Engine.backup``), with a manifest
+restore  a backup into a new directory, under a new ``--node-id``
 ======== =====================================================================
 
 Rules every command follows:
@@ -25,10 +27,10 @@ Rules every command follows:
   directory).
 * Stores are opened with ``compact_interval=None``: no compactor thread.
   Commands that only read write nothing beyond what ``open`` itself does.
-* The engine does not persist a node id. Commands that write no records
-  open the store as node :data:`~._stores.DEFAULT_READ_NODE_ID` (reading
-  does not depend on it); ``load`` writes records, so it requires
-  ``--node-id``.
+* Commands other than ``load`` open the store under the node id its
+  ``NODE`` file names (the id it was last opened under; a store older than
+  that file: :data:`~._stores.DEFAULT_READ_NODE_ID`). ``load`` writes
+  records, so it requires ``--node-id``.
 * ``--json`` prints a JSON document instead of text (for ``dump`` and
   ``changes``, whose stdout is the data, the summary on stderr is JSON);
   ``--quiet`` drops progress bars and summaries; ``--debug`` adds a
@@ -52,10 +54,11 @@ from typing import List, NoReturn, Optional, Sequence
 
 from .. import __version__
 from ..errors import AbaseError
+from ._backup import backup, restore
 from ._formats import ENCODINGS, FormatError, parse_cursor, parse_ts
 from ._inspect import changes, digest, slots, stats, verify
 from ._maintain import COMPACT_KEEP_ALL, bench, compact
-from ._stores import DEFAULT_READ_NODE_ID, open_store
+from ._stores import open_store
 from ._transfer import dump, load, open_input
 from ._ui import EXIT_ERROR, CliError, Outcome, Ui
 
@@ -159,6 +162,18 @@ def _parser() -> _Parser:
     p = cmd("slots", "list replication slots (position, lag, state)")
     p.add_argument("--drop", metavar="NAME", help="drop this slot (it stops holding the log back)")
 
+    p = cmd("backup", "a consistent copy of a closed store into DEST (missing or empty), with a manifest")
+    p.add_argument("dest", metavar="DEST", help="the backup directory to create")
+
+    p = cmd("restore", "make a backup a store again, in DEST (missing or empty), under a new node id", store=False)
+    p.add_argument("backup", metavar="BACKUP", help="a directory made by `abase backup` or Engine.backup()")
+    p.add_argument("dest", metavar="DEST", help="the store directory to create")
+    p.add_argument("--node-id", type=int, required=True,
+                   help="the restored store's node id: one no replica uses, and not one the backup was written "
+                        "under (those are refused: the copy could reissue timestamps its original already issued)")
+    p.add_argument("--force", action="store_true",
+                   help="allow a node id of the original (only for a copy that replaces its original for good)")
+
     p = cmd("bench", "a short put/get/scan run on a scratch store, printing ops/s", store=False)
     p.add_argument("--keys", type=int, default=20000, help="keys per phase (default 20000)")
     p.add_argument("--value-size", type=int, default=100, help="bytes per value (default 100)")
@@ -188,7 +203,11 @@ def _run(args: argparse.Namespace, ui: Ui) -> Outcome:
     if c == "bench":
         return bench(keys=args.keys, value_size=args.value_size, batch=args.batch, directory=args.dir, ui=ui)
     if c == "verify":
-        return verify(args.store, node_id=DEFAULT_READ_NODE_ID, ui=ui)
+        return verify(args.store, node_id=None, ui=ui)
+    if c == "backup":
+        return backup(args.store, args.dest, ui=ui)
+    if c == "restore":
+        return restore(args.backup, args.dest, node_id=args.node_id, force=args.force, ui=ui)
     if c == "load":
         if args.batch_size < 1:
             raise CliError("UsageError", "--batch-size must be >= 1")

@@ -85,7 +85,7 @@ def _finding(kind: str, exc_or_msg: Any, namespace: Optional[str] = None) -> Dic
     return out
 
 
-def verify(path: str, *, node_id: int, ui: Ui) -> Outcome:
+def verify(path: str, *, node_id: Optional[int], ui: Ui) -> Outcome:
     """Open the store, run ``Engine.check()`` and read every namespace in full.
 
     Exit code 0: healthy; 1 (:data:`EXIT_FINDINGS`): the store failed to

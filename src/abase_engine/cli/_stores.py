@@ -27,13 +27,15 @@ from ..engine import Engine, Namespace
 from ..engine import open as _open_engine
 from ..errors import LockedError
 from ..merge import LWW, MergeOperator
+from ..node_ids import persisted_node_id
 from ._ui import CliError
 
 __all__ = ["require_store", "open_store", "operator_for", "all_namespaces", "open_namespace",
            "open_known_namespaces", "DEFAULT_READ_NODE_ID"]
 
-#: The node id a command that writes no records opens the store with. The
-#: engine does not persist a node id, and reading does not depend on it.
+#: The node id a command that writes no records opens a store with when the
+#: store has no ``NODE`` file (one made before it existed); reading does not
+#: depend on it.
 DEFAULT_READ_NODE_ID = 0
 
 _ORMAP = re.compile(r"^abase\.ORMap\.v1\[(.+)\]$")
@@ -97,9 +99,12 @@ def require_store(path: str, create: bool = False) -> str:
     raise CliError("NotAStore", f"{path}: not an abase store: no {' or '.join(missing)}{hint}")
 
 
-def open_store(path: str, node_id: int = DEFAULT_READ_NODE_ID, create: bool = False,
+def open_store(path: str, node_id: Optional[int] = None, create: bool = False,
                durability: str = "process", **options) -> Engine:
     """Open the store at ``path`` for one command, with no compactor thread.
+
+    ``node_id`` None: the id the store's ``NODE`` file names (so opening
+    claims no new id), else :data:`DEFAULT_READ_NODE_ID`.
 
     :raises CliError: not a store (see :func:`require_store`), or locked
         (kind ``LockedError``: another process or this one holds it).
@@ -107,6 +112,9 @@ def open_store(path: str, node_id: int = DEFAULT_READ_NODE_ID, create: bool = Fa
     """
     p = require_store(path, create=create)
     options.setdefault("compact_interval", None)
+    if node_id is None:
+        node_id = (persisted_node_id(p) if os.path.isdir(p) else None)
+        node_id = DEFAULT_READ_NODE_ID if node_id is None else node_id
     try:
         return _open_engine(p, node_id=node_id, durability=durability, **options)
     except LockedError as exc:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, Optional, TextIO, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, TextIO, TypeVar
 
 __all__ = ["CliError", "Outcome", "Ui", "EXIT_OK", "EXIT_FINDINGS", "EXIT_ERROR"]
 
@@ -82,6 +83,27 @@ class Ui:
             return iter(items)
         return iter(_tqdm(items, total=total, desc=desc, unit=unit, file=self.stderr, leave=False,
                           dynamic_ncols=True))
+
+    @contextmanager
+    def byte_progress(self, desc: str) -> Iterator[Callable[[int, int], None]]:
+        """A ``progress(done_bytes, total_bytes)`` callback driving a bar on
+        stderr when :meth:`bars_enabled` (a no-op otherwise); the bar is
+        closed when the block ends."""
+        if not self.bars_enabled():
+            yield lambda _done, _total: None
+            return
+        bar = _tqdm(total=0, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=self.stderr,
+                    leave=False, dynamic_ncols=True)
+
+        def update(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            yield update
+        finally:
+            bar.close()
 
     def show(self, outcome: Outcome) -> int:
         """Print ``outcome`` and return its exit code."""
