@@ -16,10 +16,12 @@ from .errors import (
     KeyTooLargeError,
     LockedError,
     InvalidOptionError,
+    InvalidRangeError,
     MergeOperandError,
     MergeOperatorMismatch,
     SlotInvalidatedError,
     SnapshotTooOldError,
+    UnknownNamespaceError,
     ValueTooLargeError,
 )
 from .hlc import HLC
@@ -39,5 +41,5 @@ __all__ = [
     "MergeOperator", "LWW", "crdt", "errors", "AbaseError", "CorruptionError", "LockedError",
     "EngineClosedError", "KeyTooLargeError", "ValueTooLargeError", "ClockSkewError",
     "SnapshotTooOldError", "FormatVersionError", "MergeOperatorMismatch", "MergeOperandError",
-    "SlotInvalidatedError", "InvalidOptionError", "IOFailedError",
+    "SlotInvalidatedError", "InvalidOptionError", "IOFailedError", "InvalidRangeError", "UnknownNamespaceError",
 ]

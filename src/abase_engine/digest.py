@@ -49,6 +49,7 @@ from .store import TOMBSTONE, Store
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import Catalog
     from .namespace import Namespace
+    from .ranges import RangeTombstones
 
 __all__ = ["DigestTree", "check_path"]
 
@@ -104,6 +105,8 @@ class DigestTree:
         self._leaves_gen: Dict[int, int] = {}  # bumped when a namespace's leaves change
         self._tree_cache: Dict[int, tuple] = {}
         self._members_cache: Dict[int, tuple] = {}
+        #: the engine's range tombstones: a key version they hide counts as absent
+        self.ranges: Optional["RangeTombstones"] = None
 
     # -- queries ---------------------------------------------------------------
     def digest(self, ns: "Namespace", path: Tuple[int, ...]) -> List[int]:
@@ -123,7 +126,7 @@ class DigestTree:
         leaf = path[0] * 256 + path[1] * 16 + path[2]
         out = []
         for key in self._leaf_members(ns).get(leaf, ()):
-            rec = ns.reader.visible_record(key)
+            rec = self._visible(ns, key)
             if rec is None:
                 continue
             kind, hlc, node, value, anchor = rec
@@ -172,7 +175,7 @@ class DigestTree:
 
     def entry_hash(self, ns: "Namespace", key: bytes) -> int:
         """The key's contribution to its leaf hash (0: the key is absent)."""
-        rec = ns.reader.visible_record(key)
+        rec = self._visible(ns, key)
         if rec is None:
             return 0
         kind, hlc, node, value, _anchor = rec
@@ -181,6 +184,26 @@ class DigestTree:
         else:
             canon = b"\x03" + value
         return xxhash.xxh64_intdigest(key + b"\x00" + canon)
+
+    def _visible(self, ns: "Namespace", key: bytes) -> Optional[tuple]:
+        """The key's visible record (``KeyReader.visible_record``), or None when
+        it has none or a range tombstone hides it: a hidden version counts as
+        absent whether or not the compactor has dropped it yet, so engines
+        that hold the same records have equal digests."""
+        rec = ns.reader.visible_record(key)
+        ranges = self.ranges
+        if rec is not None and ns.lww and ranges is not None and ranges.covers(ns.id, key, rec[1], rec[2]):
+            return None
+        return rec
+
+    def invalidate(self, ns_id: int) -> None:
+        """A range tombstone changed many keys of namespace ``ns_id`` at once:
+        its leaves are rebuilt on next use (O(keys) once)."""
+        with self._lock:
+            self._leaves.pop(ns_id, None)
+            self._tree_cache.pop(ns_id, None)
+            self._members_cache.pop(ns_id, None)
+            self._leaves_gen[ns_id] = self._leaves_gen.get(ns_id, 0) + 1
 
     def leaves(self, ns: "Namespace") -> List[int]:
         """The namespace's 4096 leaf hashes as maintained (built on first use)."""

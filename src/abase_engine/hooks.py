@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ._args import check_key, check_value
+from .housekeeping import filter_covered
 from .record import Change, Op, Timestamp
 from .slots import ReplicationSlot
 
@@ -23,13 +24,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .catalog import Catalog
     from .digest import DigestTree
     from .feed import ChangeFeed, CommitListeners
+    from .housekeeping import Housekeeping
     from .lifecycle import Lifecycle
     from .namespace import Namespace
     from .slots import SlotTable
 
 __all__ = ["ReplicationHooks"]
 
-_PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
+_PUT, _DELETE, _MERGE, _DELETE_RANGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE), int(Op.DELETE_RANGE)
 
 
 class ReplicationHooks:
@@ -46,13 +48,18 @@ class ReplicationHooks:
     _slots: "SlotTable"
     _listeners: "CommitListeners"
     _digests: "DigestTree"
+    _housekeeping: "Housekeeping"
     _namespace_arg: Callable[[Any], "Namespace"]
 
     def apply(self, changes: Iterable[Change]) -> int:
         """Apply records from another replica; returns how many changed anything.
 
         Idempotent and order-independent: a record already held, or (LWW) one
-        older than the key's visible version, is skipped. The clock is
+        older than the key's visible version or hidden by a range delete, is
+        skipped. ``Op.DELETE_RANGE`` records (``key`` the start, ``value``
+        the stop or None) are range deletes of LWW namespaces
+        (:meth:`Namespace.delete_range`); they are appended first, each as
+        its own record, then the other records as one atomic batch. The clock is
         advanced past the newest record (an HLC receive event); the whole
         call is refused, with nothing applied, if any record is more than
         ``max_clock_skew_ms`` ahead. The records are appended as one atomic
@@ -65,22 +72,30 @@ class ReplicationHooks:
             totals its type needs (``ns.delete`` writes them; a delete is
             never guessed).
         :raises AbaseError: a record names a merge namespace this engine has not opened.
+        :raises MergeOperandError: a DELETE_RANGE record names a merge namespace.
+        :raises InvalidRangeError: a DELETE_RANGE record's start is after its stop.
         :raises ValueTooLargeError: the records are over the batch bound
             (``MAX_BATCH`` bytes as encoded in the log): split them.
         :raises IOFailedError: writes are refused after an I/O failure.
         """
         self._life.check("apply")
         recs = []
+        ranged = []  # DELETE_RANGE records: (ns, start, stop, timestamp)
         newest = None
         for ch in changes:
             if not isinstance(ch, Change):
                 raise TypeError(f"apply takes Change records, not {type(ch).__name__}")
-            ns = self._catalog.for_apply(ch.namespace)
-            op = int(ch.op)
-            if op not in (_PUT, _DELETE, _MERGE):
-                raise ValueError(f"unknown op {ch.op!r}")
             if not isinstance(ch.timestamp, Timestamp):
                 raise TypeError("Change.timestamp must be a Timestamp")
+            op = int(ch.op)
+            if op == _DELETE_RANGE:
+                ranged.append(self._housekeeping.check_received(ch) + (ch.timestamp,))
+                if newest is None or ch.timestamp > newest:
+                    newest = ch.timestamp
+                continue
+            ns = self._catalog.for_apply(ch.namespace)
+            if op not in (_PUT, _DELETE, _MERGE):
+                raise ValueError(f"unknown op {ch.op!r}")
             key = check_key(ch.key)
             value = b"" if op == _DELETE else check_value(ch.value if ch.value is not None else b"")
             if not ns.lww:
@@ -94,9 +109,16 @@ class ReplicationHooks:
             recs.append((ns, op, key, value, ch.timestamp))
             if newest is None or ch.timestamp > newest:
                 newest = ch.timestamp
-        if not recs:
+        if newest is None:
             return 0
-        return self._committer.apply(recs, newest, self._options["max_clock_skew_ms"])
+        applied = 0
+        if ranged:  # range deletes first, so that the records they hide are skipped
+            self._committer.observe_clock(newest, self._options["max_clock_skew_ms"])
+            applied = self._housekeeping.apply(ranged)
+            recs = filter_covered(self._housekeeping.covered, recs)
+        if not recs:
+            return applied
+        return applied + self._committer.apply(recs, newest, self._options["max_clock_skew_ms"])
 
     def changes(self, since: Optional[bytes] = None, include_applied: bool = False,
                 limit: Optional[int] = None) -> Iterator[Change]:
