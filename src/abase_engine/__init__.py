@@ -21,7 +21,7 @@ from .errors import (
     MergeOperatorMismatch,
     SlotInvalidatedError,
     SnapshotTooOldError,
-    UnknownNamespaceError,
+    NamespaceNotFoundError,
     ValueTooLargeError,
 )
 from .hlc import HLC
@@ -41,5 +41,5 @@ __all__ = [
     "MergeOperator", "LWW", "crdt", "errors", "AbaseError", "CorruptionError", "LockedError",
     "EngineClosedError", "KeyTooLargeError", "ValueTooLargeError", "ClockSkewError",
     "SnapshotTooOldError", "FormatVersionError", "MergeOperatorMismatch", "MergeOperandError",
-    "SlotInvalidatedError", "InvalidOptionError", "IOFailedError", "InvalidRangeError", "UnknownNamespaceError",
+    "SlotInvalidatedError", "InvalidOptionError", "IOFailedError", "InvalidRangeError", "NamespaceNotFoundError",
 ]

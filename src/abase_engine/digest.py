@@ -4,7 +4,10 @@ The tree has 3 levels under its root with fan-out 16, by the first three
 nibbles of xxh64(key): 4,096 leaves. A leaf's hash is the XOR of its keys'
 *entries*, ``xxh64(key | 0x00 | canon)``, where ``canon`` is
 ``kind u8 | hlc u64 | node u32`` (big-endian) for an LWW key or a
-tombstone, and ``0x03 | encoded state`` for a CRDT key; an inner node
+tombstone, and ``0x03 | encoded state`` for a CRDT key; a range tombstone
+(``ranges.py``) is an entry too, placed by its record key, ``canon`` being
+``0x04 | start length u16 LE | start | has_stop u8 | stop``, and a key
+version a range tombstone hides counts as absent; an inner node
 hashes its 16 children (``xxh64`` of 16 big-endian u64). Replicas with equal
 visible state have equal digests, so comparing top-down finds the differing
 leaves in O(differences x depth) calls; :meth:`DigestTree.records` then gives
@@ -125,6 +128,10 @@ class DigestTree:
             raise ValueError("records() needs a leaf path of 3 nibbles")
         leaf = path[0] * 256 + path[1] * 16 + path[2]
         out = []
+        if self.ranges is not None and ns.lww:
+            for rkey, _canon, start, stop, stamp in self.ranges.digest_entries(ns.id):
+                if _leaf_of(rkey) == leaf:
+                    out.append(Change(ns.name, start, Op.DELETE_RANGE, stop, from_packed(*stamp)))
         for key in self._leaf_members(ns).get(leaf, ()):
             rec = self._visible(ns, key)
             if rec is None:
@@ -252,6 +259,9 @@ class DigestTree:
             leaf = _leaf_of(key)
             members.setdefault(leaf, []).append(key)
             leaves[leaf] ^= self.entry_hash(ns, key)
+        if self.ranges is not None:  # range tombstones count too, each in the leaf of its record key
+            for rkey, canon, *_rest in self.ranges.digest_entries(ns.id):
+                leaves[_leaf_of(rkey)] ^= xxhash.xxh64_intdigest(rkey + b"\x00" + canon)
         self._members_cache[ns.id] = (version, members)
         return leaves
 

@@ -395,13 +395,13 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
 
     def drop_namespace(self, name: str) -> Optional[Timestamp]:
         """Delete every key of namespace ``name``; see :mod:`abase_engine.housekeeping`
-        (the namespace stays defined and usable). :raises UnknownNamespaceError:"""
+        (the namespace stays defined and usable). :raises NamespaceNotFoundError:"""
         return self._housekeeping.drop(name, self)
 
     def delete_range(self, start: Optional[bytes] = None, stop: Optional[bytes] = None,
                      namespace: Union[None, str, Namespace] = None) -> Optional[Timestamp]:
         """``Namespace.delete_range`` of ``namespace`` (default: the default one,
-        never created here). :raises UnknownNamespaceError, InvalidRangeError:"""
+        never created here). :raises NamespaceNotFoundError, InvalidRangeError:"""
         self._check_open("delete_range")
         return self._housekeeping.delete_range(self._housekeeping.resolve(namespace, self), start, stop)
 

@@ -32,7 +32,7 @@ __all__ = [
     "InvalidOptionError",
     "IOFailedError",
     "InvalidRangeError",
-    "UnknownNamespaceError",
+    "NamespaceNotFoundError",
     "error_for_status",
 ]
 
@@ -101,7 +101,7 @@ class InvalidRangeError(AbaseError, ValueError):
     """A key range whose start is after its stop (``delete_range``)."""
 
 
-class UnknownNamespaceError(AbaseError, KeyError):
+class NamespaceNotFoundError(AbaseError, KeyError):
     """A namespace name this directory does not define (``drop_namespace``, ``delete_range``)."""
 
     def __str__(self) -> str:  # KeyError's own str() shows the repr of its argument

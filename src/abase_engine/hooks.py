@@ -115,7 +115,7 @@ class ReplicationHooks:
         if ranged:  # range deletes first, so that the records they hide are skipped
             self._committer.observe_clock(newest, self._options["max_clock_skew_ms"])
             applied = self._housekeeping.apply(ranged)
-            recs = filter_covered(self._housekeeping.covered, recs)
+        recs = filter_covered(self._housekeeping.covered, recs)
         if not recs:
             return applied
         return applied + self._committer.apply(recs, newest, self._options["max_clock_skew_ms"])

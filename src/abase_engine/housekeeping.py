@@ -38,7 +38,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 from ._args import check_optional_key
-from .errors import InvalidRangeError, MergeOperandError, UnknownNamespaceError
+from .errors import InvalidRangeError, MergeOperandError, NamespaceNotFoundError
 from .lifecycle import Lifecycle
 from .log import NS_DEFS, Log
 from .merge import LWW
@@ -102,7 +102,7 @@ class Housekeeping:
         """The handle a ``namespace=`` argument names, never creating one.
 
         :raises TypeError: not None, a str or a Namespace.
-        :raises UnknownNamespaceError: a name the directory does not define.
+        :raises NamespaceNotFoundError: a name the directory does not define.
         :raises ValueError: a handle of another engine.
         :raises MergeOperatorMismatch: a merge namespace not opened in this
             process (its operator is needed to delete its keys).
@@ -114,7 +114,7 @@ class Housekeeping:
             if handle is not None:
                 return handle
             if namespace not in self._catalog.definitions():
-                raise UnknownNamespaceError(f"namespace {namespace!r} is not defined")
+                raise NamespaceNotFoundError(f"namespace {namespace!r} is not defined")
             return self._catalog.open(namespace, None)
         if isinstance(namespace, Namespace):
             if namespace.owner is not owner:
@@ -156,7 +156,7 @@ class Housekeeping:
         """``Engine.drop_namespace(name)``: the range delete of every key.
 
         :raises TypeError: ``name`` is not a str.
-        :raises UnknownNamespaceError: the directory does not define ``name``.
+        :raises NamespaceNotFoundError: the directory does not define ``name``.
         """
         if not isinstance(name, str):
             raise TypeError(f"namespace names are str, not {type(name).__name__}")
@@ -225,11 +225,14 @@ class Housekeeping:
 
     def covered(self, ns_id: int, key: bytes, ts: Timestamp) -> bool:
         """Whether a received record of an LWW key is hidden by a tombstone
-        (apply skips it: it could never be visible)."""
-        return self._ranges.covers(ns_id, key, ts.hlc, ts.node_id)
+        (apply skips it: it could never be visible). O(1) for a namespace
+        without tombstones."""
+        ranges = self._ranges
+        return ranges.active(ns_id) and ranges.covers(ns_id, key, ts.hlc, ts.node_id)
 
 
 def filter_covered(covered: Callable[[int, bytes, Timestamp], bool], recs: List[tuple]) -> List[tuple]:
     """The received point records ``(ns, op, key, value, ts)`` that no range
     tombstone hides (LWW namespaces only)."""
     return [r for r in recs if not (r[0].lww and covered(r[0].id, r[2], r[4]))]
+

@@ -219,18 +219,20 @@ def _sweep_one(store: Store, txn: object, ns_id: int, t: _Tombstone) -> int:
         if raw is not None and decode(raw, store.path)[1:3] < t.stamp:
             store.delete_in(txn, ns_id, b"")
             removed += 1
-    cur = txn.cursor(db=store.db(ns_id))  # type: ignore[attr-defined]
+    dbi = store.db(ns_id)
+    cur = txn.cursor(db=dbi)  # type: ignore[attr-defined]
     ok = cur.set_range(t.start) if t.start else cur.first()
+    doomed = []
     while ok:
-        key = cur.key()
+        key = bytes(cur.key())
         if t.stop is not None and key >= t.stop:
             break
-        if decode(cur.value(), store.path)[1:3] < t.stamp:
-            ok = cur.delete()  # moves to the next item
-            removed += 1
-        else:
-            ok = cur.next()
-    return removed
+        if decode(bytes(cur.value()), store.path)[1:3] < t.stamp:
+            doomed.append(key)
+        ok = cur.next()
+    for key in doomed:
+        txn.delete(key, db=dbi)  # type: ignore[attr-defined]
+    return removed + len(doomed)
 
 
 class RangeTombstones:
@@ -312,6 +314,19 @@ class RangeTombstones:
         for ns_id, view in list(self._views.items()):
             for t in view.tombs:
                 yield ns_id, t.start, t.stop, t.stamp
+
+    def digest_entries(self, ns_id: int) -> List[Tuple[bytes, bytes, bytes, Optional[bytes], Stamp]]:
+        """``(digest key, canonical bytes, start, stop, stamp)`` of each
+        tombstone of the namespace, for the digest tree (``digest.py``):
+        the digest key (its record key) places it in a leaf, the canonical
+        bytes are what the leaf hashes."""
+        view = self._views.get(ns_id)
+        out = []
+        for t in ([] if view is None else view.tombs):
+            key = RANGE_PREFIX + _KEY.pack(*t.stamp)
+            canon = b"\x04" + _U16.pack(len(t.start)) + t.start + (b"\x00" if t.stop is None else b"\x01" + t.stop)
+            out.append((key, canon, t.start, t.stop, t.stamp))
+        return out
 
     # -- compaction ------------------------------------------------------------
     def folding(self, pin: Optional[Stamp]) -> Optional[Folding]:
