@@ -455,6 +455,26 @@ def test_snapshot_get_many_namespaces(open_db):
         snap.get_many([b"a"])
 
 
+# -- the tombstone map ---------------------------------------------------------------------
+
+_VIEW_KEYS = [b"", b"a", b"ab", b"b", b"ba", b"bb", b"c", b"z", b"\xff"]
+_tomb = st.tuples(st.sampled_from(_VIEW_KEYS), st.one_of(st.none(), st.sampled_from(_VIEW_KEYS)),
+                  st.integers(1, 30), st.integers(0, 3))
+
+
+@given(tombs=st.lists(_tomb, min_size=1, max_size=12, unique_by=lambda t: (t[2], t[3])),
+       at=st.tuples(st.integers(0, 31), st.integers(0, 3)))
+def test_range_view_agrees_with_brute_force(tombs, at):
+    from abase_engine.ranges import RangeView, _Tombstone
+    made = [_Tombstone(min(s, e) if e is not None else s, max(s, e) if e is not None else None, (h, n), False)
+            for s, e, h, n in tombs]
+    view = RangeView(made)
+    for key in _VIEW_KEYS + [b"a\x00", b"zz"]:
+        covering = [t.stamp for t in made if t.start <= key and (t.stop is None or key < t.stop)]
+        assert view.cut(key) == max(covering, default=None)
+        assert view.cut(key, at) == max((c for c in covering if c <= at), default=None)
+
+
 # -- model ------------------------------------------------------------------------------
 
 _KEYS = [b"", b"a", b"ab", b"b", b"ba", b"c", b"\xff"]

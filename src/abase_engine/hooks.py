@@ -128,7 +128,9 @@ class ReplicationHooks:
         still in the log). A resumed feed neither skips nor repeats a record,
         and a batch's records are never split by concurrent writers. Records
         received through :meth:`apply` (another node's id) are left out
-        unless ``include_applied``. While the iterator is open the compactor
+        unless ``include_applied``. A range delete of an LWW namespace comes
+        as one ``Op.DELETE_RANGE`` record (``key`` its start, ``value`` its
+        stop or None). While the iterator is open the compactor
         keeps the segments it still has to read. The feed shows a record as
         soon as it is appended; with durability "sync" that is just before
         its fdatasync (use :meth:`on_commit` for "after durable").
@@ -194,7 +196,10 @@ class ReplicationHooks:
         LWW keys come as their winning PUT or DELETE with its own timestamp;
         CRDT keys as one MERGE record holding the whole state (what deletes
         removed included), stamped with the state's newest timestamp, so a
-        receiver joins it (states are their own deltas). Keys of a merge
+        receiver joins it (states are their own deltas). The range
+        tombstones of an LWW namespace (``delete_range``) come as
+        ``Op.DELETE_RANGE`` records, each in the leaf of its own record
+        key; their ``key`` is the range's start. Keys of a merge
         namespace whose operator's deletes reset the key come as their
         newest delete (if any) and such a MERGE record.
         """

@@ -43,6 +43,7 @@ per-namespace view (replaced whole on every change, never mutated).
 from __future__ import annotations
 
 import bisect
+import heapq
 import struct
 import threading
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
@@ -129,26 +130,35 @@ class RangeView:
     a past timestamp) and a flattened map from key intervals to the greatest
     tombstone over them (for reads now: O(log n))."""
 
-    __slots__ = ("tombs", "_bounds", "_cuts")
+    __slots__ = ("tombs", "newest", "_bounds", "_cuts")
 
     def __init__(self, tombs: List[_Tombstone]) -> None:
         self.tombs = tombs
+        #: the greatest tombstone timestamp: a read at or after it sees them all
+        self.newest = max(t.stamp for t in tombs)
         bounds = sorted({t.start for t in tombs} | {t.stop for t in tombs if t.stop is not None})
-        cuts: List[Optional[Stamp]] = [None] * len(bounds)
-        for t in tombs:
-            lo = bisect.bisect_left(bounds, t.start)
-            hi = len(bounds) if t.stop is None else bisect.bisect_left(bounds, t.stop)
-            for i in range(lo, hi):
-                c = cuts[i]
-                if c is None or t.stamp > c:
-                    cuts[i] = t.stamp
+        # A sweep over the bounds with a max-heap of the tombstones open at
+        # each one (ended ones popped lazily): O((n + bounds) log n).
+        by_start = sorted(tombs, key=lambda t: t.start)
+        heap: List[Tuple[Tuple[int, int], int, Optional[bytes]]] = []
+        cuts: List[Optional[Stamp]] = []
+        j = 0
+        for b in bounds:
+            while j < len(by_start) and by_start[j].start <= b:
+                t = by_start[j]
+                heapq.heappush(heap, ((-t.stamp[0], -t.stamp[1]), j, t.stop))
+                j += 1
+            while heap and heap[0][2] is not None and heap[0][2] <= b:  # type: ignore[operator]
+                heapq.heappop(heap)
+            cuts.append((-heap[0][0][0], -heap[0][0][1]) if heap else None)
         self._bounds = bounds
         self._cuts = cuts
 
     def cut(self, key: bytes, at: Optional[Stamp] = None) -> Optional[Stamp]:
         """The greatest tombstone timestamp over ``key`` (visible at ``at``, if
-        given), or None: versions of ``key`` below it are hidden."""
-        if at is None:
+        given), or None: versions of ``key`` below it are hidden. O(log n)
+        when every tombstone is visible at ``at``, else O(n)."""
+        if at is None or at >= self.newest:
             i = bisect.bisect_right(self._bounds, key) - 1
             return self._cuts[i] if i >= 0 else None
         best = None
