@@ -8,7 +8,9 @@ A dump comes in one of two kinds:
   original timestamps and node ids and has the same ``digest()`` as the
   source; loading into a store that already has data merges like
   replication does (idempotent, newest wins). For a CRDT key the records are
-  its newest delete, if any, and its whole state (a MERGE).
+  its newest delete, if any, and its whole state (a MERGE). A range delete
+  of an LWW namespace (``delete_range``) is a ``delete_range`` record:
+  ``key`` its start, ``value`` its stop (absent or empty: no bound).
 * ``values`` (``--values``, or any ``--at``): the visible value of every
   key in key order, as of ``--at`` if given (``scan``; a CRDT key's encoded
   state through ``get_raw``). ``load`` writes these as new writes of its own
