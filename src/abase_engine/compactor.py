@@ -201,13 +201,15 @@ class Compactor:
         """Delete the stored versions that effective range tombstones cover
         (``ranges.py``; each tombstone once per process, and again after a
         pass stored a version it covers); under the fold lock, like a fold."""
-        if not folding.pending():
+        todo = folding.unswept()
+        if not todo:
             return
         store = self._store
         for ns_id in folding.namespaces():
             store.db(ns_id)  # open handles before the write txn (LMDB has one writer)
         with self._fold_lock:
-            store.write(lambda txn: folding.sweep(store, txn))
+            store.write(lambda txn: folding.sweep(store, txn, todo))
+        folding.swept(todo)
 
     def _fold_segments(self, segs: List[dict], folding: Optional["Folding"] = None) -> None:
         """Fold the segments, oldest first, in ONE store transaction.

@@ -117,6 +117,8 @@ class ReplicationHooks:
             applied = self._housekeeping.apply(ranged)
         recs = filter_covered(self._housekeeping.covered, recs)
         if not recs:
+            if not ranged:  # every record was hidden: still an HLC receive event
+                self._committer.observe_clock(newest, self._options["max_clock_skew_ms"])
             return applied
         return applied + self._committer.apply(recs, newest, self._options["max_clock_skew_ms"])
 

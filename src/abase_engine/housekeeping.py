@@ -29,6 +29,13 @@ replicas and must be resolved with the same rule. Writing to it again
 ``db.namespace(name, merge=<another operator>)`` is still refused with
 ``MergeOperatorMismatch``.
 
+>>> import tempfile, abase_engine as ae
+>>> with ae.open(tempfile.mkdtemp()) as db:
+...     _ = db.put_many([(b"a", b"1"), (b"b", b"2"), (b"c", b"3")])
+...     _ = db.delete_range(b"a", b"c")
+...     list(db.keys())
+[b'c']
+
 Locks: a range delete is written under the engine's merge lock (as
 ``apply``), so digest upkeep and local read-modify-writes see it whole.
 """

@@ -201,21 +201,22 @@ class Folding:
                 if t.swept and t.covers_key(key) and (hlc, node) < t.stamp:
                     t.swept = False
 
-    def sweep(self, store: Store, txn: object) -> int:
-        """Delete the stored versions every unswept effective tombstone covers
-        (in the pass's write transaction, handles opened); returns how many."""
-        removed = 0
-        for ns_id, view in self._effective.items():
-            for t in view.tombs:
-                if t.swept:
-                    continue
-                removed += _sweep_one(store, txn, ns_id, t)
-                t.swept = True
-        return removed
+    def unswept(self) -> List[Tuple[int, _Tombstone]]:
+        """``(ns_id, tombstone)`` of the effective tombstones not yet swept."""
+        return [(ns_id, t) for ns_id, view in self._effective.items() for t in view.tombs if not t.swept]
 
-    def pending(self) -> bool:
-        """Whether :meth:`sweep` has work (an effective tombstone not yet swept)."""
-        return any(not t.swept for view in self._effective.values() for t in view.tombs)
+    @staticmethod
+    def sweep(store: Store, txn: object, todo: List[Tuple[int, _Tombstone]]) -> int:
+        """Delete the stored versions the tombstones ``todo`` cover, in a write
+        transaction (handles opened before it); returns how many. The caller
+        marks them swept once the transaction committed (:meth:`swept`)."""
+        return sum(_sweep_one(store, txn, ns_id, t) for ns_id, t in todo)
+
+    @staticmethod
+    def swept(todo: List[Tuple[int, _Tombstone]]) -> None:
+        """The sweep of ``todo`` committed."""
+        for _ns_id, t in todo:
+            t.swept = True
 
     def namespaces(self) -> List[int]:
         """Namespaces with effective tombstones (their handles must be open before the txn)."""
