@@ -250,6 +250,48 @@ def test_feed_and_listeners_carry_the_range_delete(open_db, tmp_path):
     assert list(other.namespace("ns").keys()) == [b"A"]
 
 
+def test_concurrent_writes_range_deletes_and_background_compaction(open_db, db_path):
+    """Writers, range deletes and the compactor thread at once: the end state
+    is what the timestamps say, before and after a restart."""
+    import threading
+
+    db = open_db(segment_size=8192, compact_interval=0.005)
+    lock = threading.Lock()
+    latest: Dict[bytes, Tuple[Timestamp, bytes]] = {}
+    tombs: List[Tuple[bytes, bytes, Timestamp]] = []
+
+    def writer(seed: int) -> None:
+        rng = random.Random(seed)
+        for i in range(1500):
+            key = b"k%03d" % rng.randrange(300)
+            value = b"%d-%d" % (seed, i)
+            ts = db.put(key, value)
+            with lock:
+                if key not in latest or ts > latest[key][0]:
+                    latest[key] = (ts, value)
+
+    threads = [threading.Thread(target=writer, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    rng = random.Random(99)
+    for _ in range(30):
+        lo = rng.randrange(300)
+        start, stop = b"k%03d" % lo, b"k%03d" % (lo + rng.randrange(1, 40))
+        tombs.append((start, stop, db.delete_range(start, stop)))
+    for t in threads:
+        t.join()
+    expected = {k: v for k, (ts, v) in latest.items()
+                if not any(s <= k < e and ts < t for s, e, t in tombs)}
+    assert dict(db.scan()) == expected
+    db.compact()
+    assert dict(db.scan()) == expected
+    assert db.get_many(sorted(latest)) == [expected.get(k) for k in sorted(latest)]
+    db.close()
+    db = open_db()
+    assert dict(db.scan()) == expected
+    db._check()
+
+
 # -- snapshots ----------------------------------------------------------------------
 
 def test_snapshots_see_before_the_delete(open_db):
