@@ -177,9 +177,7 @@ class Folding:
     """What one compaction pass may act on: the tombstones at or below the
     oldest pin (see the module docstring). Made by :meth:`RangeTombstones.folding`."""
 
-    def __init__(self, owner: "RangeTombstones", effective: Dict[int, RangeView],
-                 all_views: Dict[int, RangeView]) -> None:
-        self._owner = owner
+    def __init__(self, effective: Dict[int, RangeView], all_views: Dict[int, RangeView]) -> None:
         self._effective = effective
         self._all = all_views
 
@@ -353,4 +351,4 @@ class RangeTombstones:
                 t.folded = True  # from now on the pass may drop what it covers
             if tombs:
                 effective[ns_id] = view if len(tombs) == len(view.tombs) else RangeView(tombs)
-        return Folding(self, effective, views)
+        return Folding(effective, views)
