@@ -113,7 +113,10 @@
  * been checked against bounds that lie inside the file.
  *
  * Version history: 2 added log/MARK (the durable end mark); 3 gave deletes
- * in merge namespaces whose deletes join a value (the removal delta above).
+ * in merge namespaces whose deletes join a value (the removal delta above);
+ * 4 added range tombstones, records of the namespace-definition namespace
+ * whose key starts 0xFF 'R' (their layout: src/abase_engine/ranges.py),
+ * which a version-3 reader would take for a namespace name.
  * Opening a directory of another version is ABASE_EVERSION
  * (FormatVersionError); there is no upgrade path.
  *
@@ -136,7 +139,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define ABASE_FORMAT_VERSION 3u
+#define ABASE_FORMAT_VERSION 4u
 #define ABASE_SEG_HEADER_SIZE 64u
 #define ABASE_REC_HEADER_SIZE 40u
 #define ABASE_MAX_KEY 511u

@@ -378,7 +378,18 @@ static PyObject *ap_call_apply(ApplyPath *self, PyObject *const *args, Py_ssize_
     return ap_apply(self, args, nargs);
 }
 
+/* forget(): drop the cached answers of `resolve`, which are asked again on
+ * next use (a namespace stopped being eligible: it got range tombstones). */
+static PyObject *ap_forget(ApplyPath *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->paths)
+        PyDict_Clear(self->paths);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef ap_methods[] = {
+    {"forget", (PyCFunction)ap_forget, METH_NOARGS,
+     "forget(): ask `resolve` again for every namespace on next use."},
     {"apply", (PyCFunction)(void (*)(void))ap_call_apply, METH_FASTCALL,
      "apply(changes, wall_ms, max_skew_ms, want_prev, store_below) -> (appended, status, prevs) | None: "
      "see csrc/fast_apply.c. None: nothing done, take the general path."},

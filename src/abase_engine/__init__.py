@@ -16,11 +16,13 @@ from .errors import (
     KeyTooLargeError,
     LockedError,
     InvalidOptionError,
+    InvalidRangeError,
     MergeOperandError,
     NodeIdRetiredError,
     MergeOperatorMismatch,
     SlotInvalidatedError,
     SnapshotTooOldError,
+    NamespaceNotFoundError,
     ValueTooLargeError,
 )
 from .hlc import HLC
@@ -43,4 +45,5 @@ __all__ = [
     "SnapshotTooOldError", "FormatVersionError", "MergeOperatorMismatch", "MergeOperandError",
     "SlotInvalidatedError", "InvalidOptionError", "IOFailedError",
     "NodeIdRetiredError",
+    "SlotInvalidatedError", "InvalidOptionError", "IOFailedError", "InvalidRangeError", "NamespaceNotFoundError",
 ]

@@ -255,9 +255,10 @@ class Committer:
         assert ts is not None
         return ts
 
-    def put_many(self, items: Iterable[Tuple[bytes, bytes]]) -> Optional[Timestamp]:
-        """``put_many`` of the default namespace, checked in Python (the C
-        fast path's fallback). :raises TypeError, KeyTooLargeError, ValueTooLargeError:"""
+    def put_many(self, items: Iterable[Tuple[bytes, bytes]], ns_id: int = 0) -> Optional[Timestamp]:
+        """``put_many`` of an LWW namespace (default: the default one),
+        checked in Python (the C fast path's fallback).
+        :raises TypeError, KeyTooLargeError, ValueTooLargeError:"""
         self._life.check("put_many")
         parts: List[bytes] = []
         for k, v in items:
@@ -266,7 +267,7 @@ class Committer:
         n = len(parts) // 2
         if n == 0:
             return None
-        return self.commit(bytes([_PUT]) * n, [0] * n, parts, [])
+        return self.commit(bytes([_PUT]) * n, [ns_id] * n, parts, [])
 
     # -- batches ---------------------------------------------------------------
     def commit(self, ops: bytes, nss: List[int], parts: List[bytes],
@@ -390,6 +391,12 @@ class Committer:
         return from_packed(max(hlcs[:n]), self._node_id)
 
     # -- records from other replicas -------------------------------------------
+    def observe_clock(self, newest: Timestamp, max_skew_ms: int) -> None:
+        """Advance the clock past a received timestamp (an HLC receive).
+        :raises ClockSkewError: ``newest`` is too far ahead (the clock stays)."""
+        self._life.check("apply")
+        self._log.clock_update(newest.hlc, max_skew_ms)
+
     def apply(self, recs: List[Tuple["Namespace", int, bytes, bytes, Timestamp]], newest: Timestamp,
               max_skew_ms: int) -> int:
         """Append records received from another replica (checked by

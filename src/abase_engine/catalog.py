@@ -13,6 +13,8 @@ compactor folds these records into the store's ``meta`` database under
 ``ns:<name>`` with the same value, so the compactor stays the only writer of
 the store. At open, definitions are read from ``meta`` and then from the log
 (newer). Id 0 is the default namespace ``""``, which is never written.
+Keys of ``NS_DEFS`` that start with byte 0xFF (never in a UTF-8 name) are
+not definitions: range tombstones (``ranges.py``) use that record path.
 
 Locks: one lock serializes the creation of namespaces (an id is taken and
 its definition appended under it). Reads of the tables are plain dict reads.
@@ -32,6 +34,9 @@ from .store import Store
 __all__ = ["Catalog", "encode_definition", "decode_definition"]
 
 _PUT = int(Op.PUT)
+#: ``NS_DEFS`` keys starting with this byte (never in UTF-8) are not
+#: definitions: range tombstones (``ranges.py``) use them.
+_RESERVED = b"\xff"
 
 
 def encode_definition(ns_id: int, op_name: str) -> bytes:
@@ -65,10 +70,11 @@ class Catalog:
         self._by_name: Dict[str, Any] = {}
         self._by_id: Dict[int, Any] = {}
         for k, v in store.meta_items(b"ns:"):
-            self._defs[k[3:].decode()] = decode_definition(v)
+            if k[3:4] != _RESERVED:
+                self._defs[k[3:].decode()] = decode_definition(v)
         if log.recovery.ns_def_records:  # else: skip a walk of the whole index
-            for key, status, value, _h, _n, _op in log.scan(NS_DEFS, None, None, None, False, 0, 0, False):
-                if status >= 0 and value is not None:
+            for key, status, value, _h, _n, _op in log.scan(NS_DEFS, None, _RESERVED, None, False, 0, 0, False):
+                if status >= 0 and value is not None and key[:1] != _RESERVED:
                     self._defs[key.decode()] = decode_definition(value)
 
     def add_default(self, handle: Any) -> None:

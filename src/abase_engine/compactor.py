@@ -36,6 +36,7 @@ start and the thread stops.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
@@ -52,6 +53,7 @@ from .timing import PASS_BOUNDS, LatencyHistogram
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import Catalog
     from .digest import DigestTree
+    from .ranges import Folding, RangeTombstones
 
 __all__ = ["Compactor", "fold_lww", "fold_merge"]  # the folds live in resolve.py
 
@@ -59,6 +61,7 @@ _logger = logging.getLogger("abase_engine.compactor")
 
 _PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
 _DOMINANT = 0x01  # record flag, see csrc/abase.h
+_STORED_TS = struct.Struct("<QI")  # hlc, node after a stored version's kind byte (store.py)
 
 
 class Compactor:
@@ -80,8 +83,11 @@ class Compactor:
                  oldest_pin: Callable[[], Optional[Tuple[int, int]]],
                  retention_floor: Callable[[], Optional[int]],
                  fold_lock: threading.Lock, merge_lock: threading.RLock, digests: Optional["DigestTree"],
-                 tombstone_grace_ms: int, interval: Optional[float]) -> None:
+                 tombstone_grace_ms: int, interval: Optional[float],
+                 ranges: Optional["RangeTombstones"] = None) -> None:
         self._log = log
+        #: range tombstones (``ranges.py``): covered versions are not stored, and swept
+        self._ranges = ranges
         self._store = store
         self._catalog = catalog
         self._oldest_pin = oldest_pin
@@ -182,15 +188,32 @@ class Compactor:
             if floor is not None and seg["no"] >= floor:
                 break  # a change feed or replication slot still reads it
             segs.append(seg)
+        folding = self._ranges.folding(pin) if self._ranges is not None else None
         if segs:
-            self._fold_segments(segs)
+            self._fold_segments(segs, folding)
+        if folding is not None:
+            self._sweep(folding)
         done = len(segs)
         self._purge_tombstones()
         self.passes += 1
         self.segments_compacted += done
         return done
 
-    def _fold_segments(self, segs: List[dict]) -> None:
+    def _sweep(self, folding: "Folding") -> None:
+        """Delete the stored versions that effective range tombstones cover
+        (``ranges.py``; each tombstone once per process, and again after a
+        pass stored a version it covers); under the fold lock, like a fold."""
+        todo = folding.unswept()
+        if not todo:
+            return
+        store = self._store
+        for ns_id in folding.namespaces():
+            store.db(ns_id)  # open handles before the write txn (LMDB has one writer)
+        with self._fold_lock:
+            store.write(lambda txn: folding.sweep(store, txn, todo))
+        folding.swept(todo)
+
+    def _fold_segments(self, segs: List[dict], folding: Optional["Folding"] = None) -> None:
         """Fold the segments, oldest first, in ONE store transaction.
 
         One transaction per pass rather than per segment: with random keys
@@ -243,6 +266,8 @@ class Compactor:
                 # pairs need no look at the store: the newest record of an
                 # LWW key that was DOMINANT beats whatever the store holds
                 for ns, items in pairs.items():
+                    if folding is not None and folding.active(ns):
+                        items = _unhidden(folding, ns, items)  # range tombstones: not stored
                     cur = txn.cursor(db=store.db(ns))
                     if append.get(ns):
                         _consumed, added = cur.putmulti(items, append=True)
@@ -252,12 +277,18 @@ class Compactor:
                     cur.putmulti(items)
                 written[0] += nbytes
                 for ns, key, hlc, node in tombs:
+                    if folding is not None and folding.covers(ns, key, hlc, node):
+                        continue
                     txn.put(store.tomb_key(hlc, node, ns, key), key, db=store.tombs)
                 for ns, key, op, flags, _count, hlc, node, data in rest:
                     if ns == NS_DEFS:
                         txn.put(b"ns:" + key, data[13:], db=store.meta)
                         continue
                     if ns in lww_set:
+                        if folding is not None and folding.active(ns):
+                            if folding.covers(ns, key, hlc, node):
+                                continue  # hidden by a range tombstone: never stored
+                            folding.written(ns, key, hlc, node)
                         if not flags & _DOMINANT:
                             raw = store.get_in(txn, ns, key)
                             if raw is not None:
@@ -335,3 +366,16 @@ class Compactor:
                 store.write(work)
             if tracked:
                 digests.settle(tracked)
+
+
+def _unhidden(folding: "Folding", ns: int, items: List[Tuple[bytes, bytes]]) -> List[Tuple[bytes, bytes]]:
+    """The ``(key, stored)`` winners of a pass that no effective range
+    tombstone hides; those a later one covers are noted for its sweep."""
+    out = []
+    for key, data in items:
+        hlc, node = _STORED_TS.unpack_from(data, 1)
+        if folding.covers(ns, key, hlc, node):
+            continue
+        folding.written(ns, key, hlc, node)
+        out.append((key, data))
+    return out

@@ -4,7 +4,10 @@ The tree has 3 levels under its root with fan-out 16, by the first three
 nibbles of xxh64(key): 4,096 leaves. A leaf's hash is the XOR of its keys'
 *entries*, ``xxh64(key | 0x00 | canon)``, where ``canon`` is
 ``kind u8 | hlc u64 | node u32`` (big-endian) for an LWW key or a
-tombstone, and ``0x03 | encoded state`` for a CRDT key; an inner node
+tombstone, and ``0x03 | encoded state`` for a CRDT key; a range tombstone
+(``ranges.py``) is an entry too, placed by its record key, ``canon`` being
+``0x04 | start length u16 LE | start | has_stop u8 | stop``, and a key
+version a range tombstone hides counts as absent; an inner node
 hashes its 16 children (``xxh64`` of 16 big-endian u64). Replicas with equal
 visible state have equal digests, so comparing top-down finds the differing
 leaves in O(differences x depth) calls; :meth:`DigestTree.records` then gives
@@ -62,6 +65,7 @@ from .store import TOMBSTONE, Store
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import Catalog
     from .namespace import Namespace
+    from .ranges import RangeTombstones
 
 __all__ = ["DigestTree", "check_path"]
 
@@ -119,6 +123,8 @@ class DigestTree:
         self._members_cache: Dict[int, tuple] = {}
         #: ns id -> leaf -> keys (maintained mode; built by the first records() call)
         self._members: Dict[int, Dict[int, Set[bytes]]] = {}
+        #: the engine's range tombstones: a key version they hide counts as absent
+        self.ranges: Optional["RangeTombstones"] = None
 
     # -- queries ---------------------------------------------------------------
     def digest(self, ns: "Namespace", path: Tuple[int, ...]) -> List[int]:
@@ -137,10 +143,14 @@ class DigestTree:
             raise ValueError("records() needs a leaf path of 3 nibbles")
         leaf = path[0] * 256 + path[1] * 16 + path[2]
         out = []
+        if self.ranges is not None and ns.lww:
+            for rkey, _canon, start, stop, stamp in self.ranges.digest_entries(ns.id):
+                if _leaf_of(rkey) == leaf:
+                    out.append(Change(ns.name, start, Op.DELETE_RANGE, stop, from_packed(*stamp)))
         with self._lock:  # the membership must not change while it is read
             keys = sorted(self._leaf_keys(ns, leaf))
         for key in keys:
-            rec = ns.reader.visible_record(key)
+            rec = self._visible(ns, key)
             if rec is None:
                 continue
             kind, hlc, node, value, anchor = rec
@@ -189,7 +199,7 @@ class DigestTree:
 
     def entry_hash(self, ns: "Namespace", key: bytes) -> int:
         """The key's contribution to its leaf hash (0: the key is absent)."""
-        rec = ns.reader.visible_record(key)
+        rec = self._visible(ns, key)
         if rec is None:
             return 0
         kind, hlc, node, value, _anchor = rec
@@ -223,6 +233,27 @@ class DigestTree:
                 members.setdefault(leaf, set()).add(key)
             touched.add(ns_id)
         for ns_id in touched:
+            self._leaves_gen[ns_id] = self._leaves_gen.get(ns_id, 0) + 1
+
+    def _visible(self, ns: "Namespace", key: bytes) -> Optional[tuple]:
+        """The key's visible record (``KeyReader.visible_record``), or None when
+        it has none or a range tombstone hides it: a hidden version counts as
+        absent whether or not the compactor has dropped it yet, so engines
+        that hold the same records have equal digests."""
+        rec = ns.reader.visible_record(key)
+        ranges = self.ranges
+        if rec is not None and ns.lww and ranges is not None and ranges.covers(ns.id, key, rec[1], rec[2]):
+            return None
+        return rec
+
+    def invalidate(self, ns_id: int) -> None:
+        """A range tombstone changed many keys of namespace ``ns_id`` at once:
+        its leaves are rebuilt on next use (O(keys) once)."""
+        with self._lock:
+            self._leaves.pop(ns_id, None)
+            self._tree_cache.pop(ns_id, None)
+            self._members_cache.pop(ns_id, None)
+            self._members.pop(ns_id, None)
             self._leaves_gen[ns_id] = self._leaves_gen.get(ns_id, 0) + 1
 
     def leaves(self, ns: "Namespace") -> List[int]:
@@ -297,6 +328,9 @@ class DigestTree:
             leaf = _leaf_of(key)
             members.setdefault(leaf, []).append(key)
             leaves[leaf] ^= self.entry_hash(ns, key)
+        if self.ranges is not None:  # range tombstones count too, each in the leaf of its record key
+            for rkey, canon, *_rest in self.ranges.digest_entries(ns.id):
+                leaves[_leaf_of(rkey)] ^= xxhash.xxh64_intdigest(rkey + b"\x00" + canon)
         self._members_cache[ns.id] = (version, members)
         return leaves
 

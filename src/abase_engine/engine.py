@@ -18,6 +18,8 @@ and each owning its state and lock (``docs/architecture.md`` has the picture):
 ``digest.py``              anti-entropy digest trees
 ``fastpath.py``            the C fast paths of LWW namespaces
 ``compactor.py``           folds sealed segments into the store
+``ranges.py``              range tombstones of LWW namespaces
+``housekeeping.py``        range deletes, namespace drops
 ========================  ==================================================
 
 Guarantees (see docs/architecture.md):
@@ -63,12 +65,14 @@ from .digest import DigestTree
 from .errors import InvalidOptionError, LockedError
 from .fastpath import FastPaths
 from .hooks import ReplicationHooks
+from .housekeeping import Housekeeping
 from .feed import ChangeFeed, CommitListeners
 from .lifecycle import Lifecycle
 from .log import TAIL_WINDOW, Log
 from .merge import MergeOperator
 from .namespace import DefaultNamespaceMethods, Namespace
 from .node_ids import claim_node_id
+from .ranges import RangeTombstones
 from .record import MAX_NODE_ID, Op, Timestamp, from_packed
 from .repair import repair
 from .resolve import KeyReader
@@ -215,7 +219,7 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
             self._log, self._store, self._catalog, oldest_pin=self._pins.oldest,
             retention_floor=self._feed.retention_floor, fold_lock=self._fold_lock, merge_lock=self._merge_lock,
             digests=self._digests if self._digests.maintained else None,
-            tombstone_grace_ms=opts["tombstone_grace_ms"], interval=opts["compact_interval"])
+            tombstone_grace_ms=opts["tombstone_grace_ms"], interval=opts["compact_interval"], ranges=self._ranges)
 
     # -- opening and closing ------------------------------------------------
     def _take_lock(self) -> int:
@@ -289,15 +293,20 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         if self._digests.maintained:
             self._committer.digests = self._digests
             self._digests.load(bool(self.recovery["dropped_bytes"]))
-        self._scanner = Scanner(log, store, self._pins, self._fastpaths)
+        self._ranges = RangeTombstones(self._fastpaths.hold)
+        self._digests.ranges = self._ranges
+        self._housekeeping = Housekeeping(log, self._catalog, self._ranges, self._listeners, self._digests,
+                                          life=self._life, node_id=self.node_id, merge_lock=self._merge_lock)
+        self._scanner = Scanner(log, store, self._pins, self._fastpaths, self._ranges)
         self._feed = ChangeFeed(self._life, log, self._catalog, self.node_id)
         self._slots = SlotTable(self.path, log, self.durability, opts["max_slot_lag_bytes"], self._feed.start)
         self._feed.slots = self._slots
         # a fake clock or digest upkeep takes the general path
         self._fastpaths.block("clock", not log.real_clock)
         self._fastpaths.block("digests", self._digests.maintained)
-        self._default = Namespace("", 0, None, life=self._life, reader=KeyReader(log, store, 0, None),
-                                  committer=self._committer, scanner=self._scanner, owner=self)
+        self._default = Namespace("", 0, None, life=self._life, reader=KeyReader(log, store, 0, None, self._ranges),
+                                  committer=self._committer, scanner=self._scanner, owner=self,
+                                  housekeeping=self._housekeeping)
         self._catalog.add_default(self._default)
         self._fastpath = self._fastpaths.create(self._default, self._committer.put_many)
         self._committer.apply_path = self._fastpaths.apply_path(self._catalog.for_apply)
@@ -306,12 +315,14 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         # after every store commit.
         store.after_write = self._fastpaths.store_written
         self._fastpaths.store_written()
+        self._ranges.load(log, store, self._catalog)
 
     def _make_handle(self, name: str, ns_id: int, operator: Optional[MergeOperator], fresh: bool) -> Namespace:
         """The catalog's factory of Namespace handles."""
         ns = Namespace(name, ns_id, operator, life=self._life,
-                       reader=KeyReader(self._log, self._store, ns_id, operator),
-                       committer=self._committer, scanner=self._scanner, owner=self)
+                       reader=KeyReader(self._log, self._store, ns_id, operator, self._ranges),
+                       committer=self._committer, scanner=self._scanner, owner=self,
+                       housekeeping=self._housekeeping)
         if operator is None:
             self._fastpaths.bind(ns, fresh)
         else:
@@ -400,6 +411,18 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
     def namespaces(self) -> Dict[str, str]:
         """Every namespace defined in this directory: name -> operator name."""
         return self._catalog.definitions()
+
+    def drop_namespace(self, name: str) -> Optional[Timestamp]:
+        """Delete every key of namespace ``name``; see :mod:`abase_engine.housekeeping`
+        (the namespace stays defined and usable). :raises NamespaceNotFoundError:"""
+        return self._housekeeping.drop(name, self)
+
+    def delete_range(self, start: Optional[bytes] = None, stop: Optional[bytes] = None,
+                     namespace: Union[None, str, Namespace] = None) -> Optional[Timestamp]:
+        """``Namespace.delete_range`` of ``namespace`` (default: the default one,
+        never created here). :raises NamespaceNotFoundError, InvalidRangeError:"""
+        self._check_open("delete_range")
+        return self._housekeeping.delete_range(self._housekeeping.resolve(namespace, self), start, stop)
 
     def _namespace_arg(self, namespace: Union[None, str, Namespace, "Engine"]) -> Namespace:
         """A ``namespace=`` argument (None, a name, a handle, an engine) as a handle."""

@@ -32,6 +32,8 @@ __all__ = [
     "InvalidOptionError",
     "IOFailedError",
     "NodeIdRetiredError",
+    "InvalidRangeError",
+    "NamespaceNotFoundError",
     "error_for_status",
 ]
 
@@ -101,6 +103,17 @@ class MergeOperatorMismatch(AbaseError):
 
 class MergeOperandError(AbaseError, ValueError):
     """A merge operand is of the wrong type for the namespace's operator, or does not decode."""
+
+
+class InvalidRangeError(AbaseError, ValueError):
+    """A key range whose start is after its stop (``delete_range``)."""
+
+
+class NamespaceNotFoundError(AbaseError, KeyError):
+    """A namespace name this directory does not define (``drop_namespace``, ``delete_range``)."""
+
+    def __str__(self) -> str:  # KeyError's own str() shows the repr of its argument
+        return str(self.args[0]) if self.args else ""
 
 
 class SlotInvalidatedError(AbaseError):

@@ -14,7 +14,8 @@ current in all of them:
 
 * *enabled*: writes may bypass Python. Off while anything needs to see each
   write in Python: an injected wall clock, maintained digests, a commit
-  listener, or a closed engine (each a named *blocker*).
+  listener, or a closed engine (each a named *blocker*); and, for one LWW
+  namespace, for good once it has a range tombstone (:meth:`FastPaths.hold`).
 * *store_empty*: the store holds nothing of the namespace, so a key the log
   does not hold is absent without an LMDB lookup. Refreshed after every
   store commit (:meth:`FastPaths.store_written`), which comes before the log
@@ -73,6 +74,8 @@ class FastPaths:
         self._paths: List[Tuple["Namespace", Any]] = []
         self._by_ns: Dict[int, Any] = {}
         self._blockers: Set[str] = set()
+        self._apply_paths: List[Any] = []  # the ApplyPaths made (they cache which namespaces they take)
+        self._held: Set[int] = set()  # namespaces whose LWW fast path is off for good (range tombstones)
 
     def create(self, ns: "Namespace", put_many: Optional[Callable] = None) -> Any:
         """A new FastPath for the LWW namespace ``ns``, registered; the
@@ -85,7 +88,7 @@ class FastPaths:
             slow_put_many=put_many, store_get=ns.reader.stored_value, fail=self._log.error,
             reader=self._store.reader, dbi=self._store.db(ns.id))
         with self._lock:
-            fp.enabled = not self._blockers
+            fp.enabled = not self._blockers and ns.id not in self._held
             self._paths.append((ns, fp))
             self._by_ns[ns.id] = fp
         return fp
@@ -94,10 +97,12 @@ class FastPaths:
         """Route ``ns.put`` and ``ns.get`` through a new fast path. ``fresh``:
         the namespace was just created, so the store holds nothing of it
         (otherwise decided at the next store commit)."""
-        fp = self.create(ns)
+        fp = self.create(ns, type(ns).put_many.__get__(ns))
         fp.store_empty = fresh
         ns.put = fp.put  # type: ignore[method-assign]
         ns.get = fp.get  # type: ignore[method-assign]
+        ns.put_many = fp.put_many  # type: ignore[method-assign]
+        ns.get_many = fp.get_many  # type: ignore[method-assign]
 
     def bind_crdt(self, ns: "Namespace", fresh: bool) -> bool:
         """Route ``merge``, ``get``, ``delete``, ``merge_many`` and
@@ -132,11 +137,15 @@ class FastPaths:
         (``csrc/fast_apply.c``). ``for_apply``: the catalog's name -> handle
         for received records (creates an LWW namespace on demand)."""
         def lww_path(name: Any) -> Any:
+            # None sends the batch to the general path: merge namespaces, and
+            # namespaces with range tombstones (the C path does not consult them)
             ns = for_apply(name)
-            return self._by_ns.get(ns.id) if ns.lww else None
+            return self._by_ns.get(ns.id) if ns.lww and ns.id not in self._held else None
 
         handle, fn = self._log.apply_handle()
-        return _fast.ApplyPath(handle, fn, Change, lww_path, self._log.error)
+        path = _fast.ApplyPath(handle, fn, Change, lww_path, self._log.error)
+        self._apply_paths.append(path)
+        return path
 
     # -- the facts -----------------------------------------------------------
     @property
@@ -152,8 +161,20 @@ class FastPaths:
             else:
                 self._blockers.discard(reason)
             enabled = not self._blockers
-            for _ns, fp in self._paths:
-                fp.enabled = enabled
+            for ns, fp in self._paths:
+                fp.enabled = enabled and ns.id not in self._held
+
+    def hold(self, ns_id: int) -> None:
+        """Turn the LWW fast path of namespace ``ns_id`` off for good (also if
+        it is created later): it has range tombstones, which the C reads
+        do not consult. Its puts and gets take the general path."""
+        with self._lock:
+            self._held.add(ns_id)
+            for ns, fp in self._paths:
+                if ns.id == ns_id and ns.lww:
+                    fp.enabled = False
+            for path in self._apply_paths:  # their cached "this namespace is LWW" answers
+                path.forget()
 
     def path_of(self, ns: "Namespace") -> Any:
         """The fast path of the LWW namespace ``ns``.

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 
 from .lifecycle import Lifecycle
 from .log import F_CHECKPOINT, NS_DEFS, Log
+from .ranges import decode_record
 from .record import Change, Op, from_packed
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -155,14 +156,20 @@ class ChangeFeed:
             n = 0
             for seg_no, next_off, (ns, key, op, flags, hlc, node, value) in self._log.read_from(seg, off):
                 self._floors[token] = seg_no
-                if ns == NS_DEFS or (flags & F_CHECKPOINT and op == _PUT):
+                ranged = decode_record(key, value) if ns == NS_DEFS else None  # a range delete (ranges.py)
+                if (ns == NS_DEFS and ranged is None) or (flags & F_CHECKPOINT and op == _PUT):
                     continue  # local bookkeeping (a checkpoint put), not replicated; a delete is a write
                 if node != self._node_id and not include_applied:
                     continue
                 if limit is not None and n >= limit:
                     return
-                yield Change(self._catalog.name_of(ns), key, Op(op), None if op == _DELETE and not value else value,
-                             from_packed(hlc, node), CURSOR.pack(seg_no, next_off))
+                if ranged is not None:
+                    yield Change(ranged[0], ranged[1], Op.DELETE_RANGE, ranged[2], from_packed(hlc, node),
+                                 CURSOR.pack(seg_no, next_off))
+                else:
+                    yield Change(self._catalog.name_of(ns), key, Op(op),
+                                 None if op == _DELETE and not value else value,
+                                 from_packed(hlc, node), CURSOR.pack(seg_no, next_off))
                 n += 1
         finally:
             self._floors.pop(token, None)

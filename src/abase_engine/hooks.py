@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ._args import check_key, check_value
+from .housekeeping import filter_covered
 from .record import Change, Op, Timestamp
 from .slots import ReplicationSlot
 
@@ -23,13 +24,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .catalog import Catalog
     from .digest import DigestTree
     from .feed import ChangeFeed, CommitListeners
+    from .housekeeping import Housekeeping
     from .lifecycle import Lifecycle
     from .namespace import Namespace
     from .slots import SlotTable
 
 __all__ = ["ReplicationHooks"]
 
-_PUT, _DELETE, _MERGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE)
+_PUT, _DELETE, _MERGE, _DELETE_RANGE = int(Op.PUT), int(Op.DELETE), int(Op.MERGE), int(Op.DELETE_RANGE)
 
 
 class ReplicationHooks:
@@ -46,13 +48,18 @@ class ReplicationHooks:
     _slots: "SlotTable"
     _listeners: "CommitListeners"
     _digests: "DigestTree"
+    _housekeeping: "Housekeeping"
     _namespace_arg: Callable[[Any], "Namespace"]
 
     def apply(self, changes: Iterable[Change]) -> int:
         """Apply records from another replica; returns how many changed anything.
 
         Idempotent and order-independent: a record already held, or (LWW) one
-        older than the key's visible version, is skipped. The clock is
+        older than the key's visible version or hidden by a range delete, is
+        skipped. ``Op.DELETE_RANGE`` records (``key`` the start, ``value``
+        the stop or None) are range deletes of LWW namespaces
+        (:meth:`Namespace.delete_range`); they are appended first, each as
+        its own record, then the other records as one atomic batch. The clock is
         advanced past the newest record (an HLC receive event); the whole
         call is refused, with nothing applied, if any record is more than
         ``max_clock_skew_ms`` ahead. The records are appended as one atomic
@@ -68,6 +75,8 @@ class ReplicationHooks:
             totals its type needs (``ns.delete`` writes them; a delete is
             never guessed).
         :raises AbaseError: a record names a merge namespace this engine has not opened.
+        :raises MergeOperandError: a DELETE_RANGE record names a merge namespace.
+        :raises InvalidRangeError: a DELETE_RANGE record's start is after its stop.
         :raises ValueTooLargeError: the records are over the batch bound
             (``MAX_BATCH`` bytes as encoded in the log): split them.
         :raises IOFailedError: writes are refused after an I/O failure.
@@ -78,16 +87,22 @@ class ReplicationHooks:
         if done is not None:  # every record into an LWW namespace: decided and appended in C
             return done
         recs = []
+        ranged = []  # DELETE_RANGE records: (ns, start, stop, timestamp)
         newest = None
         for ch in batch:
             if not isinstance(ch, Change):
                 raise TypeError(f"apply takes Change records, not {type(ch).__name__}")
-            ns = self._catalog.for_apply(ch.namespace)
-            op = int(ch.op)
-            if op not in (_PUT, _DELETE, _MERGE):
-                raise ValueError(f"unknown op {ch.op!r}")
             if not isinstance(ch.timestamp, Timestamp):
                 raise TypeError("Change.timestamp must be a Timestamp")
+            op = int(ch.op)
+            if op == _DELETE_RANGE:
+                ranged.append(self._housekeeping.check_received(ch) + (ch.timestamp,))
+                if newest is None or ch.timestamp > newest:
+                    newest = ch.timestamp
+                continue
+            ns = self._catalog.for_apply(ch.namespace)
+            if op not in (_PUT, _DELETE, _MERGE):
+                raise ValueError(f"unknown op {ch.op!r}")
             key = check_key(ch.key)
             value = b"" if op == _DELETE else check_value(ch.value if ch.value is not None else b"")
             if not ns.lww:
@@ -101,9 +116,18 @@ class ReplicationHooks:
             recs.append((ns, op, key, value, ch.timestamp))
             if newest is None or ch.timestamp > newest:
                 newest = ch.timestamp
-        if not recs:
+        if newest is None:
             return 0
-        return self._committer.apply(recs, newest, self._options["max_clock_skew_ms"])
+        applied = 0
+        if ranged:  # range deletes first, so that the records they hide are skipped
+            self._committer.observe_clock(newest, self._options["max_clock_skew_ms"])
+            applied = self._housekeeping.apply(ranged)
+        recs = filter_covered(self._housekeeping.covered, recs)
+        if not recs:
+            if not ranged:  # every record was hidden: still an HLC receive event
+                self._committer.observe_clock(newest, self._options["max_clock_skew_ms"])
+            return applied
+        return applied + self._committer.apply(recs, newest, self._options["max_clock_skew_ms"])
 
     def changes(self, since: Optional[bytes] = None, include_applied: bool = False,
                 limit: Optional[int] = None) -> Iterator[Change]:
@@ -113,7 +137,9 @@ class ReplicationHooks:
         still in the log). A resumed feed neither skips nor repeats a record,
         and a batch's records are never split by concurrent writers. Records
         received through :meth:`apply` (another node's id) are left out
-        unless ``include_applied``. While the iterator is open the compactor
+        unless ``include_applied``. A range delete of an LWW namespace comes
+        as one ``Op.DELETE_RANGE`` record (``key`` its start, ``value`` its
+        stop or None). While the iterator is open the compactor
         keeps the segments it still has to read. The feed shows a record as
         soon as it is appended; with durability "sync" that is just before
         its fdatasync (use :meth:`on_commit` for "after durable").
@@ -179,7 +205,10 @@ class ReplicationHooks:
         LWW keys come as their winning PUT or DELETE with its own timestamp;
         CRDT keys as one MERGE record holding the whole state (what deletes
         removed included), stamped with the state's newest timestamp, so a
-        receiver joins it (states are their own deltas). Keys of a merge
+        receiver joins it (states are their own deltas). The range
+        tombstones of an LWW namespace (``delete_range``) come as
+        ``Op.DELETE_RANGE`` records, each in the leaf of its own record
+        key; their ``key`` is the range's start. Keys of a merge
         namespace whose operator's deletes reset the key come as their
         newest delete (if any) and such a MERGE record.
         """

@@ -40,6 +40,11 @@ class Op(enum.IntEnum):
     PUT = 1
     DELETE = 2
     MERGE = 3
+    #: Only in :class:`Change` records (never a log record's op): a range
+    #: delete of an LWW namespace; ``key`` is the range's start (inclusive,
+    #: ``b""`` for the first key), ``value`` its stop (exclusive; None: no
+    #: bound). See ``Engine.delete_range``.
+    DELETE_RANGE = 4
 
 
 class Change(NamedTuple):

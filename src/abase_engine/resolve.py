@@ -20,7 +20,7 @@ assignment (safe under the GIL).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from ._fast import crdt_fold
 from .crdt import c_tag
@@ -29,6 +29,9 @@ from .log import DELETED, NEEDBASE, Log
 from .merge import MergeOperator
 from .record import Op, Timestamp
 from .store import STATE, TOMBSTONE, VALUE, Store, Stored
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .ranges import RangeTombstones
 
 __all__ = ["fold_lww", "fold_merge", "join_all", "KeyReader", "Version", "MISSING"]
 
@@ -144,11 +147,14 @@ class KeyReader:
     Thread-safety: safe.
     """
 
-    def __init__(self, log: Log, store: Store, ns_id: int, operator: Optional[MergeOperator]) -> None:
+    def __init__(self, log: Log, store: Store, ns_id: int, operator: Optional[MergeOperator],
+                 ranges: Optional["RangeTombstones"] = None) -> None:
         self._log = log
         self._store = store
         self._ns = ns_id
         self._operator = operator
+        #: the engine's range tombstones (LWW reads consult them), or None
+        self._ranges = ranges
         #: key -> (head address, store generation, state, value or MISSING, versions walked)
         self._cache: Dict[bytes, Tuple[int, int, Optional[bytes], Any, int]] = {}
         self._dbi = store.db(ns_id)
@@ -160,6 +166,9 @@ class KeyReader:
         :raises SnapshotTooOldError: the store's version is newer than ``at``
             and the log no longer holds what ``at`` would see.
         """
+        ranges = self._ranges
+        if ranges is not None and ranges.active(self._ns):  # range deletes (ranges.py)
+            return self._lww_ranged(ranges, key, at)
         at_h, at_n = _at(at)
         status, value, hlc, node, op = self._log.get_lww(self._ns, key, at_h, at_n)
         if status >= 0:
@@ -175,6 +184,41 @@ class KeyReader:
         if base is None or base[0] == TOMBSTONE:
             return None
         return base[5]
+
+    def _lww_ranged(self, ranges: "RangeTombstones", key: bytes, at: Optional[Timestamp]) -> Optional[bytes]:
+        """:meth:`lww` in a namespace with range tombstones: the visible
+        version, unless a tombstone (visible at ``at``) is newer.
+
+        :raises SnapshotTooOldError: ``at`` is older than a tombstone over
+            the key that compaction may already have acted on."""
+        stamp = None if at is None else (at.hlc, at.node_id)
+        if stamp is not None and ranges.too_old(self._ns, key, key + b"\x00", stamp):
+            raise SnapshotTooOldError(f"history of {key!r} before {at!r} was range-deleted and compacted")
+        rec = self.lww_record(key, at)
+        if rec is None or rec[0] == TOMBSTONE or ranges.covers(self._ns, key, rec[1], rec[2], stamp):
+            return None
+        return rec[3]
+
+    def lww_record(self, key: bytes, at: Optional[Timestamp]) -> Optional[Tuple[int, int, int, bytes]]:
+        """``(kind, hlc, node, value)`` of an LWW key's visible version as of
+        ``at`` (None: now), tombstones included; None: the key has no version.
+        Range tombstones are not consulted.
+
+        :raises SnapshotTooOldError: as :meth:`lww`."""
+        at_h, at_n = _at(at)
+        status, value, hlc, node, op = self._log.get_lww(self._ns, key, at_h, at_n)
+        if status >= 0:
+            return VALUE, hlc, node, value
+        if status == DELETED:
+            return TOMBSTONE, hlc, node, b""
+        base = self._store.get(self._ns, key)
+        if base is not None and at is not None and (base[1], base[2]) > (at_h, at_n):
+            raise SnapshotTooOldError(f"history of {key!r} before {at!r} was compacted")
+        if status == NEEDBASE and value is not None and (base is None or (hlc, node) > (base[1], base[2])):
+            return (TOMBSTONE if op == _DELETE else VALUE), hlc, node, value
+        if base is None:
+            return None
+        return base[0], base[1], base[2], base[5]
 
     def stored_value(self, key: bytes, default: Any) -> Any:
         """The value of a non-empty LWW key the log does not hold: its version

@@ -17,8 +17,9 @@ Two implementations:
   which the store holds nothing (the fast path's store-empty flag) is
   scanned from the log alone. Keys the log cannot decide (NEEDBASE, or
   compacted since the scan opened) are resolved through the key reader.
-* *merge namespaces* (and an LWW namespace whose empty key is stored): the
-  merge in Python below, folding with the namespace's operator.
+* *merge namespaces* (and an LWW namespace whose empty key is stored, or
+  that has range tombstones, ``ranges.py``): the merge in Python below,
+  folding with the namespace's operator or hiding what a tombstone covers.
 
 Both open at the first ``next()``, which is when the scan's snapshot is
 taken. Complexity: O(k log k) to start, k = keys the log holds in the
@@ -45,6 +46,7 @@ from .store import TOMBSTONE, VALUE, Store
 if TYPE_CHECKING:  # pragma: no cover
     from .fastpath import FastPaths
     from .namespace import Namespace
+    from .ranges import RangeTombstones
 
 __all__ = ["Scanner", "prefix_end", "SCAN_COPY_LIMIT"]
 
@@ -78,11 +80,14 @@ class Scanner:
         engine is still open).
     """
 
-    def __init__(self, log: Log, store: Store, pins: PinSet, fastpaths: "FastPaths") -> None:
+    def __init__(self, log: Log, store: Store, pins: PinSet, fastpaths: "FastPaths",
+                 ranges: Optional["RangeTombstones"] = None) -> None:
         self._log = log
         self._store = store
         self._pins = pins
         self._fastpaths = fastpaths
+        #: range tombstones: an LWW namespace that has some is scanned in Python, filtered
+        self._ranges = ranges
 
     def scan(self, ns: "Namespace", start: Optional[bytes], stop: Optional[bytes], prefix: Optional[bytes],
              reverse: bool, at: Optional[Timestamp]) -> Iterator[Tuple[bytes, Any]]:
@@ -93,8 +98,11 @@ class Scanner:
             hi = prefix_end(prefix)
             hi = hi if stop is None or (hi is not None and hi < stop) else stop
             start, stop = lo, hi
-        if ns.lww:
+        ranged = ns.lww and self._ranges is not None and self._ranges.active(ns.id)
+        if ns.lww and not ranged:
             return _fast.ScanIter(partial(self._open_lww, ns, start, stop, reverse, at))
+        if ranged and at is not None and self._ranges.too_old(ns.id, start, stop, (at.hlc, at.node_id)):
+            raise SnapshotTooOldError(f"history before {at!r} of a range of {ns.name!r} was range-deleted and compacted")
         return self._python_scan(ns, start, stop, reverse, at)
 
     def _pin(self, at: Optional[Timestamp]) -> Timestamp:
@@ -171,6 +179,8 @@ class Scanner:
         operator = None if ns.lww else ns.merge_operator
         resolve = ns.reader.resolve_scan_entry
         at_h, at_n = pin.hlc, pin.node_id
+        view = self._ranges.view(ns.id) if operator is None and self._ranges is not None else None
+        hidden = (lambda k, h, n: view.covers(k, h, n, (at_h, at_n))) if view is not None else None
         dbi = store.db(ns.id)  # before the txn: a handle opened later is not valid in it
         # The log's keys are fixed first, then the store's view is taken: a
         # key compacted in between is in that view (see the module docstring).
@@ -189,7 +199,7 @@ class Scanner:
             # Every stored timestamp is at or below a pin taken now, so a scan
             # with no `at` needs no per-item snapshot check; once one stream
             # is exhausted the other is yielded in a tight loop.
-            own_pin = operator is None and pin_is_now
+            own_pin = operator is None and pin_is_now and hidden is None
             while lk is not None or sk is not None:
                 if own_pin and lk is None:
                     if not reverse and stop is None and not chained:
@@ -209,6 +219,8 @@ class Scanner:
                     return
                 if sk is None or (lk is not None and (lk[0] > sk[0] if reverse else lk[0] < sk[0])):
                     key, item = lk[0], resolve(lk, pin)
+                    if hidden is not None and lk[1] >= 0 and hidden(key, lk[3], lk[4]):
+                        item = None  # a range tombstone hides it (other statuses: the reader checks)
                     lk = next(log_iter, None)
                 elif lk is None or lk[0] != sk[0]:
                     key = sk[0]
@@ -216,9 +228,13 @@ class Scanner:
                     if (h, n) > (at_h, at_n):
                         raise SnapshotTooOldError(f"history of {key!r} before {pin!r} was compacted")
                     item = None if kind == TOMBSTONE else (val if operator is None else operator.to_value(val))
+                    if hidden is not None and hidden(key, h, n):
+                        item = None
                     sk = next(store_iter, None)
                 else:
                     key, item = lk[0], resolve(lk, pin)
+                    if hidden is not None and lk[1] >= 0 and hidden(key, lk[3], lk[4]):
+                        item = None
                     lk = next(log_iter, None)
                     sk = next(store_iter, None)
                 if item is not None:

@@ -14,7 +14,7 @@ snapshot takes it only to add and remove its pin. Complexity: ``add`` and
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .errors import EngineClosedError
 from .lifecycle import Lifecycle
@@ -84,6 +84,18 @@ class Snapshot:
         """
         self._check()
         return self._namespace(namespace).get(key, default, at=self.timestamp)
+
+    def get_many(self, keys: Iterable[bytes], namespace: Any = None) -> List[Any]:
+        """The values of many keys as of the snapshot (None where absent), in
+        order. Runtime complexity: O(keys).
+
+        :raises TypeError: a key is not bytes-like.
+        :raises EngineClosedError: the snapshot or the engine is closed.
+        """
+        self._check()
+        ns = self._namespace(namespace)
+        at = self.timestamp
+        return [ns.get(k, None, at=at) for k in keys]
 
     def scan(self, start: Optional[bytes] = None, stop: Optional[bytes] = None, prefix: Optional[bytes] = None,
              reverse: bool = False, namespace: Any = None) -> Iterator[Tuple[bytes, Any]]:

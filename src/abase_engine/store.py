@@ -15,7 +15,8 @@ Layout of ``<dir>/store`` (one LMDB environment):
   what deletes removed and are never tombstones).
 * ``format``: the store's format version, ``FORMAT_VERSION`` in decimal;
   another one is refused with ``FormatVersionError`` (version 2 changed the
-  CRDT state encodings; no upgrade path).
+  CRDT state encodings; 3 added range tombstones to ``meta``, under
+  ``ns:`` + their record key, see ranges.py; no upgrade path).
 * ``tombstones``: ``hlc u64 BE | node u32 BE | ns u32 BE | xxh64(key)`` ->
   key, so purging expired tombstones reads only tombstones, oldest first.
 * the empty key, which LMDB cannot store, is kept in ``meta`` under
@@ -56,7 +57,7 @@ from .errors import CorruptionError, EngineClosedError, FormatVersionError, io_f
 
 __all__ = ["Store", "Stored", "VALUE", "TOMBSTONE", "STATE", "FORMAT_VERSION", "fsync_dir"]
 
-FORMAT_VERSION = 2  # 2: CRDT states carry what deletes removed (no anchor)
+FORMAT_VERSION = 3  # 2: CRDT states carry what deletes removed (no anchor); 3: range tombstones in meta
 VALUE = 1
 TOMBSTONE = 2
 STATE = 3

@@ -8,7 +8,9 @@ A dump comes in one of two kinds:
   original timestamps and node ids and has the same ``digest()`` as the
   source; loading into a store that already has data merges like
   replication does (idempotent, newest wins). For a CRDT key the records are
-  its newest delete, if any, and its whole state (a MERGE).
+  its newest delete, if any, and its whole state (a MERGE). A range delete
+  of an LWW namespace (``delete_range``) is a ``delete_range`` record:
+  ``key`` its start, ``value`` its stop (absent or empty: no bound).
 * ``values`` (``--values``, or any ``--at``): the visible value of every
   key in key order, as of ``--at`` if given (``scan``; a CRDT key's encoded
   state through ``get_raw``). ``load`` writes these as new writes of its own
@@ -54,7 +56,7 @@ __all__ = ["dump", "load", "open_input", "DUMP_VERSION"]
 #: Version of the JSON Lines dump layout (the header's ``abase_dump``).
 DUMP_VERSION = 1
 
-_OPS = {"put": Op.PUT, "delete": Op.DELETE, "merge": Op.MERGE}
+_OPS = {"put": Op.PUT, "delete": Op.DELETE, "merge": Op.MERGE, "delete_range": Op.DELETE_RANGE}
 _OP_NAMES = {v: k for k, v in _OPS.items()}
 _LINE_FIELDS = {"key", "value", "op", "ts"}
 _HEADER_FIELDS = {"abase_dump", "kind", "namespace", "operator", "encoding", "prefix", "at"}
@@ -292,13 +294,18 @@ def _parse_item(lineno: int, obj: Dict[str, Any], encoding: str, merge_ns: bool)
     op_text = obj.get("op", "put")
     op = _OPS.get(op_text) if isinstance(op_text, str) else None
     if op is None:
-        raise _bad(lineno, f"op {op_text!r} is not put, delete or merge")
+        raise _bad(lineno, f"op {op_text!r} is not put, delete, merge or delete_range")
     try:
         key = decode_bytes(obj["key"], encoding, "key")
         value = None
         if op == Op.DELETE:
             if obj.get("value") not in (None, ""):
                 raise FormatError("a delete carries no value")
+        elif op == Op.DELETE_RANGE:  # key: the start; value: the stop, absent for no bound
+            if "ts" not in obj:
+                raise FormatError("a delete_range needs its ts")
+            if obj.get("value") not in (None, ""):
+                value = decode_bytes(obj["value"], encoding)
         else:
             if obj.get("value") is None:
                 raise FormatError(f"a {op_text} needs a value")

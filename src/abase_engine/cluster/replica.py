@@ -48,7 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from ..engine import Engine, Namespace, open as _open_engine
 from ..errors import ClockSkewError
 from ..merge import LWW, MergeOperator
-from ..record import Change, Timestamp
+from ..record import Change, Op, Timestamp
 from .errors import ClusterConfigError, ReplicaDownError, UnknownNamespaceError
 from .hints import HintStore
 from .placement import leaf_of, leaf_path
@@ -320,7 +320,8 @@ class ReplicaService:
         return clock, values
 
     def _key_records(self, namespace: str, key: bytes) -> List[Change]:
-        return [r for r in self.engine.records(namespace, leaf_path(key)) if r.key == key]
+        return [r for r in self.engine.records(namespace, leaf_path(key))
+                if r.key == key and r.op != Op.DELETE_RANGE]  # a range delete's key is its start
 
     def read_records(self, namespace: str, keys: List[bytes]) -> bytes:
         """The newest records of ``keys`` with their timestamps (wire format):
@@ -337,7 +338,7 @@ class ReplicaService:
         out: List[Change] = []
         for leaf, ks in wanted.items():
             path = (leaf >> 8, (leaf >> 4) & 15, leaf & 15)
-            out.extend(r for r in self.engine.records(namespace, path) if r.key in ks)
+            out.extend(r for r in self.engine.records(namespace, path) if r.key in ks and r.op != Op.DELETE_RANGE)
         return encode_changes(out)
 
     def scan(self, namespace: str, start: Optional[bytes], stop: Optional[bytes], prefix: Optional[bytes],
