@@ -463,15 +463,10 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
         return self._compactor.run_pass(seal=True)
 
     def backup(self, path: str, progress: Optional[Callable[[int, int], None]] = None) -> Timestamp:
-        """Copy this directory to ``path`` (missing or empty) while writers
-        and the compactor run; returns the copy's timestamp T: it holds every
-        local write stamped <= T (all acknowledged before the call) and none
-        later. Writers wait for one segment seal. ``backup.py`` says what is
-        copied; :func:`abase_engine.restore` makes it a directory to open.
-
-        :raises FileExistsError: ``path`` exists and is not an empty directory.
-        :raises IOFailedError: writes are refused after an I/O failure.
-        """
+        """Copy this directory to ``path`` (missing or empty) while writers and the compactor
+        run; returns its timestamp T: every local write stamped <= T (all acknowledged before
+        the call), none later (``backup.py``; :func:`abase_engine.restore` opens it).
+        :raises FileExistsError: ``path`` is not an empty directory. :raises IOFailedError:"""
         self._check_open("backup")
         return take_backup(path, source=self.path, node_id=self.node_id, log=self._log, store=self._store,
                            fold_lock=self._fold_lock, progress=progress)
