@@ -247,7 +247,23 @@ static PyObject *fp_get_many(FastPath *self, PyObject *keys)
 
 /* ------------------------------------------------------------ put_many */
 
-static PyObject *fp_put_many(FastPath *self, PyObject *pairs)
+static PyObject *fp_put_many_one(FastPath *self, PyObject *pairs);
+
+/* put_many(pairs, **options): with options (ttl=, expire_at=) the general
+ * path writes the batch. */
+static PyObject *fp_put_many(FastPath *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs == 1 && !kwnames)
+        return fp_put_many_one(self, args[0]);
+    if (!self->slow_put_many) {
+        PyErr_SetString(PyExc_AttributeError, "put_many is only offered for the default namespace");
+        return NULL;
+    }
+    return PyObject_Vectorcall(self->slow_put_many, args, nargsf, kwnames);
+}
+
+static PyObject *fp_put_many_one(FastPath *self, PyObject *pairs)
 {
     if (!self->slow_put_many) {
         PyErr_SetString(PyExc_AttributeError, "put_many is only offered for the default namespace");
@@ -411,7 +427,9 @@ static PyObject *fold_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
         }
         int in_lww = PySet_Contains(lww, nso);
         int rc = in_lww < 0 ? -1 : 0;
-        if (rc == 0 && in_lww && (flags & ABASE_F_DOMINANT) && klen > 0) {
+        /* a TTL value goes to rest: the compactor decides whether it has
+         * expired and indexes its expiry */
+        if (rc == 0 && in_lww && (flags & ABASE_F_DOMINANT) && !(flags & ABASE_F_TTL) && klen > 0) {
             rc = add_pair(pairs, ns, key, data);
             nbytes += klen + slen;
             if (rc == 0 && op == ABASE_OP_DELETE) {
@@ -661,7 +679,8 @@ static PyMethodDef fp_methods[] = {
     {"get", (PyCFunction)(void (*)(void))fp_get, METH_FASTCALL | METH_KEYWORDS,
      "get(key, default=None, *, at=None) -> value"},
     {"get_many", (PyCFunction)fp_get_many, METH_O, "get_many(keys) -> list"},
-    {"put_many", (PyCFunction)fp_put_many, METH_O, "put_many(pairs) -> Timestamp | None"},
+    {"put_many", (PyCFunction)(void (*)(void))fp_put_many, METH_FASTCALL | METH_KEYWORDS,
+     "put_many(pairs, *, ttl=None, expire_at=None) -> Timestamp | None"},
     {"detach", (PyCFunction)fp_detach, METH_NOARGS,
      "Forget the database handle: later calls take the general path."},
     {NULL, NULL, 0, NULL},

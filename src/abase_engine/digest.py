@@ -4,7 +4,12 @@ The tree has 3 levels under its root with fan-out 16, by the first three
 nibbles of xxh64(key): 4,096 leaves. A leaf's hash is the XOR of its keys'
 *entries*, ``xxh64(key | 0x00 | canon)``, where ``canon`` is
 ``kind u8 | hlc u64 | node u32`` (big-endian) for an LWW key or a
-tombstone, and ``0x03 | encoded state`` for a CRDT key; an inner node
+tombstone, ``0x04 | hlc u64 | node u32 | expire_at u64`` for an LWW version
+with an expiry (whether it has expired yet, and whether the compactor has
+already replaced it by a tombstone that keeps its timestamp and expiry, must
+not change the digest: anti-entropy never chases expiry timing; the
+timestamp identifies the write, so the value is not needed), and
+``0x03 | encoded state`` for a CRDT key; an inner node
 hashes its 16 children (``xxh64`` of 16 big-endian u64). Replicas with equal
 visible state have equal digests, so comparing top-down finds the differing
 leaves in O(differences x depth) calls; :meth:`DigestTree.records` then gives
@@ -53,6 +58,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["DigestTree", "check_path"]
 
 _ENTRY_TS = struct.Struct(">BQI")
+_ENTRY_EXPIRING = struct.Struct(">BQIQ")
+_EXPIRING = 4  # the canon's kind byte of a version with an expiry
 _MARKER = struct.Struct(">IQQQQ")
 _LEAVES = 4096
 
@@ -126,7 +133,13 @@ class DigestTree:
             rec = ns.reader.visible_record(key)
             if rec is None:
                 continue
-            kind, hlc, node, value, anchor = rec
+            kind, hlc, node, value, anchor, expire_at = rec
+            if expire_at:
+                # a put with an expiry, also once the compactor dropped its
+                # value (then b"": it has expired, nobody reads it)
+                out.append(Change(ns.name, key, Op.PUT, value if kind != TOMBSTONE else b"",
+                                  from_packed(hlc, node), None, expire_at))
+                continue
             if ns.lww or kind == TOMBSTONE:
                 out.append(Change(ns.name, key, Op.DELETE if kind == TOMBSTONE else Op.PUT,
                                   None if kind == TOMBSTONE else value, from_packed(hlc, node)))
@@ -175,8 +188,10 @@ class DigestTree:
         rec = ns.reader.visible_record(key)
         if rec is None:
             return 0
-        kind, hlc, node, value, _anchor = rec
-        if ns.lww or kind == TOMBSTONE:
+        kind, hlc, node, value, _anchor, expire_at = rec
+        if expire_at:
+            canon = _ENTRY_EXPIRING.pack(_EXPIRING, hlc, node, expire_at)
+        elif ns.lww or kind == TOMBSTONE:
             canon = _ENTRY_TS.pack(kind, hlc, node)
         else:
             canon = b"\x03" + value

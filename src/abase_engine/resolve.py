@@ -25,10 +25,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ._fast import crdt_fold
 from .crdt import c_tag
 from .errors import SnapshotTooOldError
-from .log import DELETED, NEEDBASE, Log
+from .log import DELETED, EXPIRES, NEEDBASE, Log
 from .merge import MergeOperator
 from .record import Op, Timestamp
-from .store import STATE, TOMBSTONE, VALUE, Store, Stored
+from .store import STATE, TOMBSTONE, VALUE, Store, Stored, expiry_of
+from .ttl import expired
 
 __all__ = ["fold_lww", "fold_merge", "join_all", "KeyReader", "Version", "MISSING"]
 
@@ -76,7 +77,7 @@ def fold_merge(operator: MergeOperator, base: Optional[Stored], versions: Sequen
         if op == _DELETE and (hlc, node) > anchor:
             anchor = (hlc, node)
     if base is not None:
-        kind, bh, bn, ah, an, _bv = base
+        kind, bh, bn, ah, an = base[:5]
         if kind == TOMBSTONE and (bh, bn) > anchor:
             anchor = (bh, bn)
         elif kind != TOMBSTONE and (ah, an) > anchor:
@@ -154,16 +155,25 @@ class KeyReader:
         self._dbi = store.db(ns_id)
 
     # -- LWW namespaces ------------------------------------------------------
+    def _now_ms(self, at: Optional[Timestamp]) -> int:
+        """The time expiry is judged at: ``at``'s physical ms, else the HLC's clock."""
+        return at.physical_ms if at is not None else self._log.clock_ms()
+
     def lww(self, key: bytes, at: Optional[Timestamp]) -> Optional[bytes]:
         """The visible value of an LWW key as of ``at`` (None: now), or None.
+        A version whose expiry has come (see ttl.py) reads as None.
 
         :raises SnapshotTooOldError: the store's version is newer than ``at``
-            and the log no longer holds what ``at`` would see.
+            and the log no longer holds what ``at`` would see; or the
+            compactor already dropped an expired value that ``at``, older
+            than its expiry, would still see.
         """
         at_h, at_n = _at(at)
-        status, value, hlc, node, op = self._log.get_lww(self._ns, key, at_h, at_n)
+        status, value, hlc, node, op, expire_at = self._log.get_lww(self._ns, key, at_h, at_n)
         if status >= 0:
             return value
+        if status == EXPIRES:
+            return None if expired(expire_at, self._now_ms(at)) else value
         if status == DELETED:
             return None
         base = self._store.get(self._ns, key)  # after the log: see architecture.md
@@ -171,8 +181,21 @@ class KeyReader:
             raise SnapshotTooOldError(f"history of {key!r} before {at!r} was compacted")
         if status == NEEDBASE and value is not None:
             if base is None or (hlc, node) > (base[1], base[2]):
-                return None if op == _DELETE else value
-        if base is None or base[0] == TOMBSTONE:
+                if op == _DELETE or expired(expire_at, self._now_ms(at)):
+                    return None
+                return value
+        return self._stored_lww(key, base, at)
+
+    def _stored_lww(self, key: bytes, base: Optional[Stored], at: Optional[Timestamp]) -> Optional[bytes]:
+        """The value a stored LWW version shows as of ``at``, or None."""
+        if base is None:
+            return None
+        expire_at = expiry_of(base)
+        if base[0] == TOMBSTONE:
+            if expire_at and not expired(expire_at, self._now_ms(at)):
+                raise SnapshotTooOldError(f"the value of {key!r} as of {at!r} expired and was compacted")
+            return None
+        if expire_at and expired(expire_at, self._now_ms(at)):
             return None
         return base[5]
 
@@ -182,7 +205,7 @@ class KeyReader:
         raw = self._store.lookup(self._dbi, key)
         if raw is None:
             return default
-        if raw[0] == VALUE:
+        if raw[0] == VALUE:  # not with an expiry (kind bit 0x40): lww() below checks it
             return raw[13:]
         if raw[0] == TOMBSTONE:
             return default
@@ -261,29 +284,33 @@ class KeyReader:
         cache[key] = (head, gen, state, value, walked)
 
     # -- both ----------------------------------------------------------------
-    def visible_record(self, key: bytes) -> Optional[Tuple[int, int, int, bytes, Tuple[int, int]]]:
-        """``(kind, hlc, node, value, anchor)`` of the key's visible version,
-        tombstones included; anchor is the newest delete's (hlc, node) folded
-        into a CRDT state, else (0, 0). None: the key has no version."""
+    def visible_record(self, key: bytes) -> Optional[Tuple[int, int, int, bytes, Tuple[int, int], int]]:
+        """``(kind, hlc, node, value, anchor, expire_at)`` of the key's
+        visible version, tombstones included; anchor is the newest delete's
+        (hlc, node) folded into a CRDT state, else (0, 0); expire_at the
+        version's expiry (0: none; an expired value the compactor dropped is
+        a TOMBSTONE that keeps it). None: the key has no version."""
         log, store, ns = self._log, self._store, self._ns
         if self._operator is None:
-            status, value, hlc, node, op = log.get_lww(ns, key, 0, 0)
+            status, value, hlc, node, op, expire_at = log.get_lww(ns, key, 0, 0)
             base = store.get(ns, key)
-            if status >= 0:
-                return VALUE, hlc, node, value, (0, 0)
+            if status >= 0 or status == EXPIRES:
+                return VALUE, hlc, node, value, (0, 0), expire_at
             if status == DELETED:
-                return TOMBSTONE, hlc, node, b"", (0, 0)
+                return TOMBSTONE, hlc, node, b"", (0, 0), 0
             if status == NEEDBASE and value is not None and (base is None or (hlc, node) > (base[1], base[2])):
-                return (TOMBSTONE, hlc, node, b"", (0, 0)) if op == _DELETE else (VALUE, hlc, node, value, (0, 0))
+                if op == _DELETE:
+                    return TOMBSTONE, hlc, node, b"", (0, 0), 0
+                return VALUE, hlc, node, value, (0, 0), expire_at
             if base is None:
                 return None
-            return base[0], base[1], base[2], base[5], (0, 0)
+            return base[0], base[1], base[2], base[5], (0, 0), expiry_of(base)
         complete, versions = log.get_versions(ns, key, 0, 0)
         base = None if complete else store.get(ns, key)
         folded = fold_merge(self._operator, base, [(op, h, n, v) for op, _f, h, n, v in versions])
         if folded is None:
             return None
-        return folded[0], folded[1], folded[2], folded[5], (folded[3], folded[4])
+        return folded[0], folded[1], folded[2], folded[5], (folded[3], folded[4]), 0
 
     def resolve_scan_entry(self, entry: tuple, pin: Timestamp) -> Any:
         """The value of one log scan entry ``(key, status, value, hlc, node,
