@@ -141,7 +141,7 @@ def test_segment_and_record_format(tmp_path):
     files = segment_files(tmp_path)
     assert [os.path.basename(f) for f in files] == ["00000000.seg"]
     hdr, recs, end, raw = parse_segment(files[0])
-    assert hdr["magic"] == b"ABLOGSEG" and hdr["version"] == lib.ABASE_FORMAT_VERSION == 3 and hdr["header_len"] == 64
+    assert hdr["magic"] == b"ABLOGSEG" and hdr["version"] == lib.ABASE_FORMAT_VERSION == 4 and hdr["header_len"] == 64
     assert hdr["no"] == 0 and hdr["node"] == 42 and hdr["crc_ok"]
     assert SEG_HDR.size == 64
     assert set(raw[40:60]) <= {0}  # reserved
