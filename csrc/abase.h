@@ -261,6 +261,8 @@ typedef struct abase_getinfo {
     uint32_t nrecords;  /* records written to the buffer (merge mode) */
     uint32_t complete;  /* 1: the log alone decided; 0: fold over the store's base */
     uint64_t expire_at; /* LWW: the winner's expiry (physical ms), 0 if it has none */
+    uint64_t clock;     /* LWW: the HLC's last timestamp (packed) at the read, for the
+                         * caller's "now" when it judges an expiry */
 } abase_getinfo;
 
 typedef struct abase_stats {

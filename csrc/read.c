@@ -101,6 +101,7 @@ static int64_t lww_get_locked(abase_db *db, uint64_t head, uint64_t at_hlc, uint
     log_lww_resolve(db, head, at_hlc, at_node, &w, &complete);
     info->complete = (uint32_t)complete;
     info->expire_at = 0;
+    info->clock = db->clock.last;
     if (!w) {
         info->op = 0;
         info->needed = 0;

@@ -264,6 +264,16 @@ def test_fast_paths_with_the_real_clock(open_db):
     db.put(b"gone2", b"5", expire_at=past)
     db.put(b"here", b"6", expire_at=past)
     assert dict(db.scan()) == {b"ttl": b"3", b"plain": b"4"}
+    # puts with ttl= through the C fast path: the core turns the ttl into an
+    # expire_at on the timestamp it issues, exactly as the general path does
+    t1 = db.put(b"f1", b"x", ttl=2)
+    t2 = db.put(b"f2", b"y", ttl=0.0015)  # rounds up to 2 ms
+    t3 = db.put(b"f3", b"z", ttl=10 ** 13)  # past the fast path's bound: the general path
+    fed = {c.key: c for c in db.changes()}
+    assert fed[b"f1"].expire_at == t1.physical_ms + 2000 and fed[b"f1"].value == b"x"
+    assert fed[b"f2"].expire_at == t2.physical_ms + 2
+    assert fed[b"f3"].expire_at == t3.physical_ms + 10 ** 16
+    assert db.get(b"f1") == b"x" and db.get(b"f3") == b"z"
     ns = db.namespace("other")
     ns.put(b"a", b"1", expire_at=past)
     ns.put(b"b", b"2", expire_at=future)
