@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import struct
 
 import lmdb
@@ -533,6 +534,7 @@ class TTLModel(RuleBasedStateMachine):
     def teardown(self):
         if hasattr(self, "db"):
             self.db.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 TTLModel.TestCase.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
