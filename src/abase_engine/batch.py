@@ -287,10 +287,10 @@ class Committer:
         return ts
 
     def put_many(self, items: Iterable[Tuple[bytes, bytes]], *, ttl: Optional[float] = None,
-                 expire_at: Any = None, ns_id: int = 0) -> Optional[Timestamp]:
-        """``put_many`` of an LWW namespace (the default one unless
-        ``ns_id``), checked in Python (the C fast path's fallback); with
-        ``ttl``/``expire_at`` every pair gets that expiry.
+                 expire_at: Any = None) -> Optional[Timestamp]:
+        """``put_many`` of the default namespace, checked in Python (the C
+        fast path's fallback); with ``ttl``/``expire_at`` every pair gets
+        that expiry.
         :raises TypeError, KeyTooLargeError, ValueTooLargeError, InvalidOptionError:"""
         self._life.check("put_many")
         expiry = expiry_option(ttl, expire_at)
@@ -301,7 +301,7 @@ class Committer:
         n = len(parts) // 2
         if n == 0:
             return None
-        return self.commit(bytes([_PUT]) * n, [ns_id] * n, parts, [],
+        return self.commit(bytes([_PUT]) * n, [0] * n, parts, [],
                            None if expiry is None else bytes([expiry[0]]) * n)
 
     # -- batches ---------------------------------------------------------------
