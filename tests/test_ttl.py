@@ -539,3 +539,16 @@ class TTLModel(RuleBasedStateMachine):
 
 TTLModel.TestCase.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
 test_ttl_model = TTLModel.TestCase
+
+
+def test_expiry_travels_on_the_cluster_wire():
+    from abase_engine.cluster.wire import decode_changes, encode_changes, wire_size
+    ts = ae.Timestamp(BASE_MS, 3, 2)
+    changes = [ae.Change("", b"k", ae.Op.PUT, b"v", ts, None, BASE_MS + 5000),
+               ae.Change("ns", b"d", ae.Op.DELETE, None, ts),
+               ae.Change("", b"p", ae.Op.PUT, b"plain", ts)]
+    data = encode_changes(changes)
+    assert len(data) == wire_size(changes)
+    assert decode_changes(data) == changes
+    with pytest.raises(ValueError, match="truncated"):
+        decode_changes(data[:24])  # the header says an expiry follows; it is cut
