@@ -80,11 +80,26 @@ static uint64_t plain_ttl_ms(PyObject *ttl)
     return 0;
 }
 
-/* put(key, value, ttl=seconds) in one call into the core: the record goes
- * through abase_write_batch flagged ABASE_F_TTL_RELATIVE, which makes the
- * ttl an expire_at on the timestamp it issues. NULL without an exception:
- * the general path must take it. */
-static PyObject *put_ttl(FastPath *self, PyObject *key, PyObject *value, uint64_t ttl_ms)
+/* The expire_at in ms of a plain `expire_at=` argument (an exact int in
+ * [0, 2**63 - 1]; 0 is written as 1, as ttl.py does), or 0: anything else
+ * (a Timestamp, a bad value), which the general path takes. */
+static uint64_t plain_expire_at(PyObject *expire_at)
+{
+    if (!PyLong_CheckExact(expire_at))
+        return 0;
+    int overflow;
+    long long t = PyLong_AsLongLongAndOverflow(expire_at, &overflow);
+    if (overflow || t < 0)
+        return 0;
+    return t ? (uint64_t)t : 1;
+}
+
+/* put(key, value, ttl=seconds) and put(key, value, expire_at=ms) in one
+ * call into the core: the record goes through abase_write_batch flagged
+ * ABASE_F_TTL_RELATIVE (ms = the ttl, which the core makes an expire_at on
+ * the timestamp it issues) or ABASE_F_TTL (ms = the expire_at). NULL
+ * without an exception: the general path must take it. */
+static PyObject *put_ttl(FastPath *self, PyObject *key, PyObject *value, uint8_t flag, uint64_t ttl_ms)
 {
     size_t kl = (size_t)PyBytes_GET_SIZE(key), vl = (size_t)PyBytes_GET_SIZE(value);
     if (kl > ABASE_MAX_KEY || vl > ABASE_MAX_VALUE - ABASE_TTL_PREFIX)
@@ -96,7 +111,7 @@ static PyObject *put_ttl(FastPath *self, PyObject *key, PyObject *value, uint64_
     for (unsigned i = 0; i < ABASE_TTL_PREFIX; i++) /* little-endian u64 */
         blob[kl + i] = (uint8_t)(ttl_ms >> (8 * i));
     memcpy(blob + kl + ABASE_TTL_PREFIX, PyBytes_AS_STRING(value), vl);
-    uint8_t op = ABASE_OP_PUT, flag = ABASE_F_TTL_RELATIVE;
+    uint8_t op = ABASE_OP_PUT;
     uint32_t ns = self->ns, lens[2] = {(uint32_t)kl, (uint32_t)(vl + ABASE_TTL_PREFIX)};
     abase_db *db = self->db;
     batch_fn wb = self->write_batch;
@@ -117,11 +132,19 @@ static PyObject *fp_put(FastPath *self, PyObject *const *args, Py_ssize_t nargsf
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (nargs == 2 && kwnames && PyTuple_GET_SIZE(kwnames) == 1 && fast_usable(self) &&
-        PyBytes_CheckExact(args[0]) && PyBytes_CheckExact(args[1]) &&
-        PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "ttl") == 0) {
-        uint64_t ttl_ms = plain_ttl_ms(args[2]);
-        if (ttl_ms) {
-            PyObject *ts = put_ttl(self, args[0], args[1], ttl_ms);
+        PyBytes_CheckExact(args[0]) && PyBytes_CheckExact(args[1])) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, 0);
+        uint8_t flag = 0;
+        uint64_t ms = 0;
+        if (PyUnicode_CompareWithASCIIString(kw, "ttl") == 0) {
+            flag = ABASE_F_TTL_RELATIVE;
+            ms = plain_ttl_ms(args[2]);
+        } else if (PyUnicode_CompareWithASCIIString(kw, "expire_at") == 0) {
+            flag = ABASE_F_TTL;
+            ms = plain_expire_at(args[2]);
+        }
+        if (ms) {
+            PyObject *ts = put_ttl(self, args[0], args[1], flag, ms);
             if (ts || PyErr_Occurred())
                 return ts;
         }

@@ -270,7 +270,9 @@ def test_fast_paths_with_the_real_clock(open_db):
     t1 = db.put(b"f1", b"x", ttl=2)
     t2 = db.put(b"f2", b"y", ttl=0.0015)  # rounds up to 2 ms
     t3 = db.put(b"f3", b"z", ttl=10 ** 13)  # past the fast path's bound: the general path
+    db.put(b"f4", b"w", expire_at=0)  # written as 1: long past
     fed = {c.key: c for c in db.changes()}
+    assert fed[b"f4"].expire_at == 1 and db.get(b"f4") is None
     assert fed[b"f1"].expire_at == t1.physical_ms + 2000 and fed[b"f1"].value == b"x"
     assert fed[b"f2"].expire_at == t2.physical_ms + 2
     assert fed[b"f3"].expire_at == t3.physical_ms + 10 ** 16
