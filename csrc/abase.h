@@ -6,7 +6,7 @@
  * log's private structures are in log_internal.h. A format change updates
  * this comment in the same commit and bumps ABASE_FORMAT_VERSION.
  *
- * ON-DISK FORMAT (version 3). All integers are little-endian.
+ * ON-DISK FORMAT (version 4). All integers are little-endian.
  *
  *   log/NNNNNNNN.seg      one segment; NNNNNNNN is the segment number in
  *                         decimal, zero-padded to 8 digits (numbers from
@@ -46,6 +46,11 @@
  *                                  record, so reads need nothing older (a
  *                                  put, a merge or a delete whose removal
  *                                  delta is the whole state after it)
+ *                             bit4 TTL: (puts of LWW namespaces only) the
+ *                                  value starts with expire_at u64, the
+ *                                  physical ms (HLC clock) from which the
+ *                                  version reads as absent; value_len
+ *                                  counts those 8 bytes (so it is >= 8)
  *       key_len      u16      <= ABASE_MAX_KEY
  *       value_len    u32      <= ABASE_MAX_VALUE; 0 for a delete, except in a
  *                             namespace whose merge operator's deletes join
@@ -116,7 +121,8 @@
  * in merge namespaces whose deletes join a value (the removal delta above);
  * 4 added range tombstones, records of the namespace-definition namespace
  * whose key starts 0xFF 'R' (their layout: src/abase_engine/ranges.py),
- * which a version-3 reader would take for a namespace name.
+ * which a version-3 reader would take for a namespace name, and the TTL
+ * flag (an expire_at u64 before the value of a put).
  * Opening a directory of another version is ABASE_EVERSION
  * (FormatVersionError); there is no upgrade path.
  *
@@ -173,6 +179,13 @@ static inline int abase_hlc_usable(uint64_t hlc)
 #define ABASE_F_BATCH 0x02u
 #define ABASE_F_BATCH_END 0x04u
 #define ABASE_F_CHECKPOINT 0x08u
+#define ABASE_F_TTL 0x10u
+/* Never on disk: an input flag of abase_write_batch (local writes) saying
+ * that the record's first 8 value bytes hold a time to live in ms, which
+ * the write turns into expire_at = its timestamp's physical ms + ttl and
+ * flags ABASE_F_TTL. */
+#define ABASE_F_TTL_RELATIVE 0x80u
+#define ABASE_TTL_PREFIX 8u
 
 /* durability levels */
 #define ABASE_DUR_NONE 0
@@ -203,6 +216,8 @@ static inline int abase_hlc_usable(uint64_t hlc)
 #define ABASE_EBATCHSIZE (-16) /* a batch larger than ABASE_MAX_BATCH */
 #define ABASE_ECLOSED (-17)   /* abase_db_close has begun: nothing was done */
 #define ABASE_ECONFLICT (-18) /* abase_append_if: the key's head moved; nothing written */
+#define ABASE_EXPIRES (-19)   /* LWW read: the winner is a value with an expiry (info->expire_at,
+                               * value in buf without it); the caller decides by its clock */
 
 /* abase_apply_batch: what became of a record */
 #define ABASE_APPLY_SKIPPED 0
@@ -253,6 +268,9 @@ typedef struct abase_getinfo {
     uint64_t needed;    /* bytes needed when ABASE_ETOOSMALL */
     uint32_t nrecords;  /* records written to the buffer (merge mode) */
     uint32_t complete;  /* 1: the log alone decided; 0: fold over the store's base */
+    uint64_t expire_at; /* LWW: the winner's expiry (physical ms), 0 if it has none */
+    uint64_t clock;     /* LWW: the HLC's last timestamp (packed) at the read, for the
+                         * caller's "now" when it judges an expiry */
 } abase_getinfo;
 
 typedef struct abase_stats {
@@ -379,7 +397,12 @@ int64_t abase_put_nowait(abase_db *db, uint32_t ns, int op, const uint8_t *key,
  *          newer than the key's visible version) or ABASE_MODE_MERGE (skip
  *          only an exact duplicate: same timestamp and same value)
  *   out_status: with hlcs, per record 1 appended, 0 skipped
- *   flags: NULL, or per record extra flags (only ABASE_F_CHECKPOINT)
+ *   flags: NULL, or per record extra flags: ABASE_F_CHECKPOINT, ABASE_F_TTL
+ *          (a put whose value starts with its expire_at) or, for local
+ *          writes, ABASE_F_TTL_RELATIVE (a put whose value starts with a
+ *          ttl in ms: written as ABASE_F_TTL with expire_at = the issued
+ *          timestamp's physical ms + ttl, saturating); a TTL flag on
+ *          anything but a put of at least 8 bytes is ABASE_EINVAL
  * Returns the last hlc issued or appended (> 0), 0 if all were skipped, or a
  * negative status. */
 int64_t abase_write_batch(abase_db *db, uint32_t n, const uint8_t *ops,
@@ -397,6 +420,7 @@ typedef struct abase_apply_rec {
     uint64_t hlc;          /* the record's own timestamp */
     uint64_t base_hlc;     /* with base_known: the store's version of the key */
     uint64_t prev_hlc;     /* out, when appended: the key's newest version before it */
+    uint64_t prev_expire_at; /* out, when appended: that version's expiry (ABASE_F_TTL), 0: none */
     uint32_t klen, vlen;   /* a delete has no value (vlen 0) */
     uint32_t node;
     uint32_t ns;           /* an LWW namespace */
@@ -431,10 +455,14 @@ int abase_sync(abase_db *db);
 /* Read the visible version of (ns, key) as of (at_hlc, at_node) (0, 0:
  * latest).
  * LWW mode: returns the value length (>= 0) and copies the value into buf
- *   when the winner is a put decided by the log alone; ABASE_DELETED for a
+ *   when the winner is a put decided by the log alone; ABASE_EXPIRES when
+ *   that put has a TTL (its value, without the expire_at prefix, in buf,
+ *   length in info->needed, expire_at in info->expire_at: the caller
+ *   compares it with its clock); ABASE_DELETED for a
  *   tombstone decided by the log; ABASE_NOTFOUND when the log has no
  *   version; ABASE_NEEDBASE when the store's version may be newer: the
- *   log's best candidate is in info and buf (value length in info->needed).
+ *   log's best candidate is in info and buf (value length in info->needed,
+ *   its expiry in info->expire_at).
  * MERGE mode: copies the versions needed to resolve the key into buf as
  *   entries of [u8 op][u8 flags][u16 0][u32 vlen][u64 hlc][u32 node]
  *   [u32 0][value, padded to 8], newest first, ending after a CHECKPOINT
@@ -469,9 +497,11 @@ int abase_newest(abase_db *db, uint32_t ns, const uint8_t *key, size_t klen,
  * from those records back (so versions appended after the open are not
  * seen: take the snapshot before opening), into buf as entries of
  *   [u32 klen][u32 vlen][i32 status][u32 0][u64 hlc][u32 node][u32 op]
- *   [key][value], each padded to 8
+ *   [u64 expire_at][key][value], each padded to 8
  * where status is the abase_get LWW result for the key (>= 0: a value;
- * ABASE_DELETED, ABASE_NOTFOUND, ABASE_NEEDBASE); in MERGE mode values are
+ * ABASE_EXPIRES, ABASE_DELETED, ABASE_NOTFOUND, ABASE_NEEDBASE), the value
+ * never includes a TTL prefix and expire_at is the winner's expiry (0:
+ * none); in MERGE mode values are
  * left out (vlen 0) and status is ABASE_NEEDBASE for every key. Returns
  * bytes used, 0 at the end. */
 int abase_scan_open(abase_db *db, uint32_t ns, const uint8_t *start,
@@ -579,7 +609,8 @@ int abase_compacted_through(abase_db *db, uint32_t seg_no);
  * where, for a namespace listed in lww_ns (sorted ascending), only the
  * newest record of each key is emitted (count = how many records the key
  * had), and stored value = kind u8 (1 value, 2 tombstone) | hlc u64 |
- * node u32 | value, the store's encoding; for other namespaces every
+ * node u32 | value, the store's encoding (a put flagged TTL: kind 0x41,
+ * whose value keeps its expire_at prefix); for other namespaces every
  * record is emitted with its raw value and count 1. Returns bytes used,
  * 0 at the end; *items = entries written. */
 typedef struct abase_fold abase_fold;

@@ -37,6 +37,7 @@
 typedef struct newest_version {
     uint64_t hlc;
     uint32_t node;
+    uint64_t expire_at; /* the newest version's expiry (ABASE_F_TTL; 0: none) */
     uint8_t kind;    /* op of the newest version; 0: the log holds none */
     uint8_t dup;     /* a version with exactly (hlc, node) exists */
     uint8_t decided; /* the walk ended at a DOMINANT record older than (hlc, node):
@@ -48,6 +49,7 @@ static void walk_versions(abase_db *db, uint64_t head, uint64_t hlc, uint32_t no
     v->hlc = 0;
     v->node = 0;
     v->kind = 0;
+    v->expire_at = 0;
     v->dup = 0;
     v->decided = 0;
     for (uint64_t a = head; a;) {
@@ -62,6 +64,9 @@ static void walk_versions(abase_db *db, uint64_t head, uint64_t hlc, uint32_t no
             v->hlc = rh;
             v->node = rn;
             v->kind = r[R_OP];
+            const uint8_t *val;
+            uint32_t vlen;
+            v->expire_at = rec_value(r, &val, &vlen);
         }
         if ((r[R_FLAGS] & ABASE_F_DOMINANT) && ts_greater(hlc, node, rh, rn)) {
             v->decided = 1;
@@ -182,11 +187,13 @@ static int64_t apply_impl(abase_db *db, uint32_t n, abase_apply_rec *recs, int64
         r->prev_kind = v.kind;
         r->prev_hlc = v.hlc;
         r->prev_node = v.node;
+        r->prev_expire_at = v.expire_at;
         if (!v.decided && r->base_known && r->base_kind &&
             (!v.kind || ts_greater(r->base_hlc, r->base_node, v.hlc, v.node))) {
             r->prev_kind = r->base_kind;
             r->prev_hlc = r->base_hlc;
             r->prev_node = r->base_node;
+            r->prev_expire_at = 0; /* a stored version with an expiry goes to the general path */
         }
         uint64_t addr = log_append_rec(db, s, r->ns, r->op, batch_flag | ABASE_F_DOMINANT, r->key, r->klen,
                                        r->value, r->vlen, r->hlc, r->node, head);

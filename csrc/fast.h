@@ -64,6 +64,10 @@ fast_state *fast_state_of(PyTypeObject *tp);
 #define STORED_VALUE 1
 #define STORED_TOMBSTONE 2
 #define STORED_HEADER 13
+/* Kind bit: an expire_at u64 follows the header (LWW; store.py). A VALUE
+ * with it is not served by the C lookups of compacted keys (fastcall.c
+ * sends it to the general path); scans check it (fast_scan.c). */
+#define STORED_EXPIRES 0x40
 
 /* The value part of a stored VALUE version `raw` (at least STORED_HEADER
  * bytes): a new reference, or NULL with an exception. Consumes `raw`,

@@ -87,6 +87,9 @@ static int ap_decode(ApplyPath *self, PyObject *ch, fast_state *st, abase_apply_
 {
     if ((PyObject *)Py_TYPE(ch) != self->change_type || PyTuple_GET_SIZE(ch) < 5)
         return 0;
+    /* a record with an expiry (Change.expire_at, field 6) is the general path's */
+    if (PyTuple_GET_SIZE(ch) > 6 && PyTuple_GET_ITEM(ch, 6) != Py_None)
+        return 0;
     PyObject *name = PyTuple_GET_ITEM(ch, 0), *key = PyTuple_GET_ITEM(ch, 1);
     PyObject *op_obj = PyTuple_GET_ITEM(ch, 2), *value = PyTuple_GET_ITEM(ch, 3);
     PyObject *ts = PyTuple_GET_ITEM(ch, 4);
@@ -187,8 +190,9 @@ static PyObject *ap_result(const abase_apply_rec *recs, Py_ssize_t n, int64_t ap
             const abase_apply_rec *r = &recs[i];
             if (r->status != ABASE_APPLY_APPENDED)
                 continue;
-            PyObject *t = Py_BuildValue("(nIBBKI)", i, r->ns, r->op, r->prev_kind,
-                                        (unsigned long long)r->prev_hlc, r->prev_node);
+            PyObject *t = Py_BuildValue("(nIBBKIK)", i, r->ns, r->op, r->prev_kind,
+                                        (unsigned long long)r->prev_hlc, r->prev_node,
+                                        (unsigned long long)r->prev_expire_at);
             if (!t || PyList_Append(prevs, t) < 0) {
                 Py_XDECREF(t);
                 Py_CLEAR(prevs);

@@ -27,7 +27,7 @@
 typedef struct {
     PyObject_HEAD
     FastPath *fp;       /* the default namespace's fast path, or NULL */
-    PyObject *slow;     /* (buffer, op, key, value, namespace) -> None */
+    PyObject *slow;     /* (buffer, op, key, value, namespace[, ttl, expire_at]) -> None */
     uint8_t *ops;
     uint32_t *nss;
     uint32_t *lens;     /* 2 per record: key, value */
@@ -114,13 +114,15 @@ static int64_t known_ns(BatchBuffer *b, PyObject *ns)
     return -1;
 }
 
-/* put(key, value, namespace=None) and delete(key, namespace=None). */
+/* put(key, value, namespace=None, *, ttl=None, expire_at=None) and
+ * delete(key, namespace=None). A put with a ttl or expire_at goes to `slow`
+ * (with them as two more arguments). */
 static PyObject *bb_write(BatchBuffer *b, int op, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     Py_ssize_t want = op == ABASE_OP_PUT ? 2 : 1;
     const char *name = op == ABASE_OP_PUT ? "put" : "delete";
-    PyObject *key = NULL, *value = NULL, *ns = NULL;
+    PyObject *key = NULL, *value = NULL, *ns = NULL, *ttl = NULL, *expire_at = NULL;
     if (nargs >= 1)
         key = args[0];
     if (op == ABASE_OP_PUT && nargs >= 2)
@@ -141,6 +143,10 @@ static PyObject *bb_write(BatchBuffer *b, int op, PyObject *const *args, Py_ssiz
             slot = &key;
         else if (op == ABASE_OP_PUT && PyUnicode_CompareWithASCIIString(kw, "value") == 0)
             slot = &value;
+        else if (op == ABASE_OP_PUT && PyUnicode_CompareWithASCIIString(kw, "ttl") == 0)
+            slot = &ttl;
+        else if (op == ABASE_OP_PUT && PyUnicode_CompareWithASCIIString(kw, "expire_at") == 0)
+            slot = &expire_at;
         if (!slot || *slot) {
             PyErr_Format(PyExc_TypeError, "%s() got %s keyword argument %R", name,
                          slot ? "a repeated" : "an unexpected", kw);
@@ -152,7 +158,11 @@ static PyObject *bb_write(BatchBuffer *b, int op, PyObject *const *args, Py_ssiz
         PyErr_Format(PyExc_TypeError, "%s() missing a required argument: %s", name, key ? "value" : "key");
         return NULL;
     }
-    int64_t ns_id = known_ns(b, ns);
+    if (ttl == Py_None)
+        ttl = NULL;
+    if (expire_at == Py_None)
+        expire_at = NULL;
+    int64_t ns_id = ttl || expire_at ? -1 : known_ns(b, ns);
     if (ns_id >= 0 && PyBytes_CheckExact(key) && PyBytes_GET_SIZE(key) <= ABASE_MAX_KEY &&
         (op != ABASE_OP_PUT || (PyBytes_CheckExact(value) && PyBytes_GET_SIZE(value) <= ABASE_MAX_VALUE))) {
         const char *v = op == ABASE_OP_PUT ? PyBytes_AS_STRING(value) : "";
@@ -165,8 +175,9 @@ static PyObject *bb_write(BatchBuffer *b, int op, PyObject *const *args, Py_ssiz
     PyObject *opo = PyLong_FromLong(op);
     if (!opo)
         return NULL;
-    PyObject *call[5] = {(PyObject *)b, opo, key, value ? value : Py_None, ns ? ns : Py_None};
-    PyObject *res = PyObject_Vectorcall(b->slow, call, 5, NULL);
+    PyObject *call[7] = {(PyObject *)b, opo, key, value ? value : Py_None, ns ? ns : Py_None,
+                         ttl ? ttl : Py_None, expire_at ? expire_at : Py_None};
+    PyObject *res = PyObject_Vectorcall(b->slow, call, ttl || expire_at ? 7 : 5, NULL);
     Py_DECREF(opo);
     return res;
 }

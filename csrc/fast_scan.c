@@ -60,7 +60,7 @@ typedef struct {
     const uint8_t *lkey, *lval;
     uint32_t lklen, lvlen, lnode, lop;
     int32_t lstatus;
-    uint64_t lhlc;
+    uint64_t lhlc, lexpire;
     PyObject *store_it;   /* py-lmdb iterator of (key, stored); NULL once done */
     PyObject *sitem;      /* the current store item, or NULL */
     PyObject *bound;      /* forward: stop (exclusive); reverse: start (inclusive); NULL: none */
@@ -307,6 +307,7 @@ static int next_log(ScanIter *it)
     it->lhlc = rd64(e + 16);
     it->lnode = rd32(e + 24);
     it->lop = rd32(e + 28);
+    it->lexpire = rd64(e + 32);
     it->lkey = e + ENTRY_HEADER;
     it->lval = e + ENTRY_HEADER + kpad;
     it->off += ENTRY_HEADER + kpad + vpad;
@@ -370,6 +371,12 @@ static PyObject *from_log(ScanIter *it)
 {
     if (it->lstatus == ABASE_DELETED)
         Py_RETURN_NONE;
+    if (it->lstatus == ABASE_EXPIRES) {
+        /* a value with an expiry: absent from the scan's time on */
+        if (it->lexpire <= (it->at_hlc >> ABASE_LOGICAL_BITS))
+            Py_RETURN_NONE;
+        it->lstatus = 0;
+    }
     PyObject *key = PyBytes_FromStringAndSize((const char *)it->lkey, it->lklen);
     if (!key)
         return NULL;
@@ -410,7 +417,9 @@ static PyObject *from_store(ScanIter *it)
     PyObject *key = PyTuple_GET_ITEM(item, 0), *raw = PyTuple_GET_ITEM(item, 1);
     const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(raw);
     Py_ssize_t n = PyBytes_GET_SIZE(raw);
-    if (n < STORED_HEADER || (p[0] != STORED_VALUE && p[0] != STORED_TOMBSTONE)) {
+    uint8_t kind = n >= STORED_HEADER ? p[0] & (uint8_t)~STORED_EXPIRES : 0;
+    if (n < STORED_HEADER || (kind != STORED_VALUE && kind != STORED_TOMBSTONE) ||
+        ((p[0] & STORED_EXPIRES) && n < STORED_HEADER + 8)) {
         raise_made(it, "corrupt", key);
         Py_DECREF(item);
         return NULL;
@@ -425,6 +434,31 @@ static PyObject *from_store(ScanIter *it)
     if (p[0] == STORED_TOMBSTONE) {
         Py_DECREF(item);
         Py_RETURN_NONE;
+    }
+    if (p[0] & STORED_EXPIRES) {
+        /* a value with an expiry, or one the compactor found expired (a
+         * tombstone kept with its expiry): absent from its expire_at on; a
+         * scan older than that needs the value itself, which the store no
+         * longer has */
+        uint64_t expire_at = rd64(p + STORED_HEADER);
+        int gone = expire_at <= (it->at_hlc >> ABASE_LOGICAL_BITS);
+        if (kind == STORED_TOMBSTONE && !gone) {
+            raise_made(it, "too_old", key);
+            Py_DECREF(item);
+            return NULL;
+        }
+        if (gone) {
+            Py_DECREF(item);
+            Py_RETURN_NONE;
+        }
+        PyObject *value = PyBytes_FromStringAndSize((const char *)p + STORED_HEADER + 8, n - STORED_HEADER - 8);
+        if (!value) {
+            Py_DECREF(item);
+            return NULL;
+        }
+        Py_INCREF(key);
+        Py_DECREF(item);
+        return pair(key, value);
     }
     if (Py_REFCNT(item) == 1) {
         /* nothing else holds py-lmdb's fresh tuple: reuse it, and the

@@ -29,6 +29,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "crdt_py.h"
 
@@ -55,10 +56,99 @@ static PyObject *make_ts(FastPath *self, int64_t hlc)
 
 /* ------------------------------------------------------------ put */
 
+/* The ttl in ms of a plain `ttl=` argument (an int or float of seconds,
+ * > 0, at most 10^12 s; a fraction of a ms rounds up, as ttl.py does), or 0:
+ * anything else, which the general path checks (and refuses). */
+static uint64_t plain_ttl_ms(PyObject *ttl)
+{
+    if (PyLong_CheckExact(ttl)) {
+        int overflow;
+        long long t = PyLong_AsLongLongAndOverflow(ttl, &overflow);
+        if (overflow || t <= 0 || t > 1000000000000LL)
+            return 0;
+        return (uint64_t)t * 1000u;
+    }
+    if (PyFloat_CheckExact(ttl)) {
+        double ms = PyFloat_AS_DOUBLE(ttl) * 1000.0;
+        if (!(ms > 0.0) || !(ms <= 1e15))
+            return 0; /* also NaN */
+        uint64_t m = (uint64_t)ms;
+        if ((double)m < ms)
+            m++;
+        return m ? m : 1;
+    }
+    return 0;
+}
+
+/* The expire_at in ms of a plain `expire_at=` argument (an exact int in
+ * [0, 2**63 - 1]; 0 is written as 1, as ttl.py does), or 0: anything else
+ * (a Timestamp, a bad value), which the general path takes. */
+static uint64_t plain_expire_at(PyObject *expire_at)
+{
+    if (!PyLong_CheckExact(expire_at))
+        return 0;
+    int overflow;
+    long long t = PyLong_AsLongLongAndOverflow(expire_at, &overflow);
+    if (overflow || t < 0)
+        return 0;
+    return t ? (uint64_t)t : 1;
+}
+
+/* put(key, value, ttl=seconds) and put(key, value, expire_at=ms) in one
+ * call into the core: the record goes through abase_write_batch flagged
+ * ABASE_F_TTL_RELATIVE (ms = the ttl, which the core makes an expire_at on
+ * the timestamp it issues) or ABASE_F_TTL (ms = the expire_at). NULL
+ * without an exception: the general path must take it. */
+static PyObject *put_ttl(FastPath *self, PyObject *key, PyObject *value, uint8_t flag, uint64_t ttl_ms)
+{
+    size_t kl = (size_t)PyBytes_GET_SIZE(key), vl = (size_t)PyBytes_GET_SIZE(value);
+    if (kl > ABASE_MAX_KEY || vl > ABASE_MAX_VALUE - ABASE_TTL_PREFIX)
+        return NULL; /* the general path raises the size error */
+    uint8_t *blob = malloc(kl + ABASE_TTL_PREFIX + vl + 1);
+    if (!blob)
+        return PyErr_NoMemory();
+    memcpy(blob, PyBytes_AS_STRING(key), kl);
+    for (unsigned i = 0; i < ABASE_TTL_PREFIX; i++) /* little-endian u64 */
+        blob[kl + i] = (uint8_t)(ttl_ms >> (8 * i));
+    memcpy(blob + kl + ABASE_TTL_PREFIX, PyBytes_AS_STRING(value), vl);
+    uint8_t op = ABASE_OP_PUT;
+    uint32_t ns = self->ns, lens[2] = {(uint32_t)kl, (uint32_t)(vl + ABASE_TTL_PREFIX)};
+    abase_db *db = self->db;
+    batch_fn wb = self->write_batch;
+    int64_t rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = wb(db, 1, &op, &ns, blob, lens, NULL, NULL, NULL, NULL, NULL, NULL, &flag, -1);
+    Py_END_ALLOW_THREADS
+    free(blob);
+    if (rc > 0)
+        return make_ts(self, rc);
+    if (rc == ABASE_EAGAIN) /* clock exhausted: the general path waits it out */
+        return NULL;
+    return fast_raise_status(self, rc, "put");
+}
+
 static PyObject *fp_put(FastPath *self, PyObject *const *args, Py_ssize_t nargsf,
                         PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs == 2 && kwnames && PyTuple_GET_SIZE(kwnames) == 1 && fast_usable(self) &&
+        PyBytes_CheckExact(args[0]) && PyBytes_CheckExact(args[1])) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, 0);
+        uint8_t flag = 0;
+        uint64_t ms = 0;
+        if (PyUnicode_CompareWithASCIIString(kw, "ttl") == 0) {
+            flag = ABASE_F_TTL_RELATIVE;
+            ms = plain_ttl_ms(args[2]);
+        } else if (PyUnicode_CompareWithASCIIString(kw, "expire_at") == 0) {
+            flag = ABASE_F_TTL;
+            ms = plain_expire_at(args[2]);
+        }
+        if (ms) {
+            PyObject *ts = put_ttl(self, args[0], args[1], flag, ms);
+            if (ts || PyErr_Occurred())
+                return ts;
+        }
+    }
     if (nargs != 2 || kwnames || !fast_usable(self) || !PyBytes_CheckExact(args[0]) ||
         !PyBytes_CheckExact(args[1]))
         return PyObject_Vectorcall(self->slow_put, args, nargsf, kwnames);
@@ -86,7 +176,21 @@ static PyObject *fp_put(FastPath *self, PyObject *const *args, Py_ssize_t nargsf
 /* One log read of a non-empty exact-bytes key. Returns a new reference to
  * the value, or NULL with *rc set to the status (no exception) when the log
  * did not produce a value, or NULL with an exception set. */
-static PyObject *log_value(FastPath *self, PyObject *key, int64_t *rc)
+/* The time an expiry is judged at for a read of the latest value, as
+ * KeyReader does it (ttl.py): the HLC's physical clock, the real wall clock
+ * (the fast path runs only with it) or the clock's last timestamp (`clock`,
+ * packed) when that is ahead. */
+static uint64_t now_ms(uint64_t clock)
+{
+    struct timespec ts;
+    uint64_t wall = 0;
+    if (clock_gettime(CLOCK_REALTIME, &ts) == 0 && ts.tv_sec >= 0)
+        wall = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    uint64_t hlc_ms = clock >> ABASE_LOGICAL_BITS;
+    return wall > hlc_ms ? wall : hlc_ms;
+}
+
+static PyObject *log_value(FastPath *self, PyObject *key, int64_t *rc, uint64_t *clock)
 {
     const uint8_t *k = (const uint8_t *)PyBytes_AS_STRING(key);
     size_t kl = (size_t)PyBytes_GET_SIZE(key);
@@ -94,6 +198,7 @@ static PyObject *log_value(FastPath *self, PyObject *key, int64_t *rc)
     uint32_t ns = self->ns;
     uint8_t small[SMALL_VALUE];
     abase_getinfo info;
+    info.clock = 0; /* set by an LWW read that reaches the index */
     int64_t n = self->get_nowait(db, ns, k, kl, 0, 0, ABASE_MODE_LWW, small, sizeof(small), &info);
     if (n == ABASE_EWOULDBLOCK) {
         get_fn get = self->get;
@@ -103,6 +208,15 @@ static PyObject *log_value(FastPath *self, PyObject *key, int64_t *rc)
     }
     if (n >= 0)
         return PyBytes_FromStringAndSize((const char *)small, (Py_ssize_t)n);
+    *clock = info.clock;
+    if (n == ABASE_EXPIRES && info.needed <= sizeof(small)) {
+        /* a value with an expiry (a larger one takes the general path) */
+        if (info.expire_at <= now_ms(info.clock)) {
+            *rc = ABASE_DELETED;
+            return NULL;
+        }
+        return PyBytes_FromStringAndSize((const char *)small, (Py_ssize_t)info.needed);
+    }
     while (n == ABASE_ETOOSMALL) {
         /* Large value: read it into a bytes object of the reported size; if
          * it grew meanwhile, try again with the new size. */
@@ -152,7 +266,7 @@ PyObject *fast_strip_header(PyObject *raw)
  * with an exception; or NULL without one when the general path must
  * answer (a stored state or undecodable bytes, an LMDB error to report,
  * the store closing). */
-static PyObject *store_value(FastPath *self, PyObject *key, PyObject *dflt)
+static PyObject *store_value(FastPath *self, PyObject *key, PyObject *dflt, uint64_t clock)
 {
     PyObject *raw = NULL;
     int rc = fast_store_get(self->reader, self->dbi, key, &raw);
@@ -169,6 +283,17 @@ static PyObject *store_value(FastPath *self, PyObject *key, PyObject *dflt)
         if (n >= STORED_HEADER && p[0] == STORED_TOMBSTONE) {
             Py_INCREF(dflt);
             out = dflt;
+        } else if (n >= STORED_HEADER + 8 && p[0] == (STORED_VALUE | STORED_EXPIRES)) {
+            /* a value with an expiry; an expired one the compactor dropped
+             * (a tombstone with it) takes the general path, as do states */
+            uint64_t expire_at;
+            memcpy(&expire_at, p + STORED_HEADER, 8);
+            if (expire_at <= now_ms(clock)) {
+                Py_INCREF(dflt);
+                out = dflt;
+            } else {
+                out = PyBytes_FromStringAndSize((const char *)p + STORED_HEADER + 8, n - STORED_HEADER - 8);
+            }
         }
         Py_DECREF(raw);
         return out;
@@ -183,7 +308,8 @@ static PyObject *store_value(FastPath *self, PyObject *key, PyObject *dflt)
 static PyObject *get_one(FastPath *self, PyObject *key, PyObject *dflt)
 {
     int64_t rc = 0;
-    PyObject *v = log_value(self, key, &rc);
+    uint64_t clock = 0;
+    PyObject *v = log_value(self, key, &rc, &clock);
     if (v || PyErr_Occurred())
         return v;
     if (rc == ABASE_DELETED) {
@@ -198,7 +324,7 @@ static PyObject *get_one(FastPath *self, PyObject *key, PyObject *dflt)
         }
         if (!self->reader)
             return PyObject_Vectorcall(self->store_get, args, 2, NULL);
-        v = store_value(self, key, dflt);
+        v = store_value(self, key, dflt, clock);
         if (v || PyErr_Occurred())
             return v;
     }
@@ -247,7 +373,23 @@ static PyObject *fp_get_many(FastPath *self, PyObject *keys)
 
 /* ------------------------------------------------------------ put_many */
 
-static PyObject *fp_put_many(FastPath *self, PyObject *pairs)
+static PyObject *fp_put_many_one(FastPath *self, PyObject *pairs);
+
+/* put_many(pairs, **options): with options (ttl=, expire_at=) the general
+ * path writes the batch. */
+static PyObject *fp_put_many(FastPath *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs == 1 && !kwnames)
+        return fp_put_many_one(self, args[0]);
+    if (!self->slow_put_many) {
+        PyErr_SetString(PyExc_AttributeError, "put_many is only offered for the default namespace");
+        return NULL;
+    }
+    return PyObject_Vectorcall(self->slow_put_many, args, nargsf, kwnames);
+}
+
+static PyObject *fp_put_many_one(FastPath *self, PyObject *pairs)
 {
     if (!self->slow_put_many) {
         PyErr_SetString(PyExc_AttributeError, "put_many is only offered for the default namespace");
@@ -411,7 +553,9 @@ static PyObject *fold_split(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_
         }
         int in_lww = PySet_Contains(lww, nso);
         int rc = in_lww < 0 ? -1 : 0;
-        if (rc == 0 && in_lww && (flags & ABASE_F_DOMINANT) && klen > 0) {
+        /* a TTL value goes to rest: the compactor decides whether it has
+         * expired and indexes its expiry */
+        if (rc == 0 && in_lww && (flags & ABASE_F_DOMINANT) && !(flags & ABASE_F_TTL) && klen > 0) {
             rc = add_pair(pairs, ns, key, data);
             nbytes += klen + slen;
             if (rc == 0 && op == ABASE_OP_DELETE) {
@@ -661,7 +805,8 @@ static PyMethodDef fp_methods[] = {
     {"get", (PyCFunction)(void (*)(void))fp_get, METH_FASTCALL | METH_KEYWORDS,
      "get(key, default=None, *, at=None) -> value"},
     {"get_many", (PyCFunction)fp_get_many, METH_O, "get_many(keys) -> list"},
-    {"put_many", (PyCFunction)fp_put_many, METH_O, "put_many(pairs) -> Timestamp | None"},
+    {"put_many", (PyCFunction)(void (*)(void))fp_put_many, METH_FASTCALL | METH_KEYWORDS,
+     "put_many(pairs, *, ttl=None, expire_at=None) -> Timestamp | None"},
     {"detach", (PyCFunction)fp_detach, METH_NOARGS,
      "Forget the database handle: later calls take the general path."},
     {NULL, NULL, 0, NULL},

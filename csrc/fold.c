@@ -281,7 +281,11 @@ int64_t abase_fold_next(abase_fold *f, uint8_t *buf, size_t cap, uint32_t *items
         uint8_t *v = b + 32 + align8(klen);
         const uint8_t *src = r + ABASE_REC_HEADER_SIZE + klen;
         if (lww) {
-            v[0] = r[R_OP] == ABASE_OP_DELETE ? 2 : 1; /* store kinds VALUE, TOMBSTONE */
+            /* store kinds VALUE, TOMBSTONE; 0x40: an expire_at u64 leads the
+             * value (a put flagged TTL: its value keeps the prefix) */
+            v[0] = r[R_OP] == ABASE_OP_DELETE ? 2 : 1;
+            if (r[R_OP] == ABASE_OP_PUT && (r[R_FLAGS] & ABASE_F_TTL) && vlen >= ABASE_TTL_PREFIX)
+                v[0] |= 0x40;
             st64(v + 1, ld64(r + R_HLC));
             st32(v + 9, ld32(r + R_NODE));
             if (slen > 13)

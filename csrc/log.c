@@ -270,10 +270,11 @@ int log_room_for(abase_db *db, uint64_t need, segment **out)
 }
 
 /* Encode one record at the end of s (room already checked). */
-uint64_t log_append_rec(abase_db *db, segment *s, uint32_t ns, int op,
-                        uint8_t flags, const uint8_t *key, size_t klen,
-                        const uint8_t *val, size_t vlen, uint64_t hlc,
-                        uint32_t node, uint64_t prev)
+/* log_append_rec, and log_append_rec_ttl when expire_at is not NULL. */
+static uint64_t append_impl(abase_db *db, segment *s, uint32_t ns, int op,
+                            uint8_t flags, const uint8_t *key, size_t klen,
+                            const uint8_t *val, size_t vlen, uint64_t hlc,
+                            uint32_t node, uint64_t prev, const uint64_t *expire_at)
 {
     uint64_t off = s->used;
     uint8_t *p = s->base + off;
@@ -297,8 +298,14 @@ uint64_t log_append_rec(abase_db *db, segment *s, uint32_t ns, int op,
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     if (klen)
         memcpy(p + ABASE_REC_HEADER_SIZE, key, klen);
-    if (vlen)
+    if (expire_at) { /* the caller checked vlen >= ABASE_TTL_PREFIX */
+        st64(p + ABASE_REC_HEADER_SIZE + klen, *expire_at);
+        if (vlen > ABASE_TTL_PREFIX)
+            memcpy(p + ABASE_REC_HEADER_SIZE + klen + ABASE_TTL_PREFIX, val + ABASE_TTL_PREFIX,
+                   vlen - ABASE_TTL_PREFIX);
+    } else if (vlen) {
         memcpy(p + ABASE_REC_HEADER_SIZE + klen, val, vlen);
+    }
     uint64_t padded = align8(len);
     memset(p + len, 0, padded - len);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
@@ -316,6 +323,22 @@ uint64_t log_append_rec(abase_db *db, segment *s, uint32_t ns, int op,
     if (make_addr(s->no, s->used) >= __atomic_load_n(&db->tail_wake_at, __ATOMIC_RELAXED))
         log_tail_kick(db); /* the tail keeper's window runs short (tail.c) */
     return make_addr(s->no, off);
+}
+
+uint64_t log_append_rec(abase_db *db, segment *s, uint32_t ns, int op,
+                        uint8_t flags, const uint8_t *key, size_t klen,
+                        const uint8_t *val, size_t vlen, uint64_t hlc,
+                        uint32_t node, uint64_t prev)
+{
+    return append_impl(db, s, ns, op, flags, key, klen, val, vlen, hlc, node, prev, NULL);
+}
+
+uint64_t log_append_rec_ttl(abase_db *db, segment *s, uint32_t ns, int op,
+                            uint8_t flags, const uint8_t *key, size_t klen,
+                            const uint8_t *val, size_t vlen, uint64_t hlc,
+                            uint32_t node, uint64_t prev, uint64_t expire_at)
+{
+    return append_impl(db, s, ns, op, flags, key, klen, val, vlen, hlc, node, prev, &expire_at);
 }
 
 void log_rewrite_flags(uint8_t *p, uint8_t flags)

@@ -242,6 +242,26 @@ static inline const uint8_t *rec_live(abase_db *db, uint64_t addr)
     return rec_mapped(db, addr);
 }
 
+/* The value of record r as readers see it: *v and *vlen skip the expire_at
+ * prefix of a put flagged ABASE_F_TTL (recovery and the write path refuse
+ * one shorter than the prefix; such a record is read as having none).
+ * Returns its expire_at (an expire_at of 0 reads as 1, so that 0 always
+ * means "no expiry"), or 0. */
+static inline uint64_t rec_value(const uint8_t *r, const uint8_t **v, uint32_t *vlen)
+{
+    uint32_t n = ld32(r + R_VLEN);
+    const uint8_t *p = r + ABASE_REC_HEADER_SIZE + ld16(r + R_KLEN);
+    if ((r[R_FLAGS] & ABASE_F_TTL) && r[R_OP] == ABASE_OP_PUT && n >= ABASE_TTL_PREFIX) {
+        uint64_t at = ld64(p);
+        *v = p + ABASE_TTL_PREFIX;
+        *vlen = n - ABASE_TTL_PREFIX;
+        return at ? at : 1;
+    }
+    *v = p;
+    *vlen = n;
+    return 0;
+}
+
 static inline int ts_greater(uint64_t h1, uint32_t n1, uint64_t h2, uint32_t n2)
 {
     return h1 > h2 || (h1 == h2 && n1 > n2);
@@ -350,6 +370,13 @@ uint64_t log_append_rec(abase_db *db, segment *s, uint32_t ns, int op,
                         uint8_t flags, const uint8_t *key, size_t klen,
                         const uint8_t *val, size_t vlen, uint64_t hlc,
                         uint32_t node, uint64_t prev);
+/* log_append_rec of a put flagged ABASE_F_TTL whose value's first
+ * ABASE_TTL_PREFIX bytes (vlen >= 8, checked by the caller) are replaced
+ * by expire_at: the record is whole, crc included, in one pass. */
+uint64_t log_append_rec_ttl(abase_db *db, segment *s, uint32_t ns, int op,
+                            uint8_t flags, const uint8_t *key, size_t klen,
+                            const uint8_t *val, size_t vlen, uint64_t hlc,
+                            uint32_t node, uint64_t prev, uint64_t expire_at);
 void log_rewrite_flags(uint8_t *p, uint8_t flags);
 
 /* write.c */

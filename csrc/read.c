@@ -100,22 +100,30 @@ static int64_t lww_get_locked(abase_db *db, uint64_t head, uint64_t at_hlc, uint
     int complete;
     log_lww_resolve(db, head, at_hlc, at_node, &w, &complete);
     info->complete = (uint32_t)complete;
+    info->expire_at = 0;
+    info->clock = db->clock.last;
     if (!w) {
         info->op = 0;
         info->needed = 0;
         return complete ? ABASE_NOTFOUND : (head ? ABASE_NEEDBASE : ABASE_NOTFOUND);
     }
-    uint32_t klen = ld16(w + R_KLEN), vlen = ld32(w + R_VLEN);
+    const uint8_t *v;
+    uint32_t vlen;
+    uint64_t expire_at = rec_value(w, &v, &vlen);
     info->hlc = ld64(w + R_HLC);
     info->node = ld32(w + R_NODE);
     info->op = w[R_OP];
     info->needed = vlen;
+    info->expire_at = expire_at;
     if (complete && w[R_OP] == ABASE_OP_DELETE)
         return ABASE_DELETED;
     if (vlen > cap)
         return ABASE_ETOOSMALL;
-    memcpy(buf, w + ABASE_REC_HEADER_SIZE + klen, vlen);
-    return complete ? (int64_t)vlen : ABASE_NEEDBASE;
+    if (vlen)
+        memcpy(buf, v, vlen);
+    if (!complete)
+        return ABASE_NEEDBASE;
+    return expire_at ? ABASE_EXPIRES : (int64_t)vlen;
 }
 
 static int64_t merge_get_locked(abase_db *db, uint64_t head, uint64_t at_hlc, uint32_t at_node,

@@ -227,6 +227,8 @@ static const char *check_record(const uint8_t *base, uint64_t off, uint64_t end)
     uint8_t op = p[R_OP];
     if (op < ABASE_OP_PUT || op > ABASE_OP_MERGE)
         return "unknown record op";
+    if ((p[R_FLAGS] & ABASE_F_TTL) && (op != ABASE_OP_PUT || vlen < ABASE_TTL_PREFIX))
+        return "TTL flag on a record that is not a put with an expiry";
     return NULL;
 }
 

@@ -165,7 +165,9 @@ static uint64_t key_prefix(const uint8_t *k, size_t kl)
  * (or none) and status; returns its size. b has room for it. */
 static uint64_t put_entry(uint8_t *b, const uint8_t *key, uint32_t klen, int status, const uint8_t *w)
 {
-    uint32_t vlen = w ? ld32(w + R_VLEN) : 0;
+    const uint8_t *v = NULL;
+    uint32_t vlen = 0;
+    uint64_t expire_at = w ? rec_value(w, &v, &vlen) : 0;
     st32(b, klen);
     st32(b + 4, vlen);
     st32(b + 8, (uint32_t)status);
@@ -173,11 +175,11 @@ static uint64_t put_entry(uint8_t *b, const uint8_t *key, uint32_t klen, int sta
     st64(b + 16, w ? ld64(w + R_HLC) : 0);
     st32(b + 24, w ? ld32(w + R_NODE) : 0);
     st32(b + 28, w ? w[R_OP] : 0);
-    st64(b + 32, 0);
+    st64(b + 32, expire_at);
     memcpy(b + ENTRY_HEADER, key, klen);
     memset(b + ENTRY_HEADER + klen, 0, align8(klen) - klen);
     if (vlen)
-        memcpy(b + ENTRY_HEADER + align8(klen), w + ABASE_REC_HEADER_SIZE + ld16(w + R_KLEN), vlen);
+        memcpy(b + ENTRY_HEADER + align8(klen), v, vlen);
     memset(b + ENTRY_HEADER + align8(klen) + vlen, 0, align8(vlen) - vlen);
     return ENTRY_HEADER + align8(klen) + align8(vlen);
 }
@@ -192,7 +194,11 @@ static int lww_status(abase_db *db, uint64_t head, uint64_t at_hlc, uint32_t at_
         return (complete || !head) ? ABASE_NOTFOUND : ABASE_NEEDBASE;
     if (!complete)
         return ABASE_NEEDBASE;
-    return (*w)[R_OP] == ABASE_OP_DELETE ? ABASE_DELETED : 0;
+    if ((*w)[R_OP] == ABASE_OP_DELETE)
+        return ABASE_DELETED;
+    const uint8_t *v;
+    uint32_t vlen;
+    return rec_value(*w, &v, &vlen) ? ABASE_EXPIRES : 0;
 }
 
 /* ------------------------------------------------------------ sorting */

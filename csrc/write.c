@@ -309,6 +309,13 @@ static int64_t write_batch_impl(abase_db *db, uint32_t n, const uint8_t *ops,
             return ABASE_EINVAL;
         if (hlcs && !abase_hlc_usable(hlcs[i]))
             return ABASE_ERANGE; /* would leave the clock no room to advance */
+        if (flags_in && (flags_in[i] & (ABASE_F_TTL | ABASE_F_TTL_RELATIVE))) {
+            /* a TTL needs a put with room for its prefix; relative only for
+             * local writes (received records carry their expire_at) */
+            if (ops[i] != ABASE_OP_PUT || lens[2 * i + 1] < ABASE_TTL_PREFIX ||
+                ((flags_in[i] & ABASE_F_TTL_RELATIVE) && hlcs))
+                return ABASE_EINVAL;
+        }
         need += align8(ABASE_REC_HEADER_SIZE + (uint64_t)lens[2 * i] + lens[2 * i + 1]);
         /* one segment holds the whole batch: every record offset must fit
          * the 32 bits of an address */
@@ -360,8 +367,14 @@ static int64_t write_batch_impl(abase_db *db, uint32_t n, const uint8_t *ops,
         uint64_t hlc;
         uint32_t node;
         uint8_t flags = batch_flag;
-        if (flags_in)
-            flags |= flags_in[i] & ABASE_F_CHECKPOINT;
+        int relative = 0;
+        if (flags_in) {
+            flags |= flags_in[i] & (ABASE_F_CHECKPOINT | ABASE_F_TTL);
+            if (flags_in[i] & ABASE_F_TTL_RELATIVE) {
+                flags |= ABASE_F_TTL;
+                relative = 1;
+            }
+        }
         if (hlcs) {
             hlc = hlcs[i];
             node = nodes[i];
@@ -383,8 +396,16 @@ static int64_t write_batch_impl(abase_db *db, uint32_t n, const uint8_t *ops,
             node = db->node_id;
             flags |= ABASE_F_DOMINANT;
         }
-        uint64_t addr = log_append_rec(db, s, nss[i], ops[i], flags, key, klen, val, vlen, hlc,
-                                       node, prev);
+        uint64_t addr;
+        if (relative) {
+            /* the ttl becomes an expire_at on the issued timestamp's own
+             * clock, written as the record is (no other form is ever on disk) */
+            uint64_t ttl = ld64(val), ms = hlc >> ABASE_LOGICAL_BITS;
+            addr = log_append_rec_ttl(db, s, nss[i], ops[i], flags, key, klen, val, vlen, hlc, node, prev,
+                                      ttl > UINT64_MAX - ms ? UINT64_MAX : ms + ttl);
+        } else {
+            addr = log_append_rec(db, s, nss[i], ops[i], flags, key, klen, val, vlen, hlc, node, prev);
+        }
         if (slot)
             *slot = addr;
         else

@@ -44,9 +44,10 @@ from . import _fast
 from ._args import BYTES_LIKE, check_key, check_value
 from .errors import AbaseError, MergeOperandError, ValueTooLargeError
 from .lifecycle import Lifecycle
-from .log import F_CHECKPOINT, MAX_VALUE, Log
+from .log import F_CHECKPOINT, F_TTL, MAX_VALUE, Log
 from .record import Change, Op, Timestamp, from_packed
 from .store import Store
+from .ttl import absolute_expiry, expiry_option, refuse_in_merge_namespace, split_prefixed, with_expiry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import Catalog
@@ -68,20 +69,38 @@ def change_value(op: int, value: bytes) -> Optional[bytes]:
     return None if op == _DELETE and not value else value
 
 
+def _change(ns_name: str, op: int, key: bytes, value: bytes, ts: Timestamp, flag: int) -> Change:
+    """The Change of a record as written: a TTL put's value loses its
+    expire_at prefix, which becomes ``expire_at``."""
+    if flag & F_TTL:
+        expire_at, value = split_prefixed(value)
+        return Change(ns_name, key, Op(op), value, ts, None, expire_at)
+    return Change(ns_name, key, Op(op), change_value(op, value), ts)
+
+
 def _add_checked(committer: "Committer", namespace: Callable[[Any], "Namespace"],
-                 merges: List[Tuple[int, "Namespace", Any]], buf: Any, op: int,
-                 key: Any, value: Any, ns_arg: Any) -> None:
+                 merges: List[Tuple[int, "Namespace", Any]], flags: Dict[int, int], buf: Any, op: int,
+                 key: Any, value: Any, ns_arg: Any, ttl: Any = None, expire_at: Any = None) -> None:
     """A put or delete the C buffer could not take as it came: check it in
     Python (raising the documented errors) and append it; remember a
     namespace argument that names an LWW namespace, so the next ones stay in C.
     A delete in a namespace whose deletes join (the CRDTs) is listed in
     ``merges``: its value, what it removes, is built from the key's state
-    when the batch commits."""
+    when the batch commits. A put with a ttl or expire_at is appended with
+    its prefix, and its log flag noted in ``flags`` (by record index)."""
     ns = namespace(ns_arg)
     if ns.owner is not committer.owner:
         raise ValueError("namespace belongs to another engine")
     k = check_key(key)
     v = check_value(value) if op == _PUT else b""
+    expiry = expiry_option(ttl, expire_at)
+    if expiry is not None:
+        if not ns.lww:
+            raise refuse_in_merge_namespace(ns.name)
+        v = with_expiry(expiry, v)
+        flags[len(buf)] = expiry[0]
+        buf.append(op, ns.id, k, v)
+        return
     if not ns.lww and op == _PUT:
         ns.merge_operator.check_operand(v)
     if op == _DELETE and not ns.lww and ns.merge_operator.deletes_join:
@@ -115,8 +134,10 @@ class Batch:
         self._committer = committer
         self._namespace = namespace
         self._merges: List[Tuple[int, "Namespace", Any]] = []  # (index, ns, operation)
+        self._flags: Dict[int, int] = {}  # index -> log flag of a put with a ttl or expire_at
         self._done = False
-        self._buf = _fast.BatchBuffer(fastpath, partial(_add_checked, committer, namespace, self._merges))
+        self._buf = _fast.BatchBuffer(fastpath, partial(_add_checked, committer, namespace, self._merges,
+                                                        self._flags))
         # The hot calls go straight to C; the methods below document them
         # (and are what a call through the class reaches).
         self.put = self._buf.put  # type: ignore[method-assign]
@@ -128,15 +149,20 @@ class Batch:
             raise ValueError("namespace belongs to another engine")
         return ns
 
-    def put(self, key: bytes, value: bytes, namespace: Any = None) -> None:
+    def put(self, key: bytes, value: bytes, namespace: Any = None, *, ttl: Optional[float] = None,
+            expire_at: Any = None) -> None:
         """Add a put. Runtime complexity: O(len(key) + len(value)).
 
-        :raises TypeError: key or value is not bytes-like.
+        ``ttl`` (seconds) or ``expire_at`` (ms since the epoch, or a
+        Timestamp): the value expires (LWW namespaces; see :mod:`abase_engine.ttl`).
+
+        :raises TypeError: key or value is not bytes-like; a bad ttl type.
         :raises KeyTooLargeError, ValueTooLargeError: over the size limits.
         :raises MergeOperandError: (merge namespace) value is not a valid state.
+        :raises InvalidOptionError: a bad ttl/expire_at, or one in a merge namespace.
         :raises ValueError: the namespace belongs to another engine.
         """
-        self._buf.put(key, value, namespace)
+        self._buf.put(key, value, namespace, ttl=ttl, expire_at=expire_at)
 
     def delete(self, key: bytes, namespace: Any = None) -> None:
         """Add a delete. In a namespace whose operator's deletes join (the
@@ -176,12 +202,13 @@ class Batch:
         if not len(self._buf):
             self._committer.check_open("batch commit")
             return None
-        if not self._merges:
+        if not self._merges and not self._flags:
             ts = self._buf.commit()  # one call into the core, when the fast path is on
             if ts is not None:
                 return ts
         ops, nss, parts = self._buf.export()
-        return self._committer.commit(ops, nss, parts, self._merges)
+        flags = bytes(self._flags.get(i, 0) for i in range(len(ops))) if self._flags else None
+        return self._committer.commit(ops, nss, parts, self._merges, flags)
 
     def __enter__(self) -> "Batch":
         return self
@@ -238,6 +265,12 @@ class Committer:
             self._listeners.notify([Change(ns.name, key, Op(op), change_value(op, value), ts)])
         return ts
 
+    def write_expiring(self, ns: "Namespace", key: bytes, value: bytes, expiry: Tuple[int, int]) -> Timestamp:
+        """Append one local put with an expiry (``ttl.expiry_option``'s
+        result; arguments already checked) of an LWW namespace.
+        :raises ValueTooLargeError: the value leaves no room for the expiry."""
+        return self.commit(bytes([_PUT]), [ns.id], [key, with_expiry(expiry, value)], [], bytes([expiry[0]]))
+
     def merge_one(self, ns: "Namespace", key: bytes, operation: Any) -> Timestamp:
         """``ns.merge(key, operation)``: a batch of one merge."""
         b = Batch(self, lambda _arg: ns)
@@ -255,37 +288,44 @@ class Committer:
         assert ts is not None
         return ts
 
-    def put_many(self, items: Iterable[Tuple[bytes, bytes]], ns_id: int = 0) -> Optional[Timestamp]:
+    def put_many(self, items: Iterable[Tuple[bytes, bytes]], ns_id: int = 0, *, ttl: Optional[float] = None,
+                 expire_at: Any = None) -> Optional[Timestamp]:
         """``put_many`` of an LWW namespace (default: the default one),
-        checked in Python (the C fast path's fallback).
-        :raises TypeError, KeyTooLargeError, ValueTooLargeError:"""
+        checked in Python (the C fast path's fallback); with ``ttl``/``expire_at``
+        every pair gets that expiry.
+        :raises TypeError, KeyTooLargeError, ValueTooLargeError, InvalidOptionError:"""
         self._life.check("put_many")
+        expiry = expiry_option(ttl, expire_at)
         parts: List[bytes] = []
         for k, v in items:
             parts.append(check_key(k))
-            parts.append(check_value(v))
+            parts.append(check_value(v) if expiry is None else with_expiry(expiry, check_value(v)))
         n = len(parts) // 2
         if n == 0:
             return None
-        return self.commit(bytes([_PUT]) * n, [ns_id] * n, parts, [])
+        return self.commit(bytes([_PUT]) * n, [ns_id] * n, parts, [],
+                           None if expiry is None else bytes([expiry[0]]) * n)
 
     # -- batches ---------------------------------------------------------------
     def commit(self, ops: bytes, nss: List[int], parts: List[bytes],
-               merges: Sequence[Tuple[int, "Namespace", Any]]) -> Timestamp:
+               merges: Sequence[Tuple[int, "Namespace", Any]], ttl_flags: Optional[bytes] = None) -> Timestamp:
         """Append a local batch atomically; returns its last timestamp.
 
         ``parts`` alternates key and value (b"" for deletes and merges);
         ``merges`` lists ``(index, namespace, operation)`` of the merge
-        operations, whose operands are built here.
+        operations, whose operands are built here; ``ttl_flags``, if not
+        None, holds per record ``F_TTL`` or ``F_TTL_RELATIVE`` for a put
+        whose value starts with its expire_at or ttl (ms), else 0.
         """
         self._life.check("batch commit")
         if not merges and not self._listeners.active and self.digests is None:
-            last, _ = self._log.write_batch(ops, nss, parts)
+            last, _ = self._log.write_batch(ops, nss, parts, flags=ttl_flags)
             return from_packed(last, self._node_id)
-        return self._commit_with_merges(ops, nss, parts, merges)
+        return self._commit_with_merges(ops, nss, parts, merges, ttl_flags)
 
     def _commit_with_merges(self, b_ops: bytes, b_nss: List[int], b_parts: List[bytes],
-                            merges: Sequence[Tuple[int, "Namespace", Any]]) -> Timestamp:
+                            merges: Sequence[Tuple[int, "Namespace", Any]],
+                            ttl_flags: Optional[bytes] = None) -> Timestamp:
         """Build each operand and each CRDT delete's value (reading the
         observed state where needed) and append, under the merge lock so
         that concurrent local merges of a key see each other."""
@@ -299,6 +339,11 @@ class Committer:
             hlcs = [log.clock_now() for _ in range(n)]
             parts = list(b_parts)
             flags = bytearray(n)
+            if ttl_flags is not None:  # the timestamps are known here: make each ttl an expire_at
+                for idx, f in enumerate(ttl_flags):
+                    if f:
+                        flags[idx] = F_TTL
+                        parts[2 * idx + 1] = absolute_expiry(f, hlcs[idx], parts[2 * idx + 1])
             # The state each write observes includes the batch's own earlier
             # writes to the key (a delete removes from it, a put joins into it).
             pending: Dict[Tuple[int, bytes], Optional[bytes]] = {}
@@ -374,15 +419,15 @@ class Committer:
                     flags.append(F_CHECKPOINT)
             m = len(ops)
             nodes = [self._node_id] * m
-            modes = bytes(0 if o != _MERGE and f == 0 else 1 for o, f in zip(ops, flags))
+            modes = bytes(0 if o != _MERGE and not f & F_CHECKPOINT else 1 for o, f in zip(ops, flags))
             log.write_batch(bytes(ops), nss, parts, hlcs, nodes, [(0, 0)] * m, modes,
                             bytes(flags) if any(flags) else None)
             if before is not None:
                 self.digests.settle(before)
             if self._listeners.active:
                 self._listeners.notify([
-                    Change(handle(nss[i]).name, parts[2 * i], Op(ops[i]), change_value(ops[i], parts[2 * i + 1]),
-                           from_packed(hlcs[i], self._node_id))
+                    _change(handle(nss[i]).name, ops[i], parts[2 * i], parts[2 * i + 1],
+                            from_packed(hlcs[i], self._node_id), flags[i])
                     for i in range(n)])
             # The next local merge of these keys starts from the state just
             # written instead of folding the chain again.
@@ -397,40 +442,42 @@ class Committer:
         self._life.check("apply")
         self._log.clock_update(newest.hlc, max_skew_ms)
 
-    def apply(self, recs: List[Tuple["Namespace", int, bytes, bytes, Timestamp]], newest: Timestamp,
+    def apply(self, recs: List[Tuple["Namespace", int, bytes, bytes, Timestamp, int]], newest: Timestamp,
               max_skew_ms: int) -> int:
         """Append records received from another replica (checked by
         ``Engine.apply``) as one atomic batch; returns how many changed
-        anything. A key of a merge namespace whose reads now walk
+        anything. Each record is ``(namespace, op, key, value, timestamp,
+        flag)``, flag ``F_TTL`` for a put whose value starts with its
+        expire_at (else 0). A key of a merge namespace whose reads now walk
         ``max_successive_merges`` records or more then gets a checkpoint, as
         after a local merge. :raises ClockSkewError: ``newest`` is too far ahead."""
         self._life.check("apply")
         self._log.stall()  # backpressure, before the merge and fold locks the compactor needs
         self._log.clock_update(newest.hlc, max_skew_ms)
         parts: List[bytes] = []
-        for _ns, _op, key, value, _t in recs:
+        for _ns, _op, key, value, _t, _f in recs:
             parts += (key, value)
+        flags = bytes(r[5] for r in recs)
         # The merge lock keeps a local merge's read-modify-write from
         # interleaving with received records for the same key.
         with self._merge_lock:
             before = self.digests.track([(r[0], r[2]) for r in recs]) if self.digests is not None else None
             with self._fold_lock:
                 bases = []
-                for ns, _op, key, _v, _t in recs:
+                for ns, _op, key, _v, _t, _f in recs:
                     st = self._store.get(ns.id, key)
                     bases.append((0, 0) if st is None else (st[1], st[2]))
                 _last, status = self._log.write_batch(
                     bytes(r[1] for r in recs), [r[0].id for r in recs], parts,
                     [r[4].hlc for r in recs], [r[4].node_id for r in recs], bases,
-                    bytes(0 if r[0].lww else 1 for r in recs))
+                    bytes(0 if r[0].lww else 1 for r in recs), flags if any(flags) else None)
             status = status or []
             self._checkpoint_long_chains({(r[0].id, r[2]): r[0] for r, st in zip(recs, status)
                                           if st and not r[0].lww})
             if before is not None:
                 self.digests.settle(before)
         if self._listeners.active:
-            applied = [Change(r[0].name, r[2], Op(r[1]), change_value(r[1], r[3]), r[4])
-                       for r, st in zip(recs, status) if st]
+            applied = [_change(r[0].name, r[1], r[2], r[3], r[4], r[5]) for r, st in zip(recs, status) if st]
             if applied:
                 self._listeners.notify(applied)
         return sum(status)

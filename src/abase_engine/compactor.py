@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 import lmdb
 
-from .errors import IOFailedError
+from .errors import AbaseError, EngineClosedError, IOFailedError
 from .log import NS_DEFS, Log
 from .record import Op
 from .resolve import Version, fold_lww, fold_merge
-from .store import TOMBSTONE, Store, decode, encode
+from .store import EXPIRY_BIT, TOMBSTONE, VALUE, Store, decode, encode, expiry_of
 from .timing import PASS_BOUNDS, LatencyHistogram
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -188,12 +188,24 @@ class Compactor:
             if floor is not None and seg["no"] >= floor:
                 break  # a change feed or replication slot still reads it
             segs.append(seg)
+        # Expiries are judged at a timestamp issued now, capped by the oldest
+        # pin: no open snapshot or scan, nor any later one, can still see a
+        # version whose expiry is at or before it.
+        try:
+            horizon = self._log.clock_now() >> 16
+        except EngineClosedError:
+            raise
+        except AbaseError:  # an injected clock that used up its millisecond: the last timestamp's
+            horizon = self._log.clock() >> 16
+        if pin is not None:
+            horizon = min(horizon, pin[0] >> 16)
         folding = self._ranges.folding(pin) if self._ranges is not None else None
         if segs:
-            self._fold_segments(segs, folding)
+            self._fold_segments(segs, horizon, folding)
         if folding is not None:
             self._sweep(folding)
         done = len(segs)
+        self._expire_stored(horizon)
         self._purge_tombstones()
         self.passes += 1
         self.segments_compacted += done
@@ -213,8 +225,13 @@ class Compactor:
             store.write(lambda txn: folding.sweep(store, txn, todo))
         folding.swept(todo)
 
-    def _fold_segments(self, segs: List[dict], folding: Optional["Folding"] = None) -> None:
+    def _fold_segments(self, segs: List[dict], horizon: int, folding: Optional["Folding"] = None) -> None:
         """Fold the segments, oldest first, in ONE store transaction.
+
+        An LWW winner with an expiry at or before ``horizon`` (ms) is stored
+        as a tombstone that keeps its timestamp and expiry (so no older
+        version can come back, and digests do not change); one expiring
+        later is listed in the store's ``expiring`` index.
 
         One transaction per pass rather than per segment: with random keys
         every segment touches nearly every leaf page, and LMDB copies each
@@ -295,6 +312,8 @@ class Compactor:
                                 base = decode(raw, store.path)
                                 if (base[1], base[2]) >= (hlc, node):
                                     continue  # the stored version is newer
+                        if data[0] & EXPIRY_BIT:
+                            data = self._stored_expiring(txn, ns, key, hlc, node, data, horizon)
                         store.put_in(txn, ns, key, data)
                         written[0] += len(key) + len(data)
                         if op == _DELETE:
@@ -321,6 +340,53 @@ class Compactor:
         store.write(lambda txn: store.put_meta_u64(txn, b"passes", self.passes + 1))
         for seg in segs:
             log.retire(seg["no"])
+
+    def _stored_expiring(self, txn, ns: int, key: bytes, hlc: int, node: int, data: bytes, horizon: int) -> bytes:
+        """The stored version to write for an LWW winner with an expiry
+        (``data``, in the store's encoding): a tombstone keeping its
+        timestamp and expiry once expired as of ``horizon``, indexed in
+        ``tombstones``; else ``data``, indexed in ``expiring``."""
+        store = self._store
+        expire_at = expiry_of(decode(data, store.path))
+        if expire_at <= horizon:
+            txn.put(store.tomb_key(hlc, node, ns, key), key, db=store.tombs)
+            return encode(TOMBSTONE, hlc, node, b"", expire_at=expire_at)
+        txn.put(store.expiry_key(expire_at, ns, key), key, db=store.expiring)
+        return data
+
+    def _expire_stored(self, horizon: int) -> None:
+        """Turn stored values whose expiry is at or before ``horizon`` (ms)
+        into tombstones that keep their timestamp and expiry (purged after
+        ``tombstone_grace`` like any tombstone). Reads already saw them as
+        absent; this frees their bytes. A bounded number per pass, soonest
+        first; an index entry whose key was overwritten since is dropped."""
+        store = self._store
+        due = []
+        with store.env.begin(db=store.expiring, buffers=False) as txn:
+            for ek, key in txn.cursor():
+                expire_at, ns = store.split_expiry_key(ek)
+                if expire_at > horizon or len(due) >= 10000:
+                    break
+                due.append((ek, expire_at, ns, key))
+        if not due:
+            return
+        for ns in {d[2] for d in due}:
+            store.db(ns)  # open handles before the write txn (LMDB has one writer)
+
+        def work(txn) -> None:
+            for ek, expire_at, ns, key in due:
+                raw = store.get_in(txn, ns, key)
+                if raw is not None:
+                    st = decode(raw, store.path)
+                    if st[0] == VALUE and expiry_of(st) == expire_at:
+                        store.put_in(txn, ns, key, encode(TOMBSTONE, st[1], st[2], b"", expire_at=expire_at))
+                        txn.put(store.tomb_key(st[1], st[2], ns, key), key, db=store.tombs)
+                txn.delete(ek, db=store.expiring)
+
+        # The digest of an expiring version does not depend on which form
+        # the store holds (digest.py), so no upkeep is needed here.
+        with self._fold_lock:
+            store.write(work)
 
     def _purge_tombstones(self) -> None:
         """Delete stored tombstones older than ``tombstone_grace``.

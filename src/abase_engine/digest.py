@@ -4,9 +4,14 @@ The tree has 3 levels under its root with fan-out 16, by the first three
 nibbles of xxh64(key): 4,096 leaves. A leaf's hash is the XOR of its keys'
 *entries*, ``xxh64(key | 0x00 | canon)``, where ``canon`` is
 ``kind u8 | hlc u64 | node u32`` (big-endian) for an LWW key or a
-tombstone, and ``0x03 | encoded state`` for a CRDT key; a range tombstone
-(``ranges.py``) is an entry too, placed by its record key, ``canon`` being
-``0x04 | start length u16 LE | start | has_stop u8 | stop``, and a key
+tombstone, ``0x04 | hlc u64 | node u32 | expire_at u64`` for an LWW version
+with an expiry (whether it has expired yet, and whether the compactor has
+already replaced it by a tombstone that keeps its timestamp and expiry, must
+not change the digest: anti-entropy never chases expiry timing; the
+timestamp identifies the write, so the value is not needed), and
+``0x03 | encoded state`` for a CRDT key; a range tombstone (``ranges.py``)
+is an entry too, placed by its record key, ``canon`` being
+``0x05 | start length u16 LE | start | has_stop u8 | stop``, and a key
 version a range tombstone hides counts as absent; an inner node
 hashes its 16 children (``xxh64`` of 16 big-endian u64). Replicas with equal
 visible state have equal digests, so comparing top-down finds the differing
@@ -70,6 +75,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["DigestTree", "check_path"]
 
 _ENTRY_TS = struct.Struct(">BQI")
+_ENTRY_EXPIRING = struct.Struct(">BQIQ")
+_EXPIRING = 4  # the canon's kind byte of a version with an expiry
 _MARKER = struct.Struct(">IQQQQ")
 _LEAVES = 4096
 
@@ -153,7 +160,13 @@ class DigestTree:
             rec = self._visible(ns, key)
             if rec is None:
                 continue
-            kind, hlc, node, value, anchor = rec
+            kind, hlc, node, value, anchor, expire_at = rec
+            if expire_at:
+                # a put with an expiry, also once the compactor dropped its
+                # value (then b"": it has expired, nobody reads it)
+                out.append(Change(ns.name, key, Op.PUT, value if kind != TOMBSTONE else b"",
+                                  from_packed(hlc, node), None, expire_at))
+                continue
             if ns.lww or kind == TOMBSTONE:
                 out.append(Change(ns.name, key, Op.DELETE if kind == TOMBSTONE else Op.PUT,
                                   None if kind == TOMBSTONE else value, from_packed(hlc, node)))
@@ -202,22 +215,26 @@ class DigestTree:
         rec = self._visible(ns, key)
         if rec is None:
             return 0
-        kind, hlc, node, value, _anchor = rec
-        if ns.lww or kind == TOMBSTONE:
+        kind, hlc, node, value, _anchor, expire_at = rec
+        if expire_at:
+            canon = _ENTRY_EXPIRING.pack(_EXPIRING, hlc, node, expire_at)
+        elif ns.lww or kind == TOMBSTONE:
             canon = _ENTRY_TS.pack(kind, hlc, node)
         else:
             canon = b"\x03" + value
         return xxhash.xxh64_intdigest(key + b"\x00" + canon)
 
-    def note_applied(self, changes: Sequence[Any], appended: List[Tuple[int, int, int, int, int, int]]) -> None:
+    def note_applied(self, changes: Sequence[Any], appended: List[Tuple[int, int, int, int, int, int, int]]) -> None:
         """After the C apply path appended records into LWW namespaces
         (merge lock held since before the append): fold each key's change of
         entry into its leaf, from ``(index in changes, ns id, op, kind, hlc,
-        node)`` of every appended record and its key's newest version before
-        it (kind 0: none). A namespace whose leaves are not built yet is
-        skipped: they are built later from the state, which has the record."""
+        node, expire_at)`` of every appended record and its key's newest
+        version before it (kind 0: none; expire_at 0: no expiry; the C path
+        takes no record with an expiry itself). A namespace whose leaves are
+        not built yet is skipped: they are built later from the state, which
+        has the record."""
         touched = set()
-        for i, ns_id, op, kind, hlc, node in appended:
+        for i, ns_id, op, kind, hlc, node, expire_at in appended:
             leaves = self._leaves.get(ns_id)
             if leaves is None:
                 continue
@@ -225,7 +242,12 @@ class DigestTree:
             key, ts = ch.key, ch.timestamp
             head = key + b"\x00"
             new = xxhash.xxh64_intdigest(head + _ENTRY_TS.pack(op, ts.hlc, ts.node_id))
-            old = xxhash.xxh64_intdigest(head + _ENTRY_TS.pack(kind, hlc, node)) if kind else 0
+            if not kind:
+                old = 0
+            elif expire_at:
+                old = xxhash.xxh64_intdigest(head + _ENTRY_EXPIRING.pack(_EXPIRING, hlc, node, expire_at))
+            else:
+                old = xxhash.xxh64_intdigest(head + _ENTRY_TS.pack(kind, hlc, node))
             leaf = _leaf_of(key)
             leaves[leaf] ^= old ^ new
             members = self._members.get(ns_id)

@@ -445,7 +445,7 @@ class Engine(DefaultNamespaceMethods, ReplicationHooks):
     def snapshot(self) -> Snapshot:
         """A fixed view as of now; use as a context manager and close it promptly."""
         self._check_open("snapshot")
-        return Snapshot(self._life, self._log.clock, self._pins, self._namespace_arg)
+        return Snapshot(self._life, self._log.clock_now, self._pins, self._namespace_arg)
 
     # -- maintenance ---------------------------------------------------------
     def compact(self, wait: bool = True) -> int:

@@ -33,9 +33,10 @@ import struct
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .lifecycle import Lifecycle
-from .log import F_CHECKPOINT, NS_DEFS, Log
+from .log import F_CHECKPOINT, F_TTL, NS_DEFS, Log
 from .ranges import decode_record
 from .record import Change, Op, from_packed
+from .ttl import split_prefixed
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import Catalog
@@ -167,9 +168,12 @@ class ChangeFeed:
                     yield Change(ranged[0], ranged[1], Op.DELETE_RANGE, ranged[2], from_packed(hlc, node),
                                  CURSOR.pack(seg_no, next_off))
                 else:
+                    expire_at = None
+                    if flags & F_TTL and op == _PUT and len(value) >= 8:
+                        expire_at, value = split_prefixed(value)
                     yield Change(self._catalog.name_of(ns), key, Op(op),
                                  None if op == _DELETE and not value else value,
-                                 from_packed(hlc, node), CURSOR.pack(seg_no, next_off))
+                                 from_packed(hlc, node), CURSOR.pack(seg_no, next_off), expire_at)
                 n += 1
         finally:
             self._floors.pop(token, None)

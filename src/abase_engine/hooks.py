@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List,
 
 from ._args import check_key, check_value
 from .housekeeping import filter_covered
+from .errors import InvalidOptionError, ValueTooLargeError
+from .log import MAX_VALUE
 from .record import Change, Op, Timestamp
+from .ttl import expiry_option, prefixed, refuse_in_merge_namespace
 from .slots import ReplicationSlot
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -77,6 +80,9 @@ class ReplicationHooks:
         :raises AbaseError: a record names a merge namespace this engine has not opened.
         :raises MergeOperandError: a DELETE_RANGE record names a merge namespace.
         :raises InvalidRangeError: a DELETE_RANGE record's start is after its stop.
+        :raises InvalidOptionError: a record has an ``expire_at`` but is not a
+            put of an LWW namespace, or one out of range.
+        :raises TypeError: an ``expire_at`` that is not an int or Timestamp.
         :raises ValueTooLargeError: the records are over the batch bound
             (``MAX_BATCH`` bytes as encoded in the log): split them.
         :raises IOFailedError: writes are refused after an I/O failure.
@@ -113,7 +119,18 @@ class ReplicationHooks:
                     value = ns.merge_operator.delete_operand(raw, ch.timestamp)
             if op == _MERGE and ns.lww:
                 op = _PUT
-            recs.append((ns, op, key, value, ch.timestamp))
+            flag = 0
+            if ch.expire_at is not None:
+                if not ns.lww:
+                    raise refuse_in_merge_namespace(ns.name)
+                if op != _PUT:
+                    raise InvalidOptionError("Change.expire_at is for puts only")
+                flag, ms = expiry_option(expire_at=ch.expire_at)  # type: ignore[misc]
+                value = prefixed(ms, value)
+                if len(value) > MAX_VALUE:
+                    raise ValueTooLargeError(f"value of {len(value) - 8} bytes with an expiry; the maximum "
+                                             f"is {MAX_VALUE - 8}")
+            recs.append((ns, op, key, value, ch.timestamp, flag))
             if newest is None or ch.timestamp > newest:
                 newest = ch.timestamp
         if newest is None:

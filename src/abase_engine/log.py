@@ -44,6 +44,9 @@ NEEDBASE = lib.ABASE_NEEDBASE
 ETOOSMALL = lib.ABASE_ETOOSMALL
 F_DOMINANT = lib.ABASE_F_DOMINANT
 F_CHECKPOINT = lib.ABASE_F_CHECKPOINT
+F_TTL = lib.ABASE_F_TTL
+F_TTL_RELATIVE = lib.ABASE_F_TTL_RELATIVE
+EXPIRES = lib.ABASE_EXPIRES
 
 #: Bytes of the active segment the tail keeper (csrc/tail.c) keeps mapped
 #: writable ahead of the last record, so appends take no page faults.
@@ -274,6 +277,13 @@ class Log(SegmentAccess):
         fn = self._clock_fn
         return int(fn()) if fn is not None else int(time.time() * 1000)
 
+    def clock_ms(self) -> int:
+        """The HLC's physical clock now, in ms: the wall clock (the injected
+        one, if any), or the clock's last timestamp when that is ahead (a
+        remote timestamp raised it). Reads of the latest value judge expiry
+        by it (see ttl.py). :raises EngineClosedError:"""
+        return max(self.wall_ms(), self.clock() >> 16)
+
     def clock(self) -> int:
         """The packed HLC last issued or observed. :raises EngineClosedError:"""
         out = ffi.new("uint64_t *")
@@ -371,9 +381,12 @@ class Log(SegmentAccess):
 
     # -- reads -----------------------------------------------------------
     def get_lww(self, ns: int, key: bytes, at_hlc: int, at_node: int):
-        """LWW read. Returns ``(status, value, hlc, node, op)`` where status is
-        >= 0 (value decided by the log), DELETED, NOTFOUND or NEEDBASE (value is
-        the log's best candidate, or None when it has none)."""
+        """LWW read. Returns ``(status, value, hlc, node, op, expire_at)``
+        where status is >= 0 (value decided by the log), EXPIRES (value
+        decided by the log, with the expiry ``expire_at``: the caller
+        compares it with its time), DELETED, NOTFOUND or NEEDBASE (value is
+        the log's best candidate, or None when it has none; ``expire_at`` is
+        its expiry). ``expire_at`` is 0 for a version without one."""
         tls = self._tls
         while True:
             n = lib.abase_get(self._db, ns, key, len(key), at_hlc, at_node, MODE_LWW, tls.buf, tls.cap, tls.info)
@@ -382,15 +395,15 @@ class Log(SegmentAccess):
             tls.grow(tls.info.needed)
         info = tls.info
         if n >= 0:
-            return n, ffi.buffer(tls.buf, n)[:], info.hlc, info.node, info.op
-        if n == NEEDBASE:
+            return n, ffi.buffer(tls.buf, n)[:], info.hlc, info.node, info.op, 0
+        if n == NEEDBASE or n == EXPIRES:
             if info.op == 0:
-                return n, None, 0, 0, 0
-            return n, ffi.buffer(tls.buf, info.needed)[:], info.hlc, info.node, info.op
+                return n, None, 0, 0, 0, 0
+            return n, ffi.buffer(tls.buf, info.needed)[:], info.hlc, info.node, info.op, info.expire_at
         if n == DELETED:
-            return n, None, info.hlc, info.node, info.op
+            return n, None, info.hlc, info.node, info.op, 0
         if n == NOTFOUND:
-            return n, None, 0, 0, 0
+            return n, None, 0, 0, 0, 0
         raise self._fail(n, "get")
 
     def get_versions(self, ns: int, key: bytes, at_hlc: int, at_node: int):

@@ -27,6 +27,7 @@ from .lifecycle import Lifecycle
 from .merge import LWW, MergeOperator
 from .record import Op, Timestamp
 from .resolve import MISSING, KeyReader
+from .ttl import expiry_option, refuse_in_merge_namespace
 
 if TYPE_CHECKING:  # pragma: no cover
     from .batch import Committer
@@ -68,21 +69,33 @@ class Namespace:
         return f"<Namespace {self.name!r} merge={self.merge_operator!r}>"
 
     # -- writes -----------------------------------------------------------
-    def put(self, key: bytes, value: bytes) -> Timestamp:
+    def put(self, key: bytes, value: bytes, *, ttl: Optional[float] = None, expire_at: Any = None) -> Timestamp:
         """Store ``value`` under ``key``; returns the write's timestamp.
 
         In a merge namespace a put joins ``value`` (an encoded state) like an
-        operand. Runtime complexity: O(len(key) + len(value)).
+        operand. ``ttl`` (seconds after the write's own timestamp) or
+        ``expire_at`` (ms since the epoch, or a Timestamp) makes the value
+        read as absent from then on (LWW namespaces only; see
+        :mod:`abase_engine.ttl`). Runtime complexity: O(len(key) + len(value)).
 
-        :raises TypeError: key or value is not bytes-like.
+        :raises TypeError: key or value is not bytes-like; ttl not a number.
         :raises KeyTooLargeError: key longer than 511 bytes.
-        :raises ValueTooLargeError: value longer than 256 MiB.
+        :raises ValueTooLargeError: value longer than 256 MiB (8 bytes less
+            with a ttl or expire_at).
         :raises MergeOperandError: (merge namespace) value is not a valid state.
+        :raises InvalidOptionError: a ttl that is not > 0 and finite, a
+            negative expire_at, both given, or either in a merge namespace.
         :raises EngineClosedError: the engine is closed.
         :raises IOFailedError: an I/O failure (now or earlier): writes are
             refused until the engine is reopened (docs/reliability.md).
         """
         self._life.check("put")
+        if ttl is not None or expire_at is not None:
+            expiry = expiry_option(ttl, expire_at)
+            if not self.lww:
+                raise refuse_in_merge_namespace(self.name)
+            assert expiry is not None
+            return self._committer.write_expiring(self, check_key(key), check_value(value), expiry)
         if not self.lww:
             self.merge_operator.check_operand(check_value(value))
         return self._committer.write(self, _PUT, check_key(key), check_value(value))
@@ -277,10 +290,11 @@ class DefaultNamespaceMethods:
     _default: Namespace
     _fastpath: Any
 
-    def put(self, key: bytes, value: bytes) -> Timestamp:
+    def put(self, key: bytes, value: bytes, *, ttl: Optional[float] = None, expire_at: Any = None) -> Timestamp:
         """Store ``value`` under ``key`` in the default namespace; returns its timestamp.
 
-        Runtime complexity: O(len(key) + len(value)); one C call.
+        ``ttl``/``expire_at``: see :meth:`Namespace.put` (a put with one
+        takes the general path). Runtime complexity: O(len(key) + len(value)); one C call.
 
         :raises TypeError: key or value is not bytes-like.
         :raises KeyTooLargeError: key longer than 511 bytes.
@@ -290,6 +304,8 @@ class DefaultNamespaceMethods:
 
         Thread-safety: safe.
         """
+        if ttl is not None or expire_at is not None:
+            return self._default.put(key, value, ttl=ttl, expire_at=expire_at)
         return self._fastpath.put(key, value)
 
     def get(self, key: bytes, default: Any = None, *, at: Optional[Timestamp] = None) -> Any:
@@ -305,17 +321,22 @@ class DefaultNamespaceMethods:
             return self._default.get(key, default, at=at)
         return self._fastpath.get(key, default)
 
-    def put_many(self, items: Iterable[Tuple[bytes, bytes]]) -> Optional[Timestamp]:
+    def put_many(self, items: Iterable[Tuple[bytes, bytes]], *, ttl: Optional[float] = None,
+                 expire_at: Any = None) -> Optional[Timestamp]:
         """Put many (key, value) pairs in the default namespace as one atomic batch.
 
         Returns the last record's timestamp, None for no pairs. A list of
         ``(bytes, bytes)`` tuples crosses into C once for the whole batch.
+        ``ttl``/``expire_at`` (as for :meth:`put`) give every pair that
+        expiry (the general path).
 
         :raises TypeError, KeyTooLargeError, ValueTooLargeError: a bad pair.
         :raises ValueTooLargeError: the batch is over ``MAX_BATCH`` (2 GiB)
             bytes as encoded in the log (40 + key + value, padded to 8, a pair).
         :raises IOFailedError: writes are refused after an I/O failure.
         """
+        if ttl is not None or expire_at is not None:
+            return self._fastpath.put_many(items, ttl=ttl, expire_at=expire_at)
         return self._fastpath.put_many(items)
 
     def get_many(self, keys: Iterable[bytes]) -> List[Optional[bytes]]:

@@ -333,7 +333,7 @@ class RangeTombstones:
         out = []
         for t in ([] if view is None else view.tombs):
             key = RANGE_PREFIX + _KEY.pack(*t.stamp)
-            canon = b"\x04" + _U16.pack(len(t.start)) + t.start + (b"\x00" if t.stop is None else b"\x01" + t.stop)
+            canon = b"\x05" + _U16.pack(len(t.start)) + t.start + (b"\x00" if t.stop is None else b"\x01" + t.stop)
             out.append((key, canon, t.start, t.stop, t.stamp))
         return out
 

@@ -54,10 +54,12 @@ class Change(NamedTuple):
     is ``None`` for a delete, except in a CRDT namespace, where a delete's
     value is what it removes (its writer's observed context or totals, or a
     watermark; see :mod:`abase_engine.crdt`), ``cursor`` is the feed position
-    after this record (``None`` for a hand-built record).
+    after this record (``None`` for a hand-built record), ``expire_at`` the
+    expiry of a put with a TTL (physical ms on the HLC's clock, see
+    :mod:`abase_engine.ttl`; ``None``: none), which ``apply`` keeps.
 
     >>> Change("", b"k", Op.PUT, b"v", Timestamp(5, 0, 2))
-    Change(namespace='', key=b'k', op=<Op.PUT: 1>, value=b'v', timestamp=Timestamp(5, 0, 2), cursor=None)
+    Change(namespace='', key=b'k', op=<Op.PUT: 1>, value=b'v', timestamp=Timestamp(5, 0, 2), cursor=None, expire_at=None)
     """
 
     namespace: str
@@ -66,3 +68,4 @@ class Change(NamedTuple):
     value: Optional[bytes]
     timestamp: Timestamp
     cursor: Optional[bytes] = None
+    expire_at: Optional[int] = None

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 from ._fast import crdt_fold
 from .crdt import c_tag
 from .errors import SnapshotTooOldError
-from .log import DELETED, NEEDBASE, Log
+from .log import DELETED, EXPIRES, NEEDBASE, Log
 from .merge import MergeOperator
 from .record import Op, Timestamp
-from .store import STATE, TOMBSTONE, VALUE, Store, Stored
+from .store import STATE, TOMBSTONE, VALUE, Store, Stored, expiry_of
+from .ttl import expired
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ranges import RangeTombstones
@@ -79,7 +80,7 @@ def fold_merge(operator: MergeOperator, base: Optional[Stored], versions: Sequen
         if op == _DELETE and (hlc, node) > anchor:
             anchor = (hlc, node)
     if base is not None:
-        kind, bh, bn, ah, an, _bv = base
+        kind, bh, bn, ah, an = base[:5]
         if kind == TOMBSTONE and (bh, bn) > anchor:
             anchor = (bh, bn)
         elif kind != TOMBSTONE and (ah, an) > anchor:
@@ -160,19 +161,28 @@ class KeyReader:
         self._dbi = store.db(ns_id)
 
     # -- LWW namespaces ------------------------------------------------------
+    def _now_ms(self, at: Optional[Timestamp]) -> int:
+        """The time expiry is judged at: ``at``'s physical ms, else the HLC's clock."""
+        return at.physical_ms if at is not None else self._log.clock_ms()
+
     def lww(self, key: bytes, at: Optional[Timestamp]) -> Optional[bytes]:
         """The visible value of an LWW key as of ``at`` (None: now), or None.
+        A version whose expiry has come (see ttl.py) reads as None.
 
         :raises SnapshotTooOldError: the store's version is newer than ``at``
-            and the log no longer holds what ``at`` would see.
+            and the log no longer holds what ``at`` would see; or the
+            compactor already dropped an expired value that ``at``, older
+            than its expiry, would still see.
         """
         ranges = self._ranges
         if ranges is not None and ranges.active(self._ns):  # range deletes (ranges.py)
             return self._lww_ranged(ranges, key, at)
         at_h, at_n = _at(at)
-        status, value, hlc, node, op = self._log.get_lww(self._ns, key, at_h, at_n)
+        status, value, hlc, node, op, expire_at = self._log.get_lww(self._ns, key, at_h, at_n)
         if status >= 0:
             return value
+        if status == EXPIRES:
+            return None if expired(expire_at, self._now_ms(at)) else value
         if status == DELETED:
             return None
         base = self._store.get(self._ns, key)  # after the log: see architecture.md
@@ -180,8 +190,21 @@ class KeyReader:
             raise SnapshotTooOldError(f"history of {key!r} before {at!r} was compacted")
         if status == NEEDBASE and value is not None:
             if base is None or (hlc, node) > (base[1], base[2]):
-                return None if op == _DELETE else value
-        if base is None or base[0] == TOMBSTONE:
+                if op == _DELETE or expired(expire_at, self._now_ms(at)):
+                    return None
+                return value
+        return self._stored_lww(key, base, at)
+
+    def _stored_lww(self, key: bytes, base: Optional[Stored], at: Optional[Timestamp]) -> Optional[bytes]:
+        """The value a stored LWW version shows as of ``at``, or None."""
+        if base is None:
+            return None
+        expire_at = expiry_of(base)
+        if base[0] == TOMBSTONE:
+            if expire_at and not expired(expire_at, self._now_ms(at)):
+                raise SnapshotTooOldError(f"the value of {key!r} as of {at!r} expired and was compacted")
+            return None
+        if expire_at and expired(expire_at, self._now_ms(at)):
             return None
         return base[5]
 
@@ -195,30 +218,39 @@ class KeyReader:
         if stamp is not None and ranges.too_old(self._ns, key, key + b"\x00", stamp):
             raise SnapshotTooOldError(f"history of {key!r} before {at!r} was range-deleted and compacted")
         rec = self.lww_record(key, at)
-        if rec is None or rec[0] == TOMBSTONE or ranges.covers(self._ns, key, rec[1], rec[2], stamp):
+        if rec is None or ranges.covers(self._ns, key, rec[1], rec[2], stamp):
             return None
-        return rec[3]
+        kind, _hlc, _node, value, expire_at = rec
+        if kind == TOMBSTONE:
+            if expire_at and not expired(expire_at, self._now_ms(at)):
+                raise SnapshotTooOldError(f"the value of {key!r} as of {at!r} expired and was compacted")
+            return None
+        return None if expire_at and expired(expire_at, self._now_ms(at)) else value
 
-    def lww_record(self, key: bytes, at: Optional[Timestamp]) -> Optional[Tuple[int, int, int, bytes]]:
-        """``(kind, hlc, node, value)`` of an LWW key's visible version as of
-        ``at`` (None: now), tombstones included; None: the key has no version.
-        Range tombstones are not consulted.
+    def lww_record(self, key: bytes, at: Optional[Timestamp]) -> Optional[Tuple[int, int, int, bytes, int]]:
+        """``(kind, hlc, node, value, expire_at)`` of an LWW key's visible
+        version as of ``at`` (None: now), tombstones included (an expired value
+        the compactor dropped is a TOMBSTONE that keeps its expiry); expire_at
+        0: none. None: the key has no version. Neither range tombstones nor
+        expiries are judged here.
 
         :raises SnapshotTooOldError: as :meth:`lww`."""
         at_h, at_n = _at(at)
-        status, value, hlc, node, op = self._log.get_lww(self._ns, key, at_h, at_n)
-        if status >= 0:
-            return VALUE, hlc, node, value
+        status, value, hlc, node, op, expire_at = self._log.get_lww(self._ns, key, at_h, at_n)
+        if status >= 0 or status == EXPIRES:
+            return VALUE, hlc, node, value, expire_at if status == EXPIRES else 0
         if status == DELETED:
-            return TOMBSTONE, hlc, node, b""
+            return TOMBSTONE, hlc, node, b"", 0
         base = self._store.get(self._ns, key)
         if base is not None and at is not None and (base[1], base[2]) > (at_h, at_n):
             raise SnapshotTooOldError(f"history of {key!r} before {at!r} was compacted")
         if status == NEEDBASE and value is not None and (base is None or (hlc, node) > (base[1], base[2])):
-            return (TOMBSTONE if op == _DELETE else VALUE), hlc, node, value
+            if op == _DELETE:
+                return TOMBSTONE, hlc, node, b"", 0
+            return VALUE, hlc, node, value, expire_at
         if base is None:
             return None
-        return base[0], base[1], base[2], base[5]
+        return base[0], base[1], base[2], base[5], expiry_of(base)
 
     def stored_value(self, key: bytes, default: Any) -> Any:
         """The value of a non-empty LWW key the log does not hold: its version
@@ -226,7 +258,7 @@ class KeyReader:
         raw = self._store.lookup(self._dbi, key)
         if raw is None:
             return default
-        if raw[0] == VALUE:
+        if raw[0] == VALUE:  # not with an expiry (kind bit 0x40): lww() below checks it
             return raw[13:]
         if raw[0] == TOMBSTONE:
             return default
@@ -305,29 +337,33 @@ class KeyReader:
         cache[key] = (head, gen, state, value, walked)
 
     # -- both ----------------------------------------------------------------
-    def visible_record(self, key: bytes) -> Optional[Tuple[int, int, int, bytes, Tuple[int, int]]]:
-        """``(kind, hlc, node, value, anchor)`` of the key's visible version,
-        tombstones included; anchor is the newest delete's (hlc, node) folded
-        into a CRDT state, else (0, 0). None: the key has no version."""
+    def visible_record(self, key: bytes) -> Optional[Tuple[int, int, int, bytes, Tuple[int, int], int]]:
+        """``(kind, hlc, node, value, anchor, expire_at)`` of the key's
+        visible version, tombstones included; anchor is the newest delete's
+        (hlc, node) folded into a CRDT state, else (0, 0); expire_at the
+        version's expiry (0: none; an expired value the compactor dropped is
+        a TOMBSTONE that keeps it). None: the key has no version."""
         log, store, ns = self._log, self._store, self._ns
         if self._operator is None:
-            status, value, hlc, node, op = log.get_lww(ns, key, 0, 0)
+            status, value, hlc, node, op, expire_at = log.get_lww(ns, key, 0, 0)
             base = store.get(ns, key)
-            if status >= 0:
-                return VALUE, hlc, node, value, (0, 0)
+            if status >= 0 or status == EXPIRES:
+                return VALUE, hlc, node, value, (0, 0), expire_at
             if status == DELETED:
-                return TOMBSTONE, hlc, node, b"", (0, 0)
+                return TOMBSTONE, hlc, node, b"", (0, 0), 0
             if status == NEEDBASE and value is not None and (base is None or (hlc, node) > (base[1], base[2])):
-                return (TOMBSTONE, hlc, node, b"", (0, 0)) if op == _DELETE else (VALUE, hlc, node, value, (0, 0))
+                if op == _DELETE:
+                    return TOMBSTONE, hlc, node, b"", (0, 0), 0
+                return VALUE, hlc, node, value, (0, 0), expire_at
             if base is None:
                 return None
-            return base[0], base[1], base[2], base[5], (0, 0)
+            return base[0], base[1], base[2], base[5], (0, 0), expiry_of(base)
         complete, versions = log.get_versions(ns, key, 0, 0)
         base = None if complete else store.get(ns, key)
         folded = fold_merge(self._operator, base, [(op, h, n, v) for op, _f, h, n, v in versions])
         if folded is None:
             return None
-        return folded[0], folded[1], folded[2], folded[5], (folded[3], folded[4])
+        return folded[0], folded[1], folded[2], folded[5], (folded[3], folded[4]), 0
 
     def resolve_scan_entry(self, entry: tuple, pin: Timestamp) -> Any:
         """The value of one log scan entry ``(key, status, value, hlc, node,

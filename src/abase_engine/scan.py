@@ -41,7 +41,8 @@ from .errors import CorruptionError, EngineClosedError, SnapshotTooOldError
 from .log import DELETED, Log
 from .record import MAX_NODE_ID, Timestamp, from_packed
 from .snapshot import PinSet
-from .store import TOMBSTONE, VALUE, Store
+from .store import TOMBSTONE, VALUE, Store, expiry_of
+from .ttl import expired
 
 if TYPE_CHECKING:  # pragma: no cover
     from .fastpath import FastPaths
@@ -106,7 +107,10 @@ class Scanner:
         return self._python_scan(ns, start, stop, reverse, at)
 
     def _pin(self, at: Optional[Timestamp]) -> Timestamp:
-        pin = at if at is not None else from_packed(self._log.clock(), MAX_NODE_ID)
+        # A timestamp issued now (not just the last one issued): every later
+        # write is newer, and its physical ms is the time expiries are
+        # judged at (ttl.py), which must move with the wall clock.
+        pin = at if at is not None else from_packed(self._log.clock_now(), MAX_NODE_ID)
         self._pins.add(pin)
         return pin
 
@@ -204,9 +208,9 @@ class Scanner:
                 if own_pin and lk is None:
                     if not reverse and stop is None and not chained:
                         # iternext() starts at the cursor's current item: sk
-                        yield from _stored_values(cur.iternext(), store.path)
+                        yield from _stored_values(cur.iternext(), store.path, pin)
                     else:
-                        yield from _stored_values(itertools.chain((sk,), store_iter), store.path)
+                        yield from _stored_values(itertools.chain((sk,), store_iter), store.path, pin)
                     return
                 if own_pin and sk is None:
                     for entry in itertools.chain((lk,), log_iter):
@@ -224,11 +228,11 @@ class Scanner:
                     lk = next(log_iter, None)
                 elif lk is None or lk[0] != sk[0]:
                     key = sk[0]
-                    kind, h, n, _ah, _an, val = _store.decode(sk[1], store.path)
-                    if (h, n) > (at_h, at_n):
+                    st = _store.decode(sk[1], store.path)
+                    if (st[1], st[2]) > (at_h, at_n):
                         raise SnapshotTooOldError(f"history of {key!r} before {pin!r} was compacted")
-                    item = None if kind == TOMBSTONE else (val if operator is None else operator.to_value(val))
-                    if hidden is not None and hidden(key, h, n):
+                    item = _stored_item(key, st, operator, pin)
+                    if hidden is not None and hidden(key, st[1], st[2]):
                         item = None
                     sk = next(store_iter, None)
                 else:
@@ -284,15 +288,37 @@ def _cursor_range(cur: Any, start: Optional[bytes], stop: Optional[bytes], rever
             ok = cur.prev()
 
 
-def _stored_values(items: Iterator[Tuple], where: str) -> Iterator[Tuple[bytes, bytes]]:
-    """(key, value) of stored LWW versions, tombstones skipped; anything else
-    is corruption, never a value."""
+def _stored_item(key: bytes, st: tuple, operator: Any, pin: Timestamp) -> Any:
+    """What a decoded stored version (not newer than ``pin``) shows the scan:
+    the value (the operator's Python value in a merge namespace), or None
+    for a tombstone or a value expired as of ``pin``.
+
+    :raises SnapshotTooOldError: an expired value the compactor dropped
+        that ``pin``, older than its expiry, would still see."""
+    expire_at = expiry_of(st)
+    if st[0] == TOMBSTONE:
+        if expire_at and not expired(expire_at, pin.physical_ms):
+            raise SnapshotTooOldError(f"the value of {key!r} as of {pin!r} expired and was compacted")
+        return None
+    if expire_at and expired(expire_at, pin.physical_ms):
+        return None
+    return st[5] if operator is None else operator.to_value(st[5])
+
+
+def _stored_values(items: Iterator[Tuple], where: str, pin: Timestamp) -> Iterator[Tuple[bytes, bytes]]:
+    """(key, value) of stored LWW versions, tombstones and values expired as
+    of ``pin`` skipped; anything else is corruption, never a value."""
     for k, v in items:
         kind = v[0]
         if kind == VALUE and len(v) >= 13:
             yield k, v[13:]
         elif kind != TOMBSTONE or len(v) < 13:
-            raise CorruptionError(f"stored value of key {k!r} has unknown kind {kind} or is truncated", where)
+            st = _store.decode(v, where)  # a version with an expiry, or CorruptionError
+            if st[0] not in (VALUE, TOMBSTONE):
+                raise CorruptionError(f"stored value of key {k!r} has kind {st[0]} in an LWW namespace", where)
+            item = _stored_item(k, st, None, pin)
+            if item is not None:
+                yield k, item
 
 
 def _chain_empty(it: Iterator[Tuple], raw: bytes, reverse: bool) -> Iterator[Tuple]:

@@ -62,7 +62,8 @@ class Snapshot:
     written since. Close it promptly (it holds compaction back).
     Thread-safety: safe.
 
-    :param clock: returns the packed HLC last issued (the snapshot's time).
+    :param clock: issues a packed HLC (the snapshot's time: every later
+        write is newer, and expiries are judged at its physical ms).
     :param pins: the engine's pin set.
     :param namespace: resolves a ``namespace=`` argument (None, a name or a
         Namespace) to a Namespace handle.

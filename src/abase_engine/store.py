@@ -6,19 +6,29 @@ Layout of ``<dir>/store`` (one LMDB environment):
   namespace definitions (``ns:<name>`` -> id + operator name), replication
   state.
 * ``n:<id>``: one database per namespace; key = user key, value =
-  ``kind u8 | hlc u64 | node u32 [| anchor_hlc u64 | anchor_node u32] | bytes``
-  (little-endian). ``kind`` is VALUE (an LWW value), TOMBSTONE (a delete
-  kept for ``tombstone_grace``) or STATE (a merge namespace's folded
-  state, stamped with its newest record's timestamp); bit 0x80 says an
-  anchor (the newest delete folded into a STATE) follows: only for merge
-  operators whose deletes reset the key (not the CRDTs, whose states carry
-  what deletes removed and are never tombstones).
+  ``kind u8 | hlc u64 | node u32 [| anchor_hlc u64 | anchor_node u32]
+  [| expire_at u64] | bytes`` (little-endian). ``kind`` is VALUE (an LWW
+  value), TOMBSTONE (a delete kept for ``tombstone_grace``) or STATE (a
+  merge namespace's folded state, stamped with its newest record's
+  timestamp); bit 0x80 says an anchor (the newest delete folded into a
+  STATE) follows: only for merge operators whose deletes reset the key (not
+  the CRDTs, whose states carry what deletes removed and are never
+  tombstones); bit 0x40 (LWW only) says an ``expire_at`` (physical ms, see
+  ``ttl.py``) follows: a VALUE with it reads as absent from then on, and a
+  TOMBSTONE with it (and no bytes) is such a value the compactor found
+  expired, kept with its timestamp like any tombstone so that no older
+  version can come back, then purged after ``tombstone_grace``.
 * ``format``: the store's format version, ``FORMAT_VERSION`` in decimal;
   another one is refused with ``FormatVersionError`` (version 2 changed the
   CRDT state encodings; 3 added range tombstones to ``meta``, under
-  ``ns:`` + their record key, see ranges.py; no upgrade path).
+  ``ns:`` + their record key, see ranges.py, and the expiry bit 0x40 and
+  ``expiring``; no upgrade path).
 * ``tombstones``: ``hlc u64 BE | node u32 BE | ns u32 BE | xxh64(key)`` ->
   key, so purging expired tombstones reads only tombstones, oldest first.
+* ``expiring``: ``expire_at u64 BE | ns u32 BE | xxh64(key)`` -> key for
+  every VALUE with an expiry the compactor stored, so that turning expired
+  values into tombstones reads only those, soonest first. An entry whose
+  key has since been overwritten is dropped when its time comes.
 * the empty key, which LMDB cannot store, is kept in ``meta`` under
   ``empty:<ns id>``.
 
@@ -55,28 +65,38 @@ import xxhash
 from . import _fast
 from .errors import CorruptionError, EngineClosedError, FormatVersionError, io_failed
 
-__all__ = ["Store", "Stored", "VALUE", "TOMBSTONE", "STATE", "FORMAT_VERSION", "fsync_dir"]
+__all__ = ["Store", "Stored", "VALUE", "TOMBSTONE", "STATE", "FORMAT_VERSION", "fsync_dir", "expiry_of", "EXPIRY_BIT"]
 
-FORMAT_VERSION = 3  # 2: CRDT states carry what deletes removed (no anchor); 3: range tombstones in meta
+FORMAT_VERSION = 3  # 2: CRDT states carry what deletes removed (no anchor); 3: range tombstones in meta, expiries (TTL)
 VALUE = 1
 TOMBSTONE = 2
 STATE = 3
 _HAS_ANCHOR = 0x80
+_HAS_EXPIRY = 0x40
+#: The kind bit of a stored LWW version followed by an expire_at.
+EXPIRY_BIT = _HAS_EXPIRY
 
 _HDR = struct.Struct("<BQI")
 _ANCHOR = struct.Struct("<QI")
 _TOMB_KEY = struct.Struct(">QII")
+_EXPIRY_KEY = struct.Struct(">QI")
 _U64 = struct.Struct("<Q")
 _INITIAL_MAP = 64 << 20
 
-#: A decoded stored version: kind, hlc, node, anchor_hlc, anchor_node, value.
-Stored = Tuple[int, int, int, int, int, bytes]
+#: A decoded stored version: kind, hlc, node, anchor_hlc, anchor_node, value;
+#: an LWW version with an expiry has a seventh item, its expire_at (read it
+#: with :func:`expiry_of`).
+Stored = Tuple[Any, ...]
 
 
-def encode(kind: int, hlc: int, node: int, value: bytes, anchor: Optional[Tuple[int, int]] = None) -> bytes:
-    """Encode one stored version (see the module docstring)."""
+def encode(kind: int, hlc: int, node: int, value: bytes, anchor: Optional[Tuple[int, int]] = None,
+           expire_at: int = 0) -> bytes:
+    """Encode one stored version (see the module docstring); ``expire_at``
+    (VALUE or TOMBSTONE, not with an anchor) > 0 adds the expiry."""
     if anchor is not None and anchor != (0, 0):
         return _HDR.pack(kind | _HAS_ANCHOR, hlc, node) + _ANCHOR.pack(*anchor) + value
+    if expire_at:
+        return _HDR.pack(kind | _HAS_EXPIRY, hlc, node) + _U64.pack(expire_at) + value
     return _HDR.pack(kind, hlc, node) + value
 
 
@@ -88,6 +108,12 @@ def decode(raw: bytes, where: str = "store") -> Stored:
             ah, an = _ANCHOR.unpack_from(raw, 13)
             body = raw[25:]
             kind &= 0x7F
+        elif kind & _HAS_EXPIRY:
+            kind &= ~_HAS_EXPIRY
+            if kind not in (VALUE, TOMBSTONE):
+                raise CorruptionError(f"stored value of kind {kind} with an expiry", where)
+            expire_at = max(1, _U64.unpack_from(raw, 13)[0])
+            return kind, hlc, node, 0, 0, bytes(raw[21:]), expire_at
         else:
             ah, an = 0, 0
             body = raw[13:]
@@ -96,6 +122,11 @@ def decode(raw: bytes, where: str = "store") -> Stored:
     if kind not in (VALUE, TOMBSTONE, STATE):
         raise CorruptionError(f"stored value of unknown kind {kind}", where)
     return kind, hlc, node, ah, an, bytes(body)
+
+
+def expiry_of(stored: Stored) -> int:
+    """The expire_at of a decoded stored version, 0 if it has none."""
+    return stored[6] if len(stored) > 6 else 0
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -135,7 +166,7 @@ class Store:
         os.makedirs(self.path, exist_ok=True)
         # sync=True: a compaction commit is on disk before the segments it
         # folded are deleted (fsync point: store commit).
-        self.env = lmdb.open(self.path, map_size=map_size, max_dbs=max_namespaces + 2, sync=True,
+        self.env = lmdb.open(self.path, map_size=map_size, max_dbs=max_namespaces + 3, sync=True,
                              metasync=True, readahead=False, max_readers=1024, lock=True)
         # fsync point: LMDB does not sync a directory; the names of its files
         # and of store/ must be on disk before a commit counts.
@@ -163,6 +194,7 @@ class Store:
         elif raw != str(FORMAT_VERSION).encode():
             self.env.close()
             raise FormatVersionError(f"store format version {raw.decode(errors='replace')!r}, this build reads {FORMAT_VERSION} ({self.path})")
+        self.expiring = self.env.open_db(b"expiring")  # after the check: an old store stays as it was
 
     def close(self) -> None:
         """Close the environment, after the point reads in flight (the cached
@@ -373,6 +405,17 @@ class Store:
         """Key of a tombstone's entry in ``tombstones`` (the user key itself is
         the entry's value: a 511-byte key would not fit in an LMDB key)."""
         return _TOMB_KEY.pack(hlc, node, ns_id) + xxhash.xxh64_digest(key)
+
+    @staticmethod
+    def expiry_key(expire_at: int, ns_id: int, key: bytes) -> bytes:
+        """Key of a stored value's entry in ``expiring`` (soonest first)."""
+        return _EXPIRY_KEY.pack(expire_at, ns_id) + xxhash.xxh64_digest(key)
+
+    @staticmethod
+    def split_expiry_key(raw: bytes) -> Tuple[int, int]:
+        """``(expire_at, ns_id)`` of an ``expiring`` key."""
+        expire_at, ns_id = _EXPIRY_KEY.unpack_from(raw, 0)
+        return expire_at, ns_id
 
     @staticmethod
     def split_tomb_key(raw: bytes) -> Tuple[int, int, int]:

@@ -289,7 +289,7 @@ class ReplicaService:
                 self._captured.changes = None
         with self._state:
             self.stats["executed"] += 1
-        return encode_changes(Change(c.namespace, c.key, c.op, c.value, c.timestamp) for c in written)
+        return encode_changes(c._replace(cursor=None) for c in written)  # expire_at travels
 
     def collect_requests(self, now_ms: Optional[int] = None) -> int:
         """Forget request ids older than ``request_ttl_ms``; returns how many.

@@ -29,7 +29,7 @@ __all__ = ["resolve", "diff_records", "same_record", "plain"]
 
 def plain(c: Change) -> Change:
     """``c`` without its feed cursor (a local position that never travels)."""
-    return c if c.cursor is None else Change(c.namespace, c.key, c.op, c.value, c.timestamp)
+    return c if c.cursor is None else c._replace(cursor=None)
 
 
 def resolve(operator: Optional[MergeOperator], records: Iterable[Optional[Change]]) -> Optional[Change]:

@@ -5,6 +5,9 @@ One record::
     op u8 | hlc u64 | node u32 | len(namespace) u16 | len(key) u16 | len(value) u32 | namespace | key | value
 
 little-endian; ``len(value) = 0xFFFFFFFF`` means "no value" (a delete).
+Bit 0x80 of ``op`` says an ``expire_at u64`` (``Change.expire_at``, a put
+with a TTL) follows the fixed header, before the namespace; records without
+one are encoded as before, so hints written earlier still decode.
 A message is records back to back. Cursors are not sent (they are local
 feed positions). Hints are stored in this format, so it is an on-disk
 format too: change it only with a version bump of the hint store.
@@ -22,7 +25,9 @@ from ..record import Change, Op, from_packed
 __all__ = ["encode_changes", "decode_changes", "wire_size"]
 
 _REC = struct.Struct("<BQIHHI")
+_U64 = struct.Struct("<Q")
 _NONE = 0xFFFFFFFF
+_HAS_EXPIRY = 0x80
 _OPS = {int(o): o for o in Op}
 
 
@@ -39,8 +44,12 @@ def encode_changes(changes: Iterable[Change]) -> bytes:
         ns = ch.namespace.encode()
         v = ch.value
         ts = ch.timestamp
+        expire_at = ch.expire_at
         try:
-            out += pack(int(ch.op), ts.hlc, ts.node_id, len(ns), len(ch.key), _NONE if v is None else len(v))
+            out += pack(int(ch.op) | (0 if expire_at is None else _HAS_EXPIRY), ts.hlc, ts.node_id, len(ns),
+                        len(ch.key), _NONE if v is None else len(v))
+            if expire_at is not None:
+                out += _U64.pack(expire_at)
         except struct.error as exc:
             raise ValueError(f"change record does not fit the wire format: {exc}") from None
         out += ns
@@ -70,6 +79,13 @@ def decode_changes(data: bytes) -> List[Change]:
         op, hlc, node, ln, lk, lv = unpack(data, pos)
         start = pos
         pos += size
+        expire_at = None
+        if op & _HAS_EXPIRY:
+            if pos + 8 > n:
+                raise ValueError(f"truncated change record at offset {start}")
+            expire_at = _U64.unpack_from(data, pos)[0]
+            op &= ~_HAS_EXPIRY
+            pos += 8
         end = pos + ln + lk + (0 if lv == _NONE else lv)
         if end > n:
             raise ValueError(f"truncated change record at offset {start}")
@@ -82,11 +98,12 @@ def decode_changes(data: bytes) -> List[Change]:
             raise ValueError(f"namespace of change record at offset {start} is not UTF-8") from None
         key = data[pos + ln:pos + ln + lk]
         value = None if lv == _NONE else data[pos + ln + lk:end]
-        out.append(Change(ns, key, kind, value, new_ts(hlc, node)))
+        out.append(Change(ns, key, kind, value, new_ts(hlc, node), None, expire_at))
         pos = end
     return out
 
 
 def wire_size(changes: Sequence[Change]) -> int:
     """Bytes ``changes`` take on the wire (without encoding them)."""
-    return sum(_REC.size + len(c.namespace) + len(c.key) + len(c.value or b"") for c in changes)
+    return sum(_REC.size + len(c.namespace) + len(c.key) + len(c.value or b"") + (0 if c.expire_at is None else 8)
+               for c in changes)
