@@ -205,13 +205,7 @@ static int64_t apply_impl(abase_db *db, uint32_t n, abase_apply_rec *recs, int64
         appended++;
     }
     free(hashes);
-    if (appended > 0 && batch_flag) {
-        uint8_t *last = s->base + (last_addr & 0xffffffffu);
-        if (appended == 1)
-            log_rewrite_flags(last, last[R_FLAGS] & (uint8_t)~ABASE_F_BATCH);
-        else
-            log_rewrite_flags(last, last[R_FLAGS] | ABASE_F_BATCH_END);
-    }
+    log_end_batch(s, last_addr, (uint64_t)appended, batch_flag);
     uint64_t end = make_addr(s->no, s->used);
     pthread_rwlock_unlock(&db->lock);
     if (appended > 0 && db->durability == ABASE_DUR_SYNC) {

@@ -347,6 +347,17 @@ void log_rewrite_flags(uint8_t *p, uint8_t flags)
     st32(p + R_CRC, abase_crc_mask(abase_crc32c(0, p + 4, ld32(p + R_LEN) - 4)));
 }
 
+void log_end_batch(segment *s, uint64_t last_addr, uint64_t appended, uint8_t batch_flag)
+{
+    if (appended == 0 || !batch_flag)
+        return;
+    uint8_t *last = s->base + (last_addr & 0xffffffffu);
+    if (appended == 1) /* a batch of one is a plain record */
+        log_rewrite_flags(last, last[R_FLAGS] & (uint8_t)~ABASE_F_BATCH);
+    else
+        log_rewrite_flags(last, last[R_FLAGS] | ABASE_F_BATCH_END);
+}
+
 /* ------------------------------------------------------------- lifecycle */
 
 int abase_db_new(const char *dir, uint32_t node_id, uint64_t segment_size,

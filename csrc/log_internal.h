@@ -378,6 +378,10 @@ uint64_t log_append_rec_ttl(abase_db *db, segment *s, uint32_t ns, int op,
                             const uint8_t *val, size_t vlen, uint64_t hlc,
                             uint32_t node, uint64_t prev, uint64_t expire_at);
 void log_rewrite_flags(uint8_t *p, uint8_t flags);
+/* Close a batch whose records (appended of them, the last at last_addr in
+ * s, all flagged batch_flag) were just written: the last one gets
+ * ABASE_F_BATCH_END, or a batch of one loses its batch flag. Write lock held. */
+void log_end_batch(segment *s, uint64_t last_addr, uint64_t appended, uint8_t batch_flag);
 
 /* write.c */
 /* Group commit: wait until every address below `target` is durable (no
