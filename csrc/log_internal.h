@@ -324,6 +324,10 @@ static inline int key_cmp(const uint8_t *a, size_t al, const uint8_t *b, size_t 
  * load, so either close sees this call or this call sees close. */
 static inline int gate_enter(abase_db *db)
 {
+    /* A fast path detached by close() hands over NULL: closed, not a crash
+     * (a CRDT merge that waited with the GIL released can get here). */
+    if (!db)
+        return 0;
     atomic_fetch_add_explicit(&db->calls, 1, memory_order_seq_cst);
     if (atomic_load_explicit(&db->closing, memory_order_seq_cst) == 0)
         return 1;

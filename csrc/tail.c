@@ -325,7 +325,8 @@ int abase_tail_sync(abase_db *db, uint32_t timeout_ms)
     int rc = ABASE_OK;
     pthread_mutex_lock(&db->tail_mu);
     if (!db->tail_running || db->tail_exited) {
-        rc = ABASE_EINVAL;
+        /* a keeper that stopped because close() began is a closed log */
+        rc = db->tail_exited && gate_closing(db) ? ABASE_ECLOSED : ABASE_EINVAL;
     } else {
         /* a round in progress may have read the segment before this call */
         uint64_t want = db->tail_rounds + (db->tail_in_round ? 2 : 1);
